@@ -1,0 +1,127 @@
+"""The `sngm-bench` command: a Hydra app that trains one run, or a sweep with `-m`.
+
+Before Hydra takes over, every combination of the command-line overrides is composed once, so
+an unknown option, a misspelled key or a value of the wrong type ends in ONE line on stderr and
+exit code 2 (Hydra's own reports span several lines). Value errors found later (a zero batch
+size, missing data, no GPU) are `UserError`s and end the same way; inside a sweep they are
+recorded as that run's `status: failed` and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra import compose, initialize_config_module
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from sngm_bench.config import CONFIG_MODULE
+from sngm_bench.errors import UserError
+
+log = logging.getLogger("sngm_bench")
+_failed_runs: list[str] = []
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _unknown_key_message(key: str, overrides: list[str]) -> str:
+    """'unknown key' plus the keys its parent accepts, read from the config composed without it."""
+    parent, _, leaf = key.rpartition(".")
+    others = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+    try:
+        node = compose("config", overrides=others)
+        node = OmegaConf.select(node, parent) if parent else node
+        allowed = ", ".join(sorted(str(k) for k in node.keys()))
+    except (HydraException, OmegaConfBaseException, AttributeError):
+        return f"unknown key '{key}'"
+    where = f"'{parent}'" if parent else "the top level"
+    return f"unknown key '{key}': {where} has {allowed}"
+
+
+def _composition_error(err: Exception, overrides: list[str]) -> UserError:
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
+        group, _, choice = err.missing_cfg_file.rpartition("/")
+        options = ", ".join(sorted(o for o in (err.options or []) if not o.startswith("schema")))
+        return UserError(f"unknown {group} '{choice}': choose one of {options}")
+    cause = err.__cause__ or err
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        return UserError(_unknown_key_message(key, overrides))
+    if key:
+        return UserError(f"bad value for '{key}': {_first_line(cause)}")
+    return UserError(_first_line(err))
+
+
+def check_overrides(overrides: list[str], multirun: bool) -> None:
+    """Compose every combination the overrides describe; raise UserError on the first that fails."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as err:
+        raise UserError(f"cannot parse the overrides: {_first_line(err)}") from None
+    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+    if sweeps and not multirun:
+        raise UserError(f"{sweeps[0]} is a sweep: add -m (--multirun) to run every combination")
+    combinations = BasicSweeper.split_arguments(parsed, None)[0] if sweeps else [overrides]
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        for combination in combinations:
+            try:
+                compose("config", overrides=combination)
+            except (HydraException, OmegaConfBaseException) as err:
+                error = _composition_error(err, combination)
+                if len(combinations) > 1:
+                    error = UserError(f"{error} (in the sweep combination {' '.join(combination)})")
+                raise error from None
+
+
+def _record_failure(run_dir: Path, cfg: DictConfig, err: UserError) -> None:
+    from sngm_bench import records
+
+    summary = {"status": "failed", "error": str(err), "seed": cfg.seed, "batch_size": cfg.batch_size}
+    records.write_json(run_dir / records.SUMMARY_FILE, summary)
+    _failed_runs.append(str(run_dir))
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
+def run(cfg: DictConfig) -> None:
+    from sngm_bench.train import train  # torch is imported only once a run starts
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        train(cfg, run_dir)
+    except UserError as err:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            _fail(str(err))  # SystemExit passes through Hydra's error report
+        log.error("run failed: %s", err)
+        _record_failure(run_dir, cfg, err)
+
+
+def _fail(message: str) -> None:
+    print(f"sngm-bench: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main() -> None:
+    args, _ = get_args_parser().parse_known_args()
+    if not (args.help or args.hydra_help or args.info or args.shell_completion):
+        try:
+            check_overrides(args.overrides, args.multirun)
+        except UserError as err:
+            _fail(str(err))
+    run()
+    if _failed_runs:
+        _fail(f"{len(_failed_runs)} run(s) of the sweep failed; see summary.json in {', '.join(_failed_runs)}")

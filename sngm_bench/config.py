@@ -1,0 +1,151 @@
+"""Typed schema of every config group, registered in Hydra's ConfigStore.
+
+Each YAML option in `configs/<group>/` starts from one of these dataclasses (its defaults list
+names `/schema/<group>/<kind>`), so a misspelled key or a value of the wrong type fails at
+composition time; `sngm_bench.cli` turns that failure into a one-line message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONFIG_MODULE = "sngm_bench.configs"
+DATA_ROOT = "${oc.env:SNGM_DATA,./data}"
+
+
+class Device(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Decay(Enum):
+    constant = "constant"
+    poly = "poly"
+    cosine = "cosine"
+    step = "step"
+
+
+class Scaling(Enum):
+    none = "none"
+    linear = "linear"
+    sqrt = "sqrt"
+
+
+@dataclass
+class CIFAR10Config:
+    name: str = "cifar10"
+    root: str = DATA_ROOT  # holds cifar-10-batches-py/
+    download: bool = False
+    subset: Optional[int] = None  # class-balanced training subset of this many images
+    verify_checksums: bool = True  # md5 against md5sums.txt beside the files, else the official list
+
+
+@dataclass
+class ImageNetConfig:
+    name: str = "imagenet"
+    root: str = DATA_ROOT  # holds train/<wnid>/*.JPEG and val/<wnid>/*.JPEG
+
+
+@dataclass
+class CifarResNetConfig:
+    name: str = "resnet${.depth}"
+    depth: int = 20  # 6n+2
+    width: int = 16  # channels of the first stage; stages use width, 2*width, 4*width
+
+
+@dataclass
+class TorchvisionResNetConfig:
+    name: str = "resnet50"
+    arch: str = "resnet50"  # a torchvision.models constructor
+
+
+@dataclass
+class SNGMConfig:
+    name: str = "sngm"
+    lr: float = MISSING  # at schedule.base_batch_size
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = False
+    eps: float = 1e-12  # floor of the gradient norm, only to keep a zero gradient finite
+
+
+@dataclass
+class MSGDConfig:
+    name: str = "msgd"
+    lr: float = MISSING  # at schedule.base_batch_size
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = False
+    nesterov: bool = False
+
+
+@dataclass
+class ScheduleConfig:
+    decay: Decay = Decay.poly
+    warmup_epochs: float = 5.0
+    base_batch_size: int = 128  # optimizer.lr is the peak LR at this batch size
+    scaling: Scaling = Scaling.linear  # peak LR = optimizer.lr * scale(batch_size / base_batch_size)
+    power: float = 2.0  # poly: (1 - progress) ** power
+    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of training
+    gamma: float = 0.1  # step: LR factor at each milestone
+
+
+@dataclass
+class Config:
+    dataset: Any = MISSING
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    schedule: ScheduleConfig = MISSING
+    name: str = "default"  # names the output folder; experiments set their own
+    batch_size: int = 128  # global: images per optimizer step
+    epochs: int = 200
+    seed: int = 0
+    device: Device = Device.auto
+    precision: Precision = Precision.fp32
+    channels_last: bool = False
+    compile: bool = False
+    eval_batch_size: int = 1000
+    log_every: int = 50  # steps between progress-bar refreshes; each costs one host sync
+
+
+def _or_default(value: Any, default: str) -> str:
+    return str(value) if value not in (None, "") else default
+
+
+def register() -> None:
+    """Register the schemas and the `sngm_or` resolver (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name="schema", node=Config)
+    for group, kind, node in [
+        ("dataset", "cifar10", CIFAR10Config),
+        ("dataset", "imagenet", ImageNetConfig),
+        ("model", "cifar_resnet", CifarResNetConfig),
+        ("model", "torchvision_resnet", TorchvisionResNetConfig),
+        ("optimizer", "sngm", SNGMConfig),
+        ("optimizer", "msgd", MSGDConfig),
+        ("schedule", "schedule", ScheduleConfig),
+    ]:
+        store.store(group=f"schema/{group}", name=kind, node=node)
+    if not OmegaConf.has_resolver("sngm_or"):
+        OmegaConf.register_new_resolver("sngm_or", _or_default)
+
+
+def compose_config(overrides=()) -> DictConfig:
+    """The run config for `overrides`, composed as the command line would (for scripts and tests)."""
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+register()

@@ -1,0 +1,23 @@
+"""Models by config: our CIFAR ResNets, torchvision's ImageNet ResNets."""
+
+from __future__ import annotations
+
+import torchvision
+from omegaconf import OmegaConf
+from torch import nn
+
+from sngm_bench.config import CifarResNetConfig
+from sngm_bench.errors import UserError
+from sngm_bench.models.cifar_resnet import CifarResNet
+
+
+def build_model(cfg, num_classes: int) -> nn.Module:
+    if OmegaConf.get_type(cfg) is CifarResNetConfig:
+        if cfg.depth < 8 or (cfg.depth - 2) % 6:
+            raise UserError(f"model.depth={cfg.depth} is not 6n+2 (8, 20, 32, 44, 56, 110, ...)")
+        if cfg.width < 1:
+            raise UserError(f"model.width={cfg.width} must be at least 1")
+        return CifarResNet(cfg.depth, cfg.width, num_classes)
+    if cfg.arch not in torchvision.models.list_models(torchvision.models):
+        raise UserError(f"model.arch={cfg.arch} is not a torchvision classification model")
+    return torchvision.models.get_model(cfg.arch, weights=None, num_classes=num_classes)

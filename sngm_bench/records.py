@@ -1,0 +1,93 @@
+"""Run records: the plain files (CSV, JSON) that say what a run did and what produced it.
+
+Every file is written to a temporary name and renamed into place, so a reader (or a killed
+run) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import sngm_bench
+
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+METRIC_COLUMNS = [
+    "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", "images_per_second",
+]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """The whole per-epoch table, rewritten after each epoch (it is small)."""
+    lines = [",".join(METRIC_COLUMNS)]
+    for row in rows:
+        lines.append(",".join(repr(row[c]) if isinstance(row[c], float) else str(row[c]) for c in METRIC_COLUMNS))
+    write_atomic(run_dir / METRICS_FILE, "\n".join(lines) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / METRICS_FILE) as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _git(*args: str) -> str | None:
+    source = Path(sngm_bench.__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict:
+    """Code version and hardware: what a reader needs to know where a number came from."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return {
+        "git_commit": commit or "unknown",
+        "git_dirty": bool(status) if commit else None,
+        "sngm_bench_version": sngm_bench.__version__,
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "python_version": platform.python_version(),
+        "device": device.type,
+        "device_name": device_name,
+        "device_count": torch.cuda.device_count() if device.type == "cuda" else 1,
+        "cpu_threads": torch.get_num_threads(),
+        "hostname": socket.gethostname(),
+        "command": " ".join(sys.argv),
+    }

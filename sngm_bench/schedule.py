@@ -1,0 +1,49 @@
+"""Learning-rate schedule: batch-size scaling of the peak LR, linear warmup, then a decay.
+
+The schedule is a `torch.optim.lr_scheduler.LambdaLR` stepped once per optimizer step, so it
+checkpoints with the standard `state_dict`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from sngm_bench.config import Decay, Scaling
+from sngm_bench.errors import UserError
+
+
+def peak_lr(base_lr: float, batch_size: int, cfg) -> float:
+    """`base_lr` at `cfg.base_batch_size` scaled to `batch_size`: linear (Goyal et al. 2017),
+    square root (Krizhevsky 2014) or none."""
+    ratio = batch_size / cfg.base_batch_size
+    scale = {Scaling.none: 1.0, Scaling.linear: ratio, Scaling.sqrt: math.sqrt(ratio)}[Scaling(cfg.scaling)]
+    return base_lr * scale
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg) -> float:
+    """Multiplier of the peak LR at optimizer step `step` (0-based) of `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    decay = Decay(cfg.decay)
+    if decay is Decay.constant:
+        return 1.0
+    if decay is Decay.poly:
+        return max(0.0, 1.0 - progress) ** cfg.power
+    if decay is Decay.cosine:
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    passed = sum(step >= m * total_steps for m in cfg.milestones)
+    return cfg.gamma**passed
+
+
+def build_scheduler(optimizer: Optimizer, cfg, steps_per_epoch: int, epochs: int) -> LambdaLR:
+    if cfg.warmup_epochs < 0:
+        raise UserError(f"schedule.warmup_epochs={cfg.warmup_epochs} must be non-negative")
+    if cfg.base_batch_size <= 0:
+        raise UserError(f"schedule.base_batch_size={cfg.base_batch_size} must be positive")
+    total = steps_per_epoch * epochs
+    warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
+    return LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, cfg))

@@ -1,0 +1,35 @@
+"""Shared fixtures. Tests use the real CIFAR-10 files: SNGM_DATA, or ~/.cache/sngm-bench/data,
+built from ../shared/data on first use when that folder is there."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_SCRIPT = ROOT.parent / "shared" / "data" / "build_cifar10.py"
+
+
+@pytest.fixture(scope="session")
+def cifar_root() -> Path:
+    """The real CIFAR-10: found, built from ../shared/data, or downloaded, in that order."""
+    from sngm_bench.data import cifar10
+    from sngm_bench.errors import UserError
+
+    root = Path(os.environ.get("SNGM_DATA", "~/.cache/sngm-bench/data")).expanduser()
+    if not (root / cifar10.FOLDER / "test_batch").exists() and BUILD_SCRIPT.exists():
+        subprocess.run([sys.executable, str(BUILD_SCRIPT), str(root)], check=True)
+    try:
+        cifar10.load(root, download_missing=True, verify=False)
+    except UserError as err:
+        pytest.fail(f"the tests need the real CIFAR-10: {err}")
+    return root
+
+
+def run_cli(args, cwd, env_extra=None, timeout=600):
+    """`python -m sngm_bench ARGS` in `cwd`; returns the CompletedProcess."""
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "sngm_bench", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)

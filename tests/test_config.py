@@ -1,0 +1,116 @@
+"""Config composition over every group option, and the one-line errors for bad overrides."""
+
+import itertools
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from sngm_bench.cli import check_overrides
+from sngm_bench.config import CONFIG_MODULE, compose_config
+from sngm_bench.errors import UserError
+from conftest import ROOT, run_cli
+
+CONFIGS = ROOT / "configs"
+
+
+def options(group):
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def test_groups_hold_the_promised_options():
+    assert options("dataset") == ["cifar10", "imagenet"]
+    assert options("model") == ["resnet110", "resnet20", "resnet32", "resnet44", "resnet50", "resnet56"]
+    assert {"sngm", "msgd"} <= set(options("optimizer"))
+    assert options("schedule") == ["constant", "cosine", "poly", "step"]
+    assert {"smoke", "paper_cifar10"} <= set(options("experiment"))
+
+
+def compose_all(combinations):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        for overrides in combinations:
+            cfg = compose("config", overrides=overrides)
+            OmegaConf.resolve(cfg)  # every interpolation resolves
+            yield overrides, cfg
+
+
+def test_every_group_combination_composes_and_resolves():
+    groups = ["dataset", "model", "optimizer", "schedule"]
+    combinations = [[f"{g}={c}" for g, c in zip(groups, choice)]
+                     for choice in itertools.product(*(options(g) for g in groups))]
+    count = 0
+    for overrides, cfg in compose_all(combinations):
+        assert [cfg.dataset.name, cfg.optimizer.name, cfg.schedule.decay.value] == [
+            o.split("=")[1] for o in (overrides[0], overrides[2], overrides[3])]
+        assert cfg.optimizer.lr > 0 and cfg.batch_size > 0 and cfg.epochs > 0
+        count += 1
+    assert count == 2 * 6 * len(options("optimizer")) * 4
+
+
+def test_every_experiment_composes_with_every_optimizer_and_schedule():
+    # An experiment pins its model; the other groups stay free.
+    combinations = [[f"experiment={e}", f"optimizer={o}", f"schedule={s}"]
+                    for e in options("experiment") for o in options("optimizer") for s in options("schedule")]
+    names = {cfg.name for _, cfg in compose_all(combinations)}
+    assert names == set(options("experiment"))
+
+
+def test_model_names_follow_depth():
+    assert compose_config(["model=resnet56"]).model.name == "resnet56"
+    assert compose_config(["model.depth=8"]).model.name == "resnet8"
+
+
+def test_data_root_defaults_to_env(monkeypatch):
+    monkeypatch.setenv("SNGM_DATA", "/some/where")
+    assert compose_config().dataset.root == "/some/where"
+    monkeypatch.delenv("SNGM_DATA")
+    assert compose_config().dataset.root == "./data"
+
+
+@pytest.mark.parametrize("overrides, multirun, expected", [
+    (["batch_size=abc"], False, "bad value for 'batch_size': Value 'abc' of type 'str' could not be converted to Integer"),
+    (["optimizer=adamw"], False, "unknown optimizer 'adamw': choose one of "),
+    (["optimizer.lrr=1"], False, "unknown key 'optimizer.lrr': 'optimizer' has "),
+    (["lrr=1"], False, "unknown key 'lrr': the top level has batch_size"),
+    (["device=gpu"], False, "bad value for 'device': Invalid value 'gpu', expected one of [auto, cpu, cuda]"),
+    (["precision=fp16"], False, "expected one of [fp32, bf16]"),
+    (["schedule=linear"], False, "unknown schedule 'linear': choose one of constant, cosine, poly, step"),
+    (["schedule.decay=exp"], False, "expected one of [constant, poly, cosine, step]"),
+    (["model=vgg"], False, "unknown model 'vgg'"),
+    (["optimizer=sngm,msgd"], False, "is a sweep: add -m"),
+    (["batch_size=[1,"], False, "cannot parse the overrides"),
+    (["-m", "optimizer=sngm,msgd", "optimizer.nesterov=true"], True,
+     "unknown key 'optimizer.nesterov'"),
+])
+def test_bad_overrides_name_key_and_allowed_values(overrides, multirun, expected):
+    overrides = [o for o in overrides if o != "-m"]
+    with pytest.raises(UserError) as err:
+        check_overrides(overrides, multirun)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+    if "'optimizer' has" in expected:
+        assert "lr, momentum" in str(err.value)
+
+
+def test_good_sweep_passes():
+    check_overrides(["optimizer=sngm,msgd", "batch_size=128,1024", "seed=range(2)"], multirun=True)
+
+
+@pytest.mark.parametrize("args", [["batch_size=abc"], ["optimizer=adamw"], ["optimizer.lrr=1"]])
+def test_command_line_prints_one_line_and_exits_2(args, tmp_path):
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("sngm-bench: error: ")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_value_errors_found_at_run_time_are_one_line_too(tmp_path, cifar_root):
+    result = run_cli(["batch_size=0", f"dataset.root={cifar_root}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["sngm-bench: error: batch_size=0 must be a positive integer"]
+    result = run_cli([f"dataset.root={tmp_path / 'nowhere'}", "epochs=1"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "CIFAR-10 not found" in result.stderr and "dataset.download=true" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

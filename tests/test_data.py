@@ -1,0 +1,111 @@
+"""CIFAR-10 from the real files, and the on-device batching and augmentation."""
+
+import shutil
+
+import pytest
+import torch
+
+from sngm_bench.data import cifar10
+from sngm_bench.data.device_loader import DeviceImages, epoch_generator, ordered_batches, shuffled_batches
+from sngm_bench.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def cifar(cifar_root):
+    return cifar10.load(cifar_root)
+
+
+def test_real_files_have_the_official_shapes_and_balance(cifar):
+    train_x, train_y, test_x, test_y = cifar
+    assert train_x.shape == (50_000, 3, 32, 32) and train_x.dtype == torch.uint8
+    assert test_x.shape == (10_000, 3, 32, 32) and test_x.dtype == torch.uint8
+    assert train_y.dtype == torch.int64
+    assert torch.bincount(train_y).tolist() == [5000] * 10
+    assert torch.bincount(test_y).tolist() == [1000] * 10
+    # Real photos, not blank: channel means near the published statistics.
+    means = train_x.float().mean(dim=(0, 2, 3)) / 255
+    assert torch.allclose(means, torch.tensor(cifar10.MEAN), atol=0.01)
+
+
+def test_balanced_subset_is_fixed_and_balanced(cifar):
+    labels = cifar[1]
+    subset = cifar10.balanced_subset(labels, 1003)
+    assert len(subset) == 1003 == len(set(subset.tolist()))
+    counts = torch.bincount(labels[subset]).tolist()
+    assert max(counts) - min(counts) <= 1
+    assert torch.equal(subset, cifar10.balanced_subset(labels, 1003))
+    with pytest.raises(UserError, match="dataset.subset=5 must be between 10 and 50000"):
+        cifar10.balanced_subset(labels, 5)
+
+
+def test_corrupted_file_is_rejected_unless_the_check_is_off(cifar_root, tmp_path):
+    copy = tmp_path / cifar10.FOLDER
+    shutil.copytree(cifar_root / cifar10.FOLDER, copy)
+    with open(copy / "data_batch_3", "r+b") as f:
+        f.seek(20_000_000)  # inside the pixel array: the file still unpickles
+        f.write(b"\x00" * 64)
+    with pytest.raises(UserError, match="data_batch_3 fails its md5 check"):
+        cifar10.load(tmp_path)
+    assert cifar10.load(tmp_path, verify=False)[0].shape == (50_000, 3, 32, 32)
+    (copy / "test_batch").write_bytes((copy / "test_batch").read_bytes()[:1000])
+    with pytest.raises(UserError, match="test_batch cannot be read"):
+        cifar10.load(tmp_path, verify=False)
+
+
+def test_missing_folder_and_offline_download_fail_clearly(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="CIFAR-10 not found.*dataset.download=true"):
+        cifar10.load(tmp_path)
+    monkeypatch.setattr(cifar10, "URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens there
+    with pytest.raises(UserError, match="could not download CIFAR-10"):
+        cifar10.load(tmp_path, download_missing=True)
+
+
+def test_official_checksums_apply_without_a_listing(cifar_root, tmp_path):
+    assert cifar10.expected_md5(tmp_path) == cifar10.OFFICIAL_MD5
+    assert cifar10.expected_md5(cifar_root / cifar10.FOLDER)["test_batch"] != cifar10.OFFICIAL_MD5["test_batch"]
+
+
+def _windows(image, pad=4):
+    """Every 32x32 crop of the zero-padded image, flipped and not."""
+    padded = torch.nn.functional.pad(image, (pad,) * 4)
+    size = image.shape[-1]
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            crop = padded[:, dy:dy + size, dx:dx + size]
+            yield crop
+            yield crop.flip(-1)
+
+
+def test_augmentation_only_shifts_and_flips(cifar):
+    images = DeviceImages(cifar[0][:64], cifar[1][:64], (0.0,) * 3, (1 / 255,) * 3, "cpu")
+    generator = epoch_generator(seed=0, epoch=1, device="cpu")
+    indices = torch.arange(64)
+    x, y = images.augmented_batch(indices, generator)
+    assert x.shape == (64, 3, 32, 32) and x.dtype == torch.float32
+    assert torch.equal(y, cifar[1][:64])
+    shifted = flipped = 0
+    for i in range(64):
+        crop = x[i].round().to(torch.uint8)
+        matches = [k for k, w in enumerate(_windows(cifar[0][i])) if torch.equal(w, crop)]
+        assert matches, f"image {i} is not a shifted/flipped copy of the original"
+        shifted += all(k // 2 != 40 for k in matches)  # 40: the centred window
+        flipped += all(k % 2 == 1 for k in matches)
+    assert 10 < flipped < 54 and shifted > 32
+
+
+def test_normalization_uses_the_channel_statistics(cifar):
+    images = DeviceImages(cifar[0], cifar[1], cifar10.MEAN, cifar10.STD, "cpu")
+    x, _ = images.batch(torch.arange(50_000))
+    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=0.02)
+    assert torch.allclose(x.std(dim=(0, 2, 3)), torch.ones(3), atol=0.02)
+
+
+def test_epoch_batches_are_full_disjoint_and_reproducible():
+    batches = shuffled_batches(1000, 128, epoch_generator(3, 7, "cpu"))
+    assert [len(b) for b in batches] == [128] * 7
+    assert len(set(torch.cat(batches).tolist())) == 896
+    again = shuffled_batches(1000, 128, epoch_generator(3, 7, "cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    other = shuffled_batches(1000, 128, epoch_generator(3, 8, "cpu"))
+    assert not torch.equal(batches[0], other[0])
+    assert torch.equal(torch.cat(ordered_batches(10, 4, "cpu")), torch.arange(10))

@@ -1,0 +1,71 @@
+"""CIFAR ResNets (He et al. 2016) and the learning-rate schedule."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sngm_bench.config import compose_config
+from sngm_bench.models import build_model
+from sngm_bench.models.cifar_resnet import BasicBlock, CifarResNet
+from sngm_bench.schedule import build_scheduler, lr_factor, peak_lr
+
+
+@pytest.mark.parametrize("depth, params", [(20, 269_722), (32, 464_154), (56, 853_018)])
+def test_cifar_resnet_parameter_counts_match_the_paper(depth, params):
+    # He et al. 2016, Table 6: 0.27M, 0.46M, 0.85M parameters (option A shortcuts have none).
+    model = CifarResNet(depth)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) + 1 == depth  # convs + the fc layer
+
+
+def test_cifar_resnet_shapes_and_zero_padding_shortcut():
+    model = CifarResNet(8, width=4)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    block = BasicBlock(4, 8, stride=2)
+    x = torch.randn(1, 4, 8, 8)
+    shortcut = block.shortcut(x)
+    assert shortcut.shape == (1, 8, 4, 4)
+    assert torch.equal(shortcut[:, :4], x[:, :, ::2, ::2]) and not shortcut[:, 4:].any()
+
+
+def test_models_from_config():
+    assert isinstance(build_model(compose_config(["model=resnet110"]).model, 10), CifarResNet)
+    resnet50 = build_model(compose_config(["model=resnet50"]).model, 1000)
+    assert sum(p.numel() for p in resnet50.parameters()) == 25_557_032  # torchvision's ResNet-50
+
+
+def schedule_cfg(*overrides):
+    return compose_config([f"schedule.{o}" for o in overrides]).schedule
+
+
+def test_warmup_is_linear_then_each_decay_has_its_shape():
+    poly = schedule_cfg("decay=poly", "power=2")
+    factors = [lr_factor(s, total_steps=110, warmup_steps=10, cfg=poly) for s in range(110)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert factors[10] == 1.0 and factors[60] == pytest.approx(0.25)
+    cosine = schedule_cfg("decay=cosine")
+    assert lr_factor(60, 110, 10, cosine) == pytest.approx(0.5)
+    assert lr_factor(10, 110, 10, schedule_cfg("decay=constant")) == lr_factor(109, 110, 10, schedule_cfg("decay=constant")) == 1
+    step = schedule_cfg("decay=step", "milestones=[0.5,0.75]", "gamma=0.1")
+    assert [lr_factor(s, 100, 0, step) for s in (49, 50, 74, 75)] == pytest.approx([1, 0.1, 0.1, 0.01])
+
+
+def test_peak_lr_scaling_rules():
+    assert peak_lr(0.1, 1024, schedule_cfg("scaling=linear", "base_batch_size=128")) == pytest.approx(0.8)
+    assert peak_lr(0.1, 512, schedule_cfg("scaling=sqrt", "base_batch_size=128")) == pytest.approx(0.2)
+    assert peak_lr(0.1, 8192, schedule_cfg("scaling=none")) == 0.1
+
+
+def test_scheduler_steps_the_optimizer_lr_per_step():
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.4)
+    sched = build_scheduler(opt, schedule_cfg("decay=cosine", "warmup_epochs=1"), steps_per_epoch=4, epochs=3)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert lrs[4:] == pytest.approx([0.4 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)])

@@ -1,0 +1,52 @@
+"""Real training runs through the command line, on real CIFAR-10 (tiny model, small subset)."""
+
+import json
+
+import pandas as pd
+import yaml
+
+from conftest import run_cli
+
+TINY = ["experiment=smoke", "model.width=8", "dataset.subset=4000"]
+RUN_FILES = ["metrics.csv", "summary.json", ".hydra/config.yaml", "train.log"]
+
+
+def read_run(run_dir):
+    config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return config, summary, pd.read_csv(run_dir / "metrics.csv")
+
+
+def test_tiny_run_learns_and_records_everything(tmp_path, cifar_root):
+    result = run_cli([*TINY, "epochs=3", "batch_size=100"], cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
+    assert all((run_dir / f).exists() for f in RUN_FILES)
+    config, summary, metrics = read_run(run_dir)
+    assert config["optimizer"]["name"] == "sngm" and config["batch_size"] == 100
+    assert list(metrics.columns) == ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+                                     "epoch_seconds", "images_per_second"]
+    assert metrics["epoch"].tolist() == [1, 2, 3]
+    assert summary["status"] == "completed" and summary["epochs"] == 3
+    assert summary["final_test_acc"] == metrics["test_acc"].iloc[-1]
+    assert summary["best_test_acc"] == metrics["test_acc"].max()
+    assert summary["final_test_acc"] > 0.22  # chance is 0.10 on the full 10,000-image test set
+    assert summary["train_images"] == 4000 and summary["test_images"] == 10_000
+    for key in ("git_commit", "torch_version", "device_name", "seed", "wall_seconds", "peak_lr"):
+        assert key in summary
+
+
+def test_two_by_two_sweep_yields_four_complete_runs(tmp_path, cifar_root):
+    result = run_cli(["-m", *TINY, "dataset.subset=1000", "epochs=1", "optimizer=sngm,msgd", "batch_size=100,200"],
+                     cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0, result.stderr
+    runs = sorted(p for p in (tmp_path / "multirun" / "smoke").iterdir() if p.is_dir())
+    assert len(runs) == 4
+    seen = set()
+    for run_dir in runs:
+        config, summary, metrics = read_run(run_dir)
+        assert summary["status"] == "completed" and len(metrics) == 1
+        assert 0.0 <= summary["final_test_acc"] <= 1.0
+        seen.add((config["optimizer"]["name"], config["batch_size"]))
+        assert f"optimizer={config['optimizer']['name']}" in run_dir.name  # readable folder names
+    assert seen == {("sngm", 100), ("sngm", 200), ("msgd", 100), ("msgd", 200)}
