@@ -79,6 +79,8 @@ class SNGMConfig:
     weight_decay: float = 5e-4
     decay_norm_and_bias: bool = False
     eps: float = 1e-12  # floor of the gradient norm, only to keep a zero gradient finite
+    weight_decay_mode: str = "l2"  # l2: folded into g before the norm; decoupled: w -= lr*wd*w outside it
+    norm: str = "global"  # global: one norm over all parameters (the paper's); layer: one per tensor
 
 
 @dataclass
@@ -89,6 +91,32 @@ class MSGDConfig:
     weight_decay: float = 5e-4
     decay_norm_and_bias: bool = False
     nesterov: bool = False
+
+
+@dataclass
+class LARSConfig:
+    name: str = "lars"
+    lr: float = MISSING  # at schedule.base_batch_size
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = False
+    adapt_norm_and_bias: bool = False  # false: biases and normalization parameters get trust ratio 1
+    trust_coefficient: float = 1e-3  # eta in trust = eta*||w|| / (||g|| + wd*||w|| + eps)
+    eps: float = 0.0
+
+
+@dataclass
+class LAMBConfig:
+    name: str = "lamb"
+    lr: float = MISSING  # at schedule.base_batch_size
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    decay_norm_and_bias: bool = False
+    adapt_norm_and_bias: bool = False  # false: biases and normalization parameters get trust ratio 1
+    max_trust_ratio: Optional[float] = None  # clamp of trust = ||w||/||r||; null: none
+    max_grad_norm: Optional[float] = None  # global gradient clipping before the moments; null: none
 
 
 @dataclass
@@ -135,6 +163,8 @@ def register() -> None:
         ("model", "torchvision_resnet", TorchvisionResNetConfig),
         ("optimizer", "sngm", SNGMConfig),
         ("optimizer", "msgd", MSGDConfig),
+        ("optimizer", "lars", LARSConfig),
+        ("optimizer", "lamb", LAMBConfig),
         ("schedule", "schedule", ScheduleConfig),
     ]:
         store.store(group=f"schema/{group}", name=kind, node=node)

@@ -5,65 +5,69 @@ from __future__ import annotations
 import torch
 from torch.optim import Optimizer
 
+from sngm_bench.optim.common import (
+    check_choice, check_non_negative, check_positive, check_unit_interval, momentum_update_, norms, run_closure,
+    state_tensors, with_grad,
+)
+
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
+NORMS = ("global", "layer")
+
 
 class SNGM(Optimizer):
     r"""Stochastic normalized gradient descent with momentum (Zhao et al., arXiv 2007.13985, Alg. 1).
 
-    With weight decay folded into the gradient of each parameter group,
+    With weight decay folded into the gradient of each parameter group (`weight_decay_mode="l2"`,
+    the default),
 
         g_t     = \nabla f(w_t) + weight\_decay \cdot w_t
         u_{t+1} = momentum \cdot u_t + g_t / \|g_t\|
         w_{t+1} = w_t - lr \cdot u_{t+1}
 
-    where \|g_t\| is ONE Euclidean norm over all parameters of all groups, so each step moves
-    at most lr / (1 - momentum) whatever the scale of the gradient. `eps` only floors the norm
-    so that an all-zero gradient leaves u unchanged instead of producing NaN.
+    where \|g_t\| is ONE Euclidean norm over all parameters of all groups (`norm="global"`, the
+    paper's), so each step moves at most lr / (1 - momentum) whatever the scale of the gradient.
+    Options, because the paper does not settle them for us:
 
-    The momentum update is computed as u <- lerp(u, g / ((1 - momentum) \|g\|), 1 - momentum),
-    which is the same rule in one pass over u. No host synchronization: the norm stays a
-    device tensor.
+    - `weight_decay_mode="decoupled"`: g_t = \nabla f(w_t), and the decay acts outside the
+      normalized direction, w_{t+1} = w_t - lr \cdot u_{t+1} - lr \cdot weight\_decay \cdot w_t.
+    - `norm="layer"`: each tensor's g_t is divided by its own norm instead of the global one.
+
+    `eps` only floors the norm so that an all-zero gradient leaves u unchanged instead of
+    producing NaN. No host synchronization: norms stay device tensors, and the momentum update
+    takes 1 / \|g_t\| as a device tensor (`momentum_update_`).
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eps: float = 1e-12):
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps))
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eps: float = 1e-12,
+                 weight_decay_mode: str = "l2", norm: str = "global"):
+        check_positive(lr=lr, eps=eps)
+        check_unit_interval(momentum=momentum)
+        check_non_negative(weight_decay=weight_decay)
+        check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
+        check_choice("norm", norm, NORMS)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps,
+                                      weight_decay_mode=weight_decay_mode, norm=norm))
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        groups = []
+        loss = run_closure(closure)
+        groups = []  # (group, params, d, whether d is our scratch copy) of each group with gradients
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params, grads = with_grad(group)
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            if group["weight_decay"]:
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-            groups.append((group, params, grads))
-        if not groups:
-            return loss
+            if group["weight_decay"] and group["weight_decay_mode"] == "l2":
+                groups.append((group, params, torch._foreach_add(grads, params, alpha=group["weight_decay"]), True))
+            else:
+                groups.append((group, params, grads, False))
 
-        norms = torch._foreach_norm([g for _, _, grads in groups for g in grads])
-        norms = torch.stack(norms)
-        norm = torch.linalg.vector_norm(norms.to(torch.promote_types(norms.dtype, torch.float32)))
-        for group, params, grads in groups:
-            momentum = group["momentum"]
-            buffers = []
-            for p in params:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                buffers.append(state["momentum_buffer"])
-            scale = 1.0 / ((1.0 - momentum) * norm.clamp_min(group["eps"]))
-            torch._foreach_lerp_(buffers, torch._foreach_mul(grads, scale), 1.0 - momentum)
-            torch._foreach_add_(params, buffers, alpha=-group["lr"])
+        global_directions = [d for group, _, directions, _ in groups if group["norm"] == "global" for d in directions]
+        global_norm = torch.linalg.vector_norm(norms(global_directions)) if global_directions else None
+        for group, params, directions, scratch in groups:
+            lr, weight_decay = group["lr"], group["weight_decay"]
+            norm = global_norm if group["norm"] == "global" else norms(directions)
+            buffers = state_tensors(self, params, "momentum_buffer")
+            momentum_update_(buffers, directions, group["momentum"], 1.0 / norm.clamp_min(group["eps"]), scratch)
+            if weight_decay and group["weight_decay_mode"] == "decoupled":
+                torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+            torch._foreach_add_(params, buffers, alpha=-lr)
         return loss

@@ -1,0 +1,120 @@
+"""Optimizer step benchmark: the time of one `step()` of each optimizer on a model's real parameter
+set, as a ratio to torch.optim.SGD(momentum=0.9, foreach=True) (and fused=True on CUDA) timed in
+the same process on the same parameters.
+
+Each optimizer is built by `build_optimizer` from its config file, so its parameter groups and
+hyperparameters are the ones a run uses, except that all of them and the baselines get the same
+weight decay (0 by default, like the plain baseline), so that a ratio compares update rules and
+not different amounts of work. Steps run round-robin over the optimizers, so a busy, shared
+machine slows them alike, and each time is the median over the steps after warm-up. Before each
+step a 256 MiB write evicts the caches, as the forward and backward passes do between the steps
+of training; otherwise the order within a round would decide who finds its tensors in cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from sngm_bench.config import compose_config
+from sngm_bench.models.cifar_resnet import CifarResNet
+from sngm_bench.optim import build_optimizer
+
+PARAMETER_SETS: dict[str, Callable[[], nn.Module]] = {
+    "resnet50": lambda: torchvision.models.resnet50(),  # 25.6 M parameters in 161 tensors
+    "resnet20": lambda: CifarResNet(20),  # 0.27 M parameters in 59 tensors
+}
+OPTIMIZERS = ("msgd", "sngm", "lars", "lamb")
+CACHE_EVICTION_BYTES = 256 * 2**20  # more than any CPU's last-level cache or GPU's L2
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def model_with_gradients(name: str, device: torch.device) -> nn.Module:
+    """The model's parameters on `device`, each with a fixed random gradient."""
+    torch.manual_seed(0)
+    model = PARAMETER_SETS[name]().to(device)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    return model
+
+
+def optimizers_to_compare(model: nn.Module, weight_decay: float) -> dict[str, torch.optim.Optimizer]:
+    params = list(model.parameters())
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=weight_decay)
+    optimizers = {"sgd_foreach": torch.optim.SGD(params, **sgd, foreach=True)}
+    if params[0].is_cuda:
+        optimizers["sgd_fused"] = torch.optim.SGD(params, **sgd, fused=True)
+    for name in OPTIMIZERS:
+        cfg = compose_config([f"optimizer={name}", f"optimizer.weight_decay={weight_decay}"]).optimizer
+        optimizers[name] = build_optimizer(cfg, model, cfg.lr)
+    return optimizers
+
+
+def median_step_seconds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmup: int,
+                        device: torch.device) -> dict[str, float]:
+    """Median seconds of one step of each optimizer, over `steps` rounds after `warmup` rounds."""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    evict = torch.empty(CACHE_EVICTION_BYTES, dtype=torch.uint8, device=device)
+    seconds: dict[str, list[float]] = {name: [] for name in optimizers}
+    for round_ in range(warmup + steps):
+        for name, optimizer in optimizers.items():
+            evict.fill_(round_ % 256)
+            synchronize()
+            start = time.perf_counter()
+            optimizer.step()
+            synchronize()
+            if round_ >= warmup:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def bench_optimizers(parameter_sets=tuple(PARAMETER_SETS), steps: int = 50, warmup: int = 5,
+                     weight_decay: float = 0.0, device: str | None = None) -> list[dict]:
+    """One row per (parameter set, optimizer): median step time and its ratio to each baseline."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = []
+    for set_name in parameter_sets:
+        model = model_with_gradients(set_name, device)
+        optimizers = optimizers_to_compare(model, weight_decay)
+        medians = median_step_seconds(optimizers, steps, warmup, device)
+        baselines = [name for name in medians if name.startswith("sgd_")]
+        for name, median in medians.items():
+            rows.append({
+                "device": device_name(device), "torch": torch.__version__, "steps": steps, "parameter_set": set_name,
+                "parameters": sum(p.numel() for p in model.parameters()), "tensors": len(list(model.parameters())),
+                "weight_decay": weight_decay, "optimizer": name, "median_ms": 1e3 * median,
+                **{f"vs_{base}": median / medians[base] for base in baselines},
+            })
+        del model, optimizers
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    ratios = [key for key in rows[0] if key.startswith("vs_")]
+    lines = [f"device: {rows[0]['device']}   torch {rows[0]['torch']}   weight_decay {rows[0]['weight_decay']}   "
+             f"median of {rows[0]['steps']} steps",
+             f"{'parameters':<24}{'optimizer':<13}{'ms/step':>9}" + "".join(f"{key:>16}" for key in ratios)]
+    for row in rows:
+        where = f"{row['parameter_set']} ({row['parameters'] / 1e6:.2f} M)"
+        lines.append(f"{where:<24}{row['optimizer']:<13}{row['median_ms']:>9.3f}"
+                     + "".join(f"{row[key]:>15.2f}x" for key in ratios))
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

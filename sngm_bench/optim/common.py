@@ -1,0 +1,113 @@
+"""Building blocks shared by our optimizers: argument checks and multi-tensor arithmetic.
+
+The arithmetic works on lists of tensors with `torch._foreach_*` ops (one call per operation for
+all tensors of a group) and keeps every result on the device, so nothing here waits for the host.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter out of its range; the message starts with `name=value`."""
+
+
+def check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise HyperparameterError(f"{name}={value} must be positive")
+
+
+def check_non_negative(**values: float) -> None:
+    for name, value in values.items():
+        if not value >= 0:
+            raise HyperparameterError(f"{name}={value} must be non-negative")
+
+
+def check_unit_interval(**values: float) -> None:
+    for name, value in values.items():
+        if not 0.0 <= value < 1.0:
+            raise HyperparameterError(f"{name}={value} must be in [0, 1)")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise HyperparameterError(f"{name}={value!r} must be one of {', '.join(choices)}")
+
+
+def run_closure(closure):
+    """The loss of `closure` evaluated with gradients enabled (step() itself runs without)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def with_grad(group: dict) -> tuple[list[Tensor], list[Tensor]]:
+    """The group's parameters that have a gradient, and those gradients; the others are skipped."""
+    params = [p for p in group["params"] if p.grad is not None]
+    return params, [p.grad for p in params]
+
+
+def state_tensors(optimizer: Optimizer, params: list[Tensor], name: str) -> list[Tensor]:
+    """Each parameter's state tensor `name`, created as zeros shaped like it on first use."""
+    tensors = []
+    for p in params:
+        state = optimizer.state[p]
+        if name not in state:
+            state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        tensors.append(state[name])
+    return tensors
+
+
+def norms(tensors: list[Tensor]) -> Tensor:
+    """The Euclidean norm of each tensor as one vector, accumulated in at least float32 (so bf16
+    tensors get accurate norms)."""
+    dtype = functools.reduce(torch.promote_types, {t.dtype for t in tensors}, torch.float32)
+    return torch.stack(torch._foreach_norm(tensors, dtype=dtype))
+
+
+def trust_ratio(weight_norms: Tensor, update_norms: Tensor, numerator: Tensor, denominator: Tensor) -> Tensor:
+    """numerator / denominator per tensor, or 1 for a tensor whose weight or update norm is 0 (a
+    zero-initialized weight, a zero gradient): the layer-wise ratio of LARS and LAMB."""
+    usable = (weight_norms > 0) & (update_norms > 0)
+    return torch.where(usable, numerator / denominator, torch.ones_like(numerator))
+
+
+def per_tensor(factors: Tensor) -> list[Tensor]:
+    """The entries of a vector as 0-dim device tensors: foreach ops then scale tensor i by
+    factors[i] without reading the values on the host."""
+    return list(factors.unbind())
+
+
+def has_multi_tensor_kernels(tensor: Tensor) -> bool:
+    """Whether foreach ops on tensors like this one run as fused multi-tensor kernels (CUDA), as
+    long as every operand has the same shapes; elsewhere they loop over the tensors anyway."""
+    return tensor.is_cuda
+
+
+def momentum_update_(buffers: list[Tensor], directions: list[Tensor], momentum: float, scale: Tensor,
+                     directions_are_scratch: bool = False) -> None:
+    """buffers <- momentum * buffers + scale * directions, where `scale` is a 0-dim device tensor
+    (one factor for all tensors) or a vector (one per tensor), never read on the host.
+
+    With one factor and multi-tensor kernels, the directions are scaled by one kernel (in place if
+    they are scratch) and folded in by a lerp: temporaries are cheap with the caching allocator,
+    while per-tensor 0-dim factors would leave the fused path. Otherwise nothing is allocated,
+    because fresh CPU memory costs page faults on every step: buffers *= momentum, then
+    buffers += factor_i * directions_i in one addcmul."""
+    if scale.ndim == 0 and has_multi_tensor_kernels(buffers[0]):
+        scale = scale / (1.0 - momentum)
+        if directions_are_scratch:
+            torch._foreach_mul_(directions, scale)
+        else:
+            directions = torch._foreach_mul(directions, scale)
+        torch._foreach_lerp_(buffers, directions, 1.0 - momentum)
+    else:
+        torch._foreach_mul_(buffers, momentum)
+        torch._foreach_addcmul_(buffers, directions, per_tensor(scale) if scale.ndim else [scale] * len(buffers))
