@@ -1,26 +1,39 @@
-"""Training-throughput benchmark: images/s of the real training step, and the share of the
-step spent in the data pipeline (batch gather + augmentation), on the current device.
+"""Training-throughput benchmark of the product's own step, against a hand-written reference.
 
-The pixels are random (throughput does not depend on them), so no dataset is needed.
+`bench_train` times `Trainer.train_batch` — the exact step `sngm-bench` runs: batch gather and
+augmentation on the device, forward, backward, optimizer, schedule, device-side metrics — and
+splits it into data / forward+backward / optimizer. With `compare_reference`, it times in the
+same process a minimal loop on the same model, batch and flags whose data already sits on the
+device as a ready float batch and whose optimizer is torch's fused (CUDA) or foreach (CPU) SGD,
+and reports the product's throughput as a fraction of it. FLOPs per image come from
+`torch.utils.flop_counter`, so model FLOP utilization is reported where the peak is known.
 """
 
 from __future__ import annotations
 
 import itertools
+import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
+from torch.utils.flop_counter import FlopCounterMode
 
+from sngm_bench import distributed
 from sngm_bench.config import Device, Precision
-from sngm_bench.data.device_loader import DeviceImages, epoch_generator, shuffled_batches
 from sngm_bench.models import build_model
-from sngm_bench.optim import build_optimizer
 from sngm_bench.records import environment
-from sngm_bench.schedule import peak_lr
-from sngm_bench.train import autocast_context, resolve_device, train_step
+from sngm_bench.train import Trainer
 
-CIFAR_SHAPE = (3, 32, 32)
+# Dense peak FLOP/s by GPU name and precision (vendor data sheets: H100/H200 SXM, no sparsity).
+PEAK_FLOPS = {
+    ("H100", "bf16"): 989e12, ("H100", "fp32"): 67e12,
+    ("H200", "bf16"): 989e12, ("H200", "fp32"): 67e12,
+    ("A100", "bf16"): 312e12, ("A100", "fp32"): 19.5e12,
+}
 
 
 def _synchronize(device: torch.device) -> None:
@@ -28,48 +41,110 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(device, fn, repeats: int) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
+def _median_seconds(device, fn, steps: int) -> float:
+    """Median over `steps` calls, each timed between device synchronizations."""
+    times = []
+    for _ in range(steps):
+        _synchronize(device)
+        start = time.perf_counter()
         fn()
-    _synchronize(device)
-    return (time.perf_counter() - start) / repeats
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
-def bench_train(cfg: DictConfig, steps: int = 20, warmup: int = 5, num_images: int = 50_000) -> dict:
-    """Mean time of `steps` training steps after `warmup` untimed ones (which also absorb
-    `torch.compile`), and of as many data-pipeline calls alone."""
-    device = resolve_device(Device(cfg.device))
-    autocast = autocast_context(device, Precision(cfg.precision))
-    torch.manual_seed(cfg.seed)
-    num_images = max(num_images, cfg.batch_size)
-    images = torch.randint(0, 256, (num_images, *CIFAR_SHAPE), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (num_images,))
-    data = DeviceImages(images, labels, (0.5,) * 3, (0.25,) * 3, device, cfg.channels_last)
-    model = build_model(cfg.model, 10).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optimizer, model, peak_lr(cfg.optimizer.lr, cfg.batch_size, cfg.schedule))
+def flops_per_image(model: torch.nn.Module, image_shape, device, batch: int = 8) -> float:
+    """Forward + backward FLOPs of one image, counted by torch (matmuls and convolutions)."""
+    x = torch.randn(batch, *image_shape, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def peak_flops(device_name: str, precision: str) -> float | None:
+    return next((peak for (gpu, prec), peak in PEAK_FLOPS.items() if gpu in device_name and prec == precision), None)
+
+
+def reference_step(cfg: DictConfig, trainer: Trainer):
+    """A minimal hand-written training step on a fresh copy of the model: data ready on the device."""
+    device = trainer.procs.device
+    model = build_model(cfg.model, trainer.data.num_classes).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
+                                fused=device.type == "cuda", foreach=device.type != "cuda")
     forward = torch.compile(model) if cfg.compile else model
+    x = torch.randn(trainer.local_batch, *trainer.data.train.images.shape[1:], device=device)
+    x = x.contiguous(memory_format=memory_format)
+    y = torch.randint(0, trainer.data.num_classes, (trainer.local_batch,), device=device)
     model.train()
-    generator = epoch_generator(cfg.seed, 0, device)
-    batches = itertools.cycle(shuffled_batches(num_images, cfg.batch_size, generator))
 
-    def next_batch():
-        return data.augmented_batch(next(batches), generator)
+    def step():
+        with trainer.autocast:
+            loss = F.cross_entropy(forward(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
-    def full_step():
-        train_step(forward, optimizer, *next_batch(), autocast)
+    return step
 
-    _timed(device, full_step, warmup)
-    step_seconds = _timed(device, full_step, steps)
-    data_seconds = _timed(device, next_batch, steps)
+
+def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_reference: bool = False) -> dict:
+    """Median step time of the product's step (and its parts, and the reference's) on this device."""
+    procs = distributed.setup(Device(cfg.device))
+    device = procs.device
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = Trainer(cfg, Path(scratch), procs)
+    data = trainer.data.train
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    trainer.model.train()
+
+    def batches():
+        for epoch in itertools.count(1):
+            yield from data.train_batches(cfg.seed, epoch, cfg.batch_size, trainer.shard())
+
+    stream, data_stream = batches(), batches()
+
+    def product_step():
+        trainer.train_batch(*next(stream), totals)
+
+    def data_only():
+        next(data_stream)
+
+    for _ in range(warmup):  # also absorbs torch.compile
+        product_step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step_seconds = _median_seconds(device, product_step, steps)
+    peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    data_seconds = _median_seconds(device, data_only, steps)
+    optimizer_seconds = _median_seconds(device, trainer.optimizer.step, steps)
+
     env = environment(device)
-    return {
+    precision = Precision(cfg.precision).value
+    flops = flops_per_image(build_model(cfg.model, trainer.data.num_classes).to(device), data.images.shape[1:], device)
+    achieved = flops * cfg.batch_size / step_seconds
+    peak = peak_flops(env["device_name"], precision)
+    result = {
         "model": cfg.model.name, "optimizer": cfg.optimizer.name, "batch_size": cfg.batch_size,
-        "precision": Precision(cfg.precision).value, "channels_last": cfg.channels_last, "compile": cfg.compile,
+        "micro_batch_size": trainer.micro_batch, "precision": precision,
+        "channels_last": cfg.channels_last, "compile": cfg.compile,
         "images_per_second": cfg.batch_size / step_seconds, "step_ms": 1000 * step_seconds,
-        "data_fraction": data_seconds / step_seconds,
-        "device_name": env["device_name"], "torch_version": env["torch_version"],
+        "data_fraction": data_seconds / step_seconds, "optimizer_fraction": optimizer_seconds / step_seconds,
+        "forward_backward_fraction": max(0.0, 1 - (data_seconds + optimizer_seconds) / step_seconds),
+        "peak_memory_gib": peak_memory / 2**30 if peak_memory is not None else None,
+        "gflops_per_image": flops / 1e9, "achieved_tflops": achieved / 1e12,
+        "mfu": achieved / peak if peak else None,
     }
+    if compare_reference:
+        reference = reference_step(cfg, trainer)
+        for _ in range(warmup):
+            reference()
+        reference_seconds = _median_seconds(device, reference, steps)
+        result["reference_images_per_second"] = cfg.batch_size / reference_seconds
+        result["throughput_vs_reference"] = reference_seconds / step_seconds
+    result.update(device_name=env["device_name"], torch_version=env["torch_version"])
+    procs.close()
+    return result

@@ -25,8 +25,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from sngm_bench.config import CONFIG_MODULE
-from sngm_bench.errors import UserError
+from sngm_bench.config import CONFIG_MODULE, check_values
+from sngm_bench.errors import Interrupted, UserError
 
 log = logging.getLogger("sngm_bench")
 _failed_runs: list[str] = []
@@ -51,6 +51,8 @@ def _unknown_key_message(key: str, overrides: list[str]) -> str:
 
 
 def _composition_error(err: Exception, overrides: list[str]) -> UserError:
+    if isinstance(err, MissingConfigException) and "submitit" in (err.missing_cfg_file or ""):
+        return UserError("the SLURM launcher needs the slurm extra: pip install 'sngm-bench[slurm]'")
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
         group, _, choice = err.missing_cfg_file.rpartition("/")
         options = ", ".join(sorted(o for o in (err.options or []) if not o.startswith("schema")))
@@ -61,6 +63,9 @@ def _composition_error(err: Exception, overrides: list[str]) -> UserError:
         return UserError(_unknown_key_message(key, overrides))
     if key:
         return UserError(f"bad value for '{key}': {_first_line(cause)}")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and "raised while composing" in lines[0]:  # Hydra folds the cause into its text
+        return UserError(f"{lines[0].split(':')[0]}: {lines[1]}")
     return UserError(_first_line(err))
 
 
@@ -95,14 +100,18 @@ def _record_failure(run_dir: Path, cfg: DictConfig, err: UserError) -> None:
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def run(cfg: DictConfig) -> None:
-    from sngm_bench.train import train  # torch is imported only once a run starts
-
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        train(cfg, run_dir)
+        check_values(cfg)
+        from sngm_bench.train import train  # torch is imported only once a run starts
+
+        train(cfg, run_dir, in_sweep)
+    except Interrupted as err:
+        _fail(str(err), 128 + err.signum)  # a sweep stops too: the user asked to stop
     except UserError as err:
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        if not in_sweep:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             _fail(str(err))  # SystemExit passes through Hydra's error report
@@ -110,18 +119,26 @@ def run(cfg: DictConfig) -> None:
         _record_failure(run_dir, cfg, err)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     print(f"sngm-bench: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def main() -> None:
     args, _ = get_args_parser().parse_known_args()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:
+            if args.multirun and args.cfg:
+                raise UserError("--cfg prints one config; drop -m (--multirun) to use it")
+            if args.multirun and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise UserError("torchrun starts one run; a sweep (-m) launches its runs itself "
+                                "(hydra/launcher=slurm for multi-GPU jobs)")
             check_overrides(args.overrides, args.multirun)
         except UserError as err:
             _fail(str(err))
+    if int(os.environ.get("RANK", "0")) > 0:
+        # Every process composes the same config and run folder; only rank 0 writes Hydra's files.
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     run()
     if _failed_runs:
         _fail(f"{len(_failed_runs)} run(s) of the sweep failed; see summary.json in {', '.join(_failed_runs)}")

@@ -15,6 +15,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from sngm_bench.errors import UserError
+
 CONFIG_MODULE = "sngm_bench.configs"
 DATA_ROOT = "${oc.env:SNGM_DATA,./data}"
 
@@ -56,6 +58,7 @@ class CIFAR10Config:
 class ImageNetConfig:
     name: str = "imagenet"
     root: str = DATA_ROOT  # holds train/<wnid>/*.JPEG and val/<wnid>/*.JPEG
+    subset: Optional[int] = None  # class-balanced training subset of this many images
 
 
 @dataclass
@@ -63,6 +66,7 @@ class CifarResNetConfig:
     name: str = "resnet${.depth}"
     depth: int = 20  # 6n+2
     width: int = 16  # channels of the first stage; stages use width, 2*width, 4*width
+    batch_norm: bool = True  # false: no normalization layers (batch-independent, for exactness tests)
 
 
 @dataclass
@@ -145,7 +149,30 @@ class Config:
     channels_last: bool = False
     compile: bool = False
     eval_batch_size: int = 1000
-    log_every: int = 50  # steps between progress-bar refreshes; each costs one host sync
+    log_every: int = 50  # steps between host syncs: progress bar, divergence and stop checks
+    # Large batch: batch_size is split over processes (torchrun / SLURM), then into micro-batches.
+    micro_batch_size: Optional[int] = None  # images per forward pass per process; null: see below
+    max_micro_batch_size: Optional[int] = None  # null micro_batch_size: largest divisor up to this
+    sync_batch_norm: bool = False  # BatchNorm statistics over all processes' micro-batches
+    # Run folder: an unfinished run always continues from its checkpoint.
+    resume: bool = False  # a folder holding a finished run is kept (nothing to do) instead of refused
+    overwrite: bool = False  # train from scratch, replacing whatever the folder holds
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Value checks the schema's types cannot express; each failure names the key and the fix."""
+    for key in ("batch_size", "epochs", "eval_batch_size", "log_every"):
+        if cfg[key] <= 0:
+            raise UserError(f"{key}={cfg[key]} must be a positive integer")
+    for key in ("micro_batch_size", "max_micro_batch_size"):
+        if cfg[key] is not None and cfg[key] <= 0:
+            raise UserError(f"{key}={cfg[key]} must be a positive integer or null")
+    if cfg.seed < 0:
+        raise UserError(f"seed={cfg.seed} must be non-negative")
+    if cfg.resume and cfg.overwrite:
+        raise UserError("resume=true and overwrite=true contradict each other; choose one")
+    if cfg.optimizer.lr <= 0:  # the other hyperparameters are checked by the optimizers themselves
+        raise UserError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
 
 
 def _or_default(value: Any, default: str) -> str:

@@ -39,6 +39,10 @@ def write_json(path: Path, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / SUMMARY_FILE).read_text())
+
+
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     """The whole per-epoch table, rewritten after each epoch (it is small)."""
     lines = [",".join(METRIC_COLUMNS)]

@@ -1,171 +1,343 @@
 """The training loop: one run of one (dataset, model, optimizer, schedule, batch size, seed).
 
 Per epoch: train over shuffled, augmented full batches with the LR schedule stepped per
-optimizer step, then evaluate on the whole test set. Loss and accuracy accumulate on the device
-and are read once per epoch (and every `log_every` steps for the progress bar), so the step
+optimizer step, then evaluate on the whole test set. `batch_size` is global: it is split over
+the processes and, within each, into micro-batches whose gradients accumulate, so the optimizer
+always sees the mean gradient of the whole batch. Loss, accuracy and a non-finite flag add up
+on the device and are read every `log_every` steps and at the end of each epoch, so the step
 itself never waits for the host.
+
+A run writes metrics.csv after every epoch, a checkpoint after every epoch and when it is
+stopped by SIGINT/SIGTERM (then after the current step), and summary.json at the start and end.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from sngm_bench import records
-from sngm_bench.config import Device, Precision
+from sngm_bench import checkpoint, distributed, records
+from sngm_bench.config import Device, Precision, check_values
 from sngm_bench.data import build_data
-from sngm_bench.data.device_loader import epoch_generator, ordered_batches, shuffled_batches
-from sngm_bench.errors import UserError
+from sngm_bench.device import autocast_context
+from sngm_bench.errors import Interrupted, UserError
 from sngm_bench.models import build_model
 from sngm_bench.optim import build_optimizer
+from sngm_bench.run_folder import FolderLock, Plan, clear_run, plan_run
 from sngm_bench.schedule import build_scheduler, peak_lr
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(choice: Device) -> torch.device:
-    if choice is Device.auto:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice is Device.cuda and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto")
-    return torch.device(choice.value)
+class StopRequest:
+    """SIGINT/SIGTERM (Ctrl-C, SLURM preemption) become a flag the loop reads between steps; a
+    second signal stops at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
-def autocast_context(device: torch.device, precision: Precision):
-    if precision is Precision.fp32:
-        return nullcontext()
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"precision=bf16 is not supported on {torch.cuda.get_device_name(device)}; use precision=fp32")
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+def micro_batch_size(cfg: DictConfig, local_batch: int, world_size: int) -> int:
+    """Images per forward pass in each process: `micro_batch_size`, or else the largest divisor
+    of the process's share of the batch that is at most `max_micro_batch_size`."""
+    if cfg.micro_batch_size is None:
+        limit = cfg.max_micro_batch_size or local_batch
+        return max(d for d in range(1, min(limit, local_batch) + 1) if local_batch % d == 0)
+    if local_batch % cfg.micro_batch_size:
+        raise UserError(
+            f"batch_size={cfg.batch_size} is not divisible by {world_size} process(es) x "
+            f"micro_batch_size={cfg.micro_batch_size}; choose a micro_batch_size that divides {local_batch}"
+        )
+    return cfg.micro_batch_size
 
 
-def check_run_config(cfg: DictConfig) -> None:
-    """Value checks the schema's types cannot express; each failure names the key and the fix."""
-    for key in ("batch_size", "epochs", "eval_batch_size", "log_every"):
-        if cfg[key] <= 0:
-            raise UserError(f"{key}={cfg[key]} must be a positive integer")
-    if cfg.optimizer.lr <= 0:
-        raise UserError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
-    if cfg.seed < 0:
-        raise UserError(f"seed={cfg.seed} must be non-negative")
+def train_step(forward, optimizer, x, y, micro_batch_size: int, autocast, no_sync=nullcontext):
+    """One optimizer step on this process's batch (x, y), in micro-batches.
 
-
-def train_step(forward, optimizer, x, y, autocast):
-    """One optimizer step on the batch (x, y); returns the detached loss and logits."""
-    with autocast:
-        logits = forward(x)
-        loss = F.cross_entropy(logits, y)
+    Each micro-batch's mean loss is weighted by its share of the batch, so the accumulated
+    gradient is the batch mean; under DDP, gradients are averaged over processes on the last
+    micro-batch only (`no_sync` for the others). Returns the batch's mean loss and its number
+    of correct predictions, as device tensors.
+    """
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), logits.detach()
-
-
-def evaluate(model, images, batch_size: int, autocast) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over `images` (a DeviceImages), read once at the end."""
-    model.eval()
-    loss_sum = torch.zeros((), device=images.labels.device)
-    correct = torch.zeros((), dtype=torch.long, device=images.labels.device)
-    with torch.no_grad():
-        for indices in ordered_batches(len(images), batch_size, images.labels.device):
-            x, y = images.batch(indices)
+    chunks = list(zip(x.split(micro_batch_size), y.split(micro_batch_size)))
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    for i, (xm, ym) in enumerate(chunks):
+        share = len(ym) / len(y)
+        with no_sync() if i < len(chunks) - 1 else nullcontext():
             with autocast:
-                logits = model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-    return loss_sum.item() / len(images), correct.item() / len(images)
+                logits = forward(xm)
+                loss = F.cross_entropy(logits, ym)
+            (loss if share == 1 else loss * share).backward()
+        loss_sum += loss.detach().float() * share
+        correct += (logits.detach().argmax(1) == ym).sum()
+    optimizer.step()
+    return loss_sum, correct
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train as `cfg` says, writing metrics.csv after each epoch and summary.json at start and end."""
-    check_run_config(cfg)
-    device = resolve_device(Device(cfg.device))
-    precision = Precision(cfg.precision)
-    autocast = autocast_context(device, precision)
-    torch.manual_seed(cfg.seed)
+def evaluate(forward, images, batch_size: int, autocast, procs) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over `images`, each process taking a contiguous shard."""
+    totals = torch.zeros(2, dtype=torch.float64, device=procs.device)  # loss sum, correct
+    with torch.no_grad():
+        for x, y in images.eval_batches(batch_size, procs.rank, procs.world_size):
+            with autocast:
+                logits = forward(x)
+            totals[0] += F.cross_entropy(logits.float(), y, reduction="sum")
+            totals[1] += (logits.argmax(1) == y).sum()
+    procs.sum(totals)
+    loss_sum, correct = totals.tolist()
+    return loss_sum / len(images), correct / len(images)
 
-    data = build_data(cfg.dataset, device, cfg.channels_last)
-    if cfg.batch_size > len(data.train):
-        raise UserError(f"batch_size={cfg.batch_size} exceeds the {len(data.train)} training images")
-    steps_per_epoch = len(data.train) // cfg.batch_size
-    model = build_model(cfg.model, data.num_classes).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    lr = peak_lr(cfg.optimizer.lr, cfg.batch_size, cfg.schedule)
-    optimizer = build_optimizer(cfg.optimizer, model, lr)
-    scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch, cfg.epochs)
-    forward = torch.compile(model) if cfg.compile else model
 
-    summary = {
-        "status": "running",
-        "seed": cfg.seed,
-        "epochs_planned": cfg.epochs,
-        "epochs": 0,
-        "batch_size": cfg.batch_size,
-        "peak_lr": lr,
-        "steps_per_epoch": steps_per_epoch,
-        "train_images": len(data.train),
-        "test_images": len(data.test),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        **records.environment(device),
-    }
-    records.write_json(run_dir / records.SUMMARY_FILE, summary)
-    log.info("run folder %s", run_dir)
-    log.info("%s on %s (%s): %d steps/epoch, peak lr %.4g", cfg.optimizer.name, summary["device_name"],
-             device.type, steps_per_epoch, lr)
+def _parameters_finite(model) -> bool:
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(list(model.parameters())))).all())
 
-    rows: list[dict] = []
-    start = time.perf_counter()
-    progress = tqdm(total=cfg.epochs * steps_per_epoch, unit="step", dynamic_ncols=True, disable=None)
-    for epoch in range(1, cfg.epochs + 1):
-        epoch_start = time.perf_counter()
-        model.train()
-        generator = epoch_generator(cfg.seed, epoch, device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        for step, indices in enumerate(shuffled_batches(len(data.train), cfg.batch_size, generator), 1):
-            x, y = data.train.augmented_batch(indices, generator)
-            step_lr = optimizer.param_groups[0]["lr"]
-            loss, logits = train_step(forward, optimizer, x, y, autocast)
-            scheduler.step()
-            loss_sum += loss.float()
-            correct += (logits.argmax(1) == y).sum()
-            progress.update()
-            if step % cfg.log_every == 0 or step == steps_per_epoch:
-                seen = step * cfg.batch_size
-                progress.set_description(f"epoch {epoch}/{cfg.epochs}", refresh=False)
-                progress.set_postfix(loss=f"{loss_sum.item() / step:.3f}", acc=f"{correct.item() / seen:.3f}",
-                                     lr=f"{step_lr:.3g}", img_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
-        train_loss = loss_sum.item() / steps_per_epoch
-        train_acc = correct.item() / (steps_per_epoch * cfg.batch_size)
-        train_seconds = time.perf_counter() - epoch_start
-        test_loss, test_acc = evaluate(forward, data.test, cfg.eval_batch_size, autocast)
-        rows.append({
-            "epoch": epoch, "lr": step_lr, "train_loss": train_loss, "train_acc": train_acc,
-            "test_loss": test_loss, "test_acc": test_acc, "epoch_seconds": time.perf_counter() - epoch_start,
-            "images_per_second": steps_per_epoch * cfg.batch_size / train_seconds,
+
+class Trainer:
+    """Everything one run trains with, and the loop over its epochs."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, procs: distributed.Processes):
+        self.cfg, self.run_dir, self.procs = cfg, run_dir, procs
+        device = procs.device
+        self.autocast = autocast_context(device, Precision(cfg.precision))
+        torch.manual_seed(cfg.seed)
+        self.data = build_data(cfg.dataset, device, cfg.channels_last)
+        if cfg.batch_size > len(self.data.train):
+            raise UserError(f"batch_size={cfg.batch_size} exceeds the {len(self.data.train)} training images")
+        if cfg.batch_size % procs.world_size:
+            raise UserError(f"batch_size={cfg.batch_size} is not divisible by the {procs.world_size} processes")
+        self.local_batch = cfg.batch_size // procs.world_size
+        self.micro_batch = micro_batch_size(cfg, self.local_batch, procs.world_size)
+        self.steps_per_epoch = len(self.data.train) // cfg.batch_size
+
+        model = build_model(cfg.model, self.data.num_classes).to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if cfg.sync_batch_norm and procs.world_size > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.lr = peak_lr(cfg.optimizer.lr, cfg.batch_size, cfg.schedule)
+        self.optimizer = build_optimizer(cfg.optimizer, model, self.lr)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs)
+        compile_ = torch.compile if cfg.compile else (lambda module: module)
+        self.eval_forward = compile_(model)
+        if procs.world_size > 1:
+            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.train_forward, self.no_sync = compile_(ddp), ddp.no_sync
+        else:
+            self.train_forward, self.no_sync = self.eval_forward, nullcontext
+
+        self.rows: list[dict] = []
+        self.epoch, self.step = 1, 0  # next step to run: (epoch, step within it)
+        self.carried = None  # an interrupted epoch's totals, generator state and seconds so far
+        self.seconds_before = 0.0  # wall time of earlier sessions of this run
+        self.summary = {
+            "status": "running",
+            "seed": cfg.seed,
+            "epochs_planned": cfg.epochs,
+            "epochs": 0,
+            "batch_size": cfg.batch_size,
+            "world_size": procs.world_size,
+            "micro_batch_size": self.micro_batch,
+            "bn_batch_size": self.micro_batch * (procs.world_size if cfg.sync_batch_norm else 1),
+            "peak_lr": self.lr,
+            "steps_per_epoch": self.steps_per_epoch,
+            "train_images": len(self.data.train),
+            "test_images": len(self.data.test),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
+            "resumed_at": [],
+            **records.environment(device),
+        }
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def save_checkpoint(self, carried=None) -> None:
+        if not self.procs.is_main:
+            return
+        checkpoint.save(self.run_dir, {
+            "epoch": self.epoch, "step": self.step, "carried": carried,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rows": self.rows, "rng": checkpoint.capture_rng(),
+            "seconds": self.seconds_before + time.perf_counter() - self.session_start,
+            "resumed_at": self.summary["resumed_at"],
         })
-        records.write_metrics(run_dir, rows)
-        log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.0f img/s", epoch, cfg.epochs,
-                 train_loss, train_acc, test_loss, test_acc, rows[-1]["images_per_second"])
-    progress.close()
 
-    summary.update({
-        "status": "completed",
-        "epochs": len(rows),
-        "final_test_acc": rows[-1]["test_acc"],
-        "best_test_acc": max(r["test_acc"] for r in rows),
-        "best_epoch": max(rows, key=lambda r: r["test_acc"])["epoch"],
-        "final_train_loss": rows[-1]["train_loss"],
-        "wall_seconds": time.perf_counter() - start,
-        "images_per_second": sum(r["images_per_second"] for r in rows) / len(rows),
-    })
-    records.write_json(run_dir / records.SUMMARY_FILE, summary)
-    return summary
+    def load_checkpoint(self) -> None:
+        state = checkpoint.load(self.run_dir, self.procs.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        checkpoint.restore_rng(state["rng"])
+        self.rows, self.epoch, self.step = state["rows"], state["epoch"], state["step"]
+        self.carried, self.seconds_before = state["carried"], state["seconds"]
+        self.summary["resumed_at"] = [*state["resumed_at"], {"epoch": self.epoch, "step": self.step}]
+        log.info("continuing from the checkpoint at epoch %d, step %d", self.epoch, self.step)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def fit(self, stop: StopRequest) -> dict:
+        cfg, procs = self.cfg, self.procs
+        self.session_start = time.perf_counter()
+        if procs.is_main:
+            records.write_json(self.run_dir / records.SUMMARY_FILE, self.summary)
+            records.write_metrics(self.run_dir, self.rows)  # readers find the file from the start
+            log.info("run folder %s", self.run_dir)
+            log.info("%s on %s x%d (%s): %d steps/epoch of %d images (micro-batches of %d), peak lr %.4g",
+                     cfg.optimizer.name, self.summary["device_name"], procs.world_size, procs.device.type,
+                     self.steps_per_epoch, cfg.batch_size, self.micro_batch, self.lr)
+        done = (self.epoch - 1) * self.steps_per_epoch + self.step
+        with tqdm(total=cfg.epochs * self.steps_per_epoch, initial=done, unit="step", dynamic_ncols=True,
+                  disable=None if procs.is_main else True) as progress:
+            while self.epoch <= cfg.epochs:
+                outcome = self.train_epoch(stop, progress)
+                if outcome is not None:
+                    return self.finish(outcome)
+        return self.finish({"status": "completed"})
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, totals: torch.Tensor) -> float:
+        """One optimizer step on this process's share (x, y) of a global batch; adds loss,
+        correct count and a non-finite flag to `totals`; returns the step's LR."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss, correct = train_step(self.train_forward, self.optimizer, x, y, self.micro_batch, self.autocast,
+                                   self.no_sync)
+        self.scheduler.step()
+        totals[0] += loss
+        totals[1] += correct
+        totals[2] += ~torch.isfinite(loss)
+        return lr
+
+    def shard(self) -> slice:
+        """This process's slice of every global batch."""
+        return slice(self.procs.rank * self.local_batch, (self.procs.rank + 1) * self.local_batch)
+
+    def train_epoch(self, stop: StopRequest, progress) -> dict | None:
+        """Train and evaluate epoch `self.epoch` from step `self.step`; a dict ends the run early."""
+        cfg, procs, data = self.cfg, self.procs, self.data
+        epoch, start = self.epoch, time.perf_counter()
+        # Loss sum, correct count and non-finite-loss count of this process (float64 on device).
+        totals = torch.zeros(3, dtype=torch.float64, device=procs.device)
+        seconds_before = 0.0
+        if self.carried is not None:
+            if procs.is_main:  # the saved totals are the sum over all processes
+                totals += self.carried["totals"].to(procs.device)
+            seconds_before = self.carried["seconds"]
+            self.carried = None
+        self.model.train()
+        batches = data.train.train_batches(cfg.seed, epoch, cfg.batch_size, self.shard(), self.step)
+        for self.step, (x, y) in enumerate(batches, self.step + 1):
+            lr = self.train_batch(x, y, totals)
+            progress.update()
+            at_check = self.step % cfg.log_every == 0 or self.step == self.steps_per_epoch
+            if at_check:
+                loss_sum, correct_sum, nonfinite = totals.tolist()
+                if procs.any(nonfinite > 0):
+                    return self.diverged("non-finite training loss")
+                seen = self.step * self.local_batch
+                progress.set_description(f"epoch {epoch}/{cfg.epochs}", refresh=False)
+                progress.set_postfix(loss=f"{loss_sum / self.step:.3f}", acc=f"{correct_sum / seen:.3f}",
+                                     lr=f"{lr:.3g}", img_s=f"{seen * procs.world_size / (time.perf_counter() - start):.0f}")
+            if (stop.signum is not None) if procs.world_size == 1 else (at_check and procs.any(stop.signum is not None)):
+                if self.step < self.steps_per_epoch:
+                    procs.sum(totals)
+                    self.save_checkpoint({"totals": totals.cpu(),
+                                          "seconds": seconds_before + time.perf_counter() - start})
+                    raise Interrupted(stop.signum or signal.SIGTERM, self.run_dir)
+                break  # the epoch is complete: finish it, then stop at the epoch-end checkpoint
+
+        procs.sum(totals)
+        loss_sum, correct_sum, _ = totals.tolist()
+        train_seconds = seconds_before + time.perf_counter() - start
+        if not _parameters_finite(self.model):
+            return self.diverged("non-finite parameters")
+        test_loss, test_acc = evaluate(self.eval_forward, data.test, cfg.eval_batch_size, self.autocast, procs)
+        row = {
+            "epoch": epoch, "lr": lr, "train_loss": loss_sum / (self.steps_per_epoch * procs.world_size),
+            "train_acc": correct_sum / (self.steps_per_epoch * cfg.batch_size), "test_loss": test_loss,
+            "test_acc": test_acc, "epoch_seconds": seconds_before + time.perf_counter() - start,
+            "images_per_second": self.steps_per_epoch * cfg.batch_size / train_seconds,
+        }
+        self.rows.append(row)
+        self.epoch, self.step = epoch + 1, 0
+        if procs.is_main:
+            records.write_metrics(self.run_dir, self.rows)
+            log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.0f img/s", epoch, cfg.epochs,
+                     row["train_loss"], row["train_acc"], test_loss, test_acc, row["images_per_second"])
+        self.save_checkpoint()
+        if stop.signum is not None and self.epoch <= cfg.epochs:
+            raise Interrupted(stop.signum, self.run_dir)
+        return None
+
+    def diverged(self, reason: str) -> dict:
+        """The run's result: it diverged, detected at this step (checks run every log_every steps)."""
+        log.warning("diverged at epoch %d, step %d: %s", self.epoch, self.step, reason)
+        return {"status": "diverged", "diverged_epoch": self.epoch, "diverged_step": self.step,
+                "diverged_reason": reason}
+
+    def finish(self, outcome: dict) -> dict:
+        rows = self.rows
+        self.summary.update(outcome)
+        self.summary.update({
+            "epochs": len(rows),
+            "final_test_acc": rows[-1]["test_acc"] if rows and outcome["status"] == "completed" else None,
+            "best_test_acc": max((r["test_acc"] for r in rows), default=None),
+            "best_epoch": max(rows, key=lambda r: r["test_acc"])["epoch"] if rows else None,
+            "final_train_loss": rows[-1]["train_loss"] if rows else None,
+            "wall_seconds": self.seconds_before + time.perf_counter() - self.session_start,
+            "images_per_second": sum(r["images_per_second"] for r in rows) / len(rows) if rows else None,
+        })
+        if self.procs.is_main:
+            records.write_json(self.run_dir / records.SUMMARY_FILE, self.summary)
+        return self.summary
+
+
+def train(cfg: DictConfig, run_dir: Path, in_sweep: bool = False) -> dict:
+    """Train as `cfg` says in `run_dir`: from scratch, from its checkpoint, or not at all when
+    the folder already holds a finished run (see `sngm_bench.run_folder`)."""
+    check_values(cfg)
+    procs = distributed.setup(Device(cfg.device))
+    try:
+        with ExitStack() as stack:
+            if procs.is_main:
+                stack.enter_context(FolderLock(run_dir))
+            plan = plan_run(run_dir, cfg.resume, cfg.overwrite, in_sweep)
+            procs.barrier()  # every process has read the folder before the first write
+            if plan is Plan.skip:
+                log.info("%s already holds a finished run; nothing to do", run_dir)
+                return records.read_summary(run_dir)
+            trainer = Trainer(cfg, run_dir, procs)
+            if plan is Plan.resume:
+                trainer.load_checkpoint()
+            elif procs.is_main:
+                clear_run(run_dir)
+            with StopRequest() as stop:
+                return trainer.fit(stop)
+    finally:
+        procs.close()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sngm_bench.data import cifar10
-from sngm_bench.data.device_loader import DeviceImages, epoch_generator, ordered_batches, shuffled_batches
+from sngm_bench.data.device_loader import DeviceImages, seeded_generator, shuffled_batches
 from sngm_bench.errors import UserError
 
 
@@ -78,9 +78,9 @@ def _windows(image, pad=4):
 
 def test_augmentation_only_shifts_and_flips(cifar):
     images = DeviceImages(cifar[0][:64], cifar[1][:64], (0.0,) * 3, (1 / 255,) * 3, "cpu")
-    generator = epoch_generator(seed=0, epoch=1, device="cpu")
+    generator = seeded_generator("cpu", 0, 1)
     indices = torch.arange(64)
-    x, y = images.augmented_batch(indices, generator)
+    x, y = images.augmented_batch(indices, images.random_shifts(64, generator))
     assert x.shape == (64, 3, 32, 32) and x.dtype == torch.float32
     assert torch.equal(y, cifar[1][:64])
     shifted = flipped = 0
@@ -101,11 +101,28 @@ def test_normalization_uses_the_channel_statistics(cifar):
 
 
 def test_epoch_batches_are_full_disjoint_and_reproducible():
-    batches = shuffled_batches(1000, 128, epoch_generator(3, 7, "cpu"))
+    batches = shuffled_batches(1000, 128, seeded_generator("cpu", 3, 7))
     assert [len(b) for b in batches] == [128] * 7
     assert len(set(torch.cat(batches).tolist())) == 896
-    again = shuffled_batches(1000, 128, epoch_generator(3, 7, "cpu"))
+    again = shuffled_batches(1000, 128, seeded_generator("cpu", 3, 7))
     assert all(torch.equal(a, b) for a, b in zip(batches, again))
-    other = shuffled_batches(1000, 128, epoch_generator(3, 8, "cpu"))
+    other = shuffled_batches(1000, 128, seeded_generator("cpu", 3, 8))
     assert not torch.equal(batches[0], other[0])
-    assert torch.equal(torch.cat(ordered_batches(10, 4, "cpu")), torch.arange(10))
+
+
+def test_train_batches_resume_at_any_step_and_shard_one_global_batch(cifar):
+    images = DeviceImages(cifar[0][:500], cifar[1][:500], (0.5,) * 3, (0.25,) * 3, "cpu")
+    full = list(images.train_batches(seed=1, epoch=2, batch_size=100, shard=slice(0, 100)))
+    assert len(full) == 5 and all(x.shape == (100, 3, 32, 32) for x, _ in full)
+    resumed = list(images.train_batches(seed=1, epoch=2, batch_size=100, shard=slice(0, 100), start_step=3))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(full[3:], resumed)) and len(resumed) == 2
+    halves = [list(images.train_batches(1, 2, 100, slice(r * 50, (r + 1) * 50))) for r in range(2)]
+    for step in range(5):  # two processes' shards put together are the one-process batch
+        assert torch.equal(torch.cat([halves[0][step][0], halves[1][step][0]]), full[step][0])
+    assert not torch.equal(full[0][0], next(images.train_batches(1, 3, 100, slice(0, 100)))[0])
+
+
+def test_eval_batches_cover_every_image_once_across_processes(cifar):
+    images = DeviceImages(cifar[0][:103], cifar[1][:103], (0.5,) * 3, (0.25,) * 3, "cpu")
+    labels = [torch.cat([y for _, y in images.eval_batches(10, rank, 3)]) for rank in range(3)]
+    assert torch.equal(torch.cat(labels), cifar[1][:103])

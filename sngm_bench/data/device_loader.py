@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import torch
 
-_EPOCH_SEED_STRIDE = 1_000_003
+_SEED_STRIDE = 1_000_003
 
 
 class DeviceImages:
-    """uint8 NCHW images and int64 labels on `device`, normalized per channel when batched."""
+    """uint8 NCHW images and int64 labels on `device`, normalized per channel when batched;
+    training crops are taken from the images zero-padded by `pad` pixels."""
 
-    def __init__(self, images, labels, mean, std, device, channels_last: bool = False):
+    def __init__(self, images, labels, mean, std, device, channels_last: bool = False, pad: int = 4):
+        self.pad = pad
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
@@ -32,18 +34,42 @@ class DeviceImages:
         """Images at `indices` as they are (evaluation)."""
         return self.normalize(self.images[indices]), self.labels[indices]
 
-    def augmented_batch(self, indices: torch.Tensor, generator: torch.Generator, pad: int = 4):
-        """Images at `indices`, each shifted by up to `pad` pixels and flipped with probability 1/2.
+    def train_batches(self, seed: int, epoch: int, batch_size: int, shard: slice, start_step: int = 0):
+        """This process's `shard` of each global batch of an epoch, augmented, from `start_step` on.
 
-        The crop and the flip are one gather from the zero-padded batch: per image, the row and
-        column indices of its 32x32 window, with the column indices reversed for flipped images.
-        """
-        images = torch.nn.functional.pad(self.images[indices], (pad, pad, pad, pad))
-        n, c, height, width = images.shape[0], images.shape[1], images.shape[2] - 2 * pad, images.shape[3] - 2 * pad
-        device = images.device
+        The order depends on (seed, epoch) and each step's augmentation on (seed, epoch, step)
+        only, so a run resumed at any step sees exactly the data an uninterrupted one would."""
+        device = self.images.device
+        batches = shuffled_batches(len(self), batch_size, seeded_generator(device, seed, epoch))
+        for step in range(start_step, len(batches)):
+            shifts = self.random_shifts(batch_size, seeded_generator(device, seed, epoch, step + 1))
+            yield self.augmented_batch(batches[step][shard], [s[shard] for s in shifts])
+
+    def eval_batches(self, batch_size: int, rank: int = 0, world_size: int = 1):
+        """A contiguous 1/world_size share of the images, in order, without augmentation."""
+        share = torch.arange(len(self), device=self.images.device).tensor_split(world_size)[rank]
+        for indices in share.split(batch_size):
+            yield self.batch(indices)
+
+    def random_shifts(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Per image of a batch of `n`: a vertical and a horizontal shift in [0, 2*pad] and a flip.
+
+        Drawn for a whole global batch at once, so that every rank and every micro-batch slices
+        the same draws and the augmentation does not depend on how the batch is split."""
+        device, pad = self.images.device, self.pad
         dy = torch.randint(0, 2 * pad + 1, (n, 1), device=device, generator=generator)
         dx = torch.randint(0, 2 * pad + 1, (n, 1), device=device, generator=generator)
         flip = torch.rand((n, 1), device=device, generator=generator) < 0.5
+        return dy, dx, flip
+
+    def augmented_batch(self, indices: torch.Tensor, shifts: tuple[torch.Tensor, ...]):
+        """Images at `indices`, each cropped from its zero-padded copy at its shift and flipped
+        where its flag says: one gather with per-image row and column indices, the column
+        indices reversed for flipped images."""
+        dy, dx, flip = shifts
+        n, c, height, width = len(indices), *self.images.shape[1:]
+        images = torch.nn.functional.pad(self.images[indices], (self.pad,) * 4)
+        device = images.device
         rows = dy + torch.arange(height, device=device)
         cols = dx + torch.arange(width, device=device)
         cols = torch.where(flip, cols.flip(1), cols)
@@ -56,12 +82,12 @@ class DeviceImages:
         return self.normalize(crops), self.labels[indices]
 
 
-def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
-    """The random stream of one epoch (order and augmentation), a function of (seed, epoch) only,
-    so a resumed run sees exactly the data an uninterrupted one would."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed * _EPOCH_SEED_STRIDE + epoch)
-    return generator
+def seeded_generator(device, *key: int) -> torch.Generator:
+    """A generator whose stream is a function of `key` alone (e.g. seed, epoch, step)."""
+    seed = 0
+    for part in key:
+        seed = (seed * _SEED_STRIDE + part) % 2**63
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def shuffled_batches(num_items: int, batch_size: int, generator: torch.Generator):
@@ -69,7 +95,3 @@ def shuffled_batches(num_items: int, batch_size: int, generator: torch.Generator
     dropped so that every optimizer step sees exactly `batch_size` images."""
     order = torch.randperm(num_items, device=generator.device, generator=generator)
     return list(order[: num_items - num_items % batch_size].split(batch_size))
-
-
-def ordered_batches(num_items: int, batch_size: int, device):
-    return list(torch.arange(num_items, device=device).split(batch_size))

@@ -17,7 +17,7 @@ def build_model(cfg, num_classes: int) -> nn.Module:
             raise UserError(f"model.depth={cfg.depth} is not 6n+2 (8, 20, 32, 44, 56, 110, ...)")
         if cfg.width < 1:
             raise UserError(f"model.width={cfg.width} must be at least 1")
-        return CifarResNet(cfg.depth, cfg.width, num_classes)
+        return CifarResNet(cfg.depth, cfg.width, num_classes, cfg.batch_norm)
     if cfg.arch not in torchvision.models.list_models(torchvision.models):
         raise UserError(f"model.arch={cfg.arch} is not a torchvision classification model")
     return torchvision.models.get_model(cfg.arch, weights=None, num_classes=num_classes)

@@ -5,6 +5,8 @@ Depth 6n+2: a 3x3 stem, three stages of n basic blocks with width, 2*width and 4
 Shortcuts are identities; where a stage halves the map and doubles the channels the shortcut
 subsamples by 2 and pads the new channels with zeros (the paper's option A), so the network has
 no projection parameters. Convolutions use Kaiming-normal init (He et al. 2015).
+`batch_norm=False` drops the BatchNorm layers (convolutions then get biases): a network whose
+output does not depend on how a batch is split, for exactness tests of accumulation and DDP.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _norm(channels: int, batch_norm: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, stride: int):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, batch_norm: bool = True):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=not batch_norm)
+        self.bn1 = _norm(out_channels, batch_norm)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=not batch_norm)
+        self.bn2 = _norm(out_channels, batch_norm)
         self.stride = stride
         self.pad_channels = out_channels - in_channels
 
@@ -38,18 +44,18 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 10):
+    def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 10, batch_norm: bool = True):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
         blocks_per_stage = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=not batch_norm), _norm(width, batch_norm), nn.ReLU())
         layers, channels = [], width
         for stage in range(3):
             out_channels = width * 2**stage
             for block in range(blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
-                layers.append(BasicBlock(channels, out_channels, stride))
+                layers.append(BasicBlock(channels, out_channels, stride, batch_norm))
                 channels = out_channels
         self.blocks = nn.Sequential(*layers)
         self.fc = nn.Linear(channels, num_classes)

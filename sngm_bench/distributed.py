@@ -1,0 +1,75 @@
+"""Processes of one run: a single process, torchrun's, or a SLURM job's (through submitit).
+
+`batch_size` stays global: each of the `world_size` processes trains on its slice of every
+global batch and DistributedDataParallel averages the gradients. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from sngm_bench.config import Device
+from sngm_bench.device import resolve_device
+
+
+@dataclass
+class Processes:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, *tensors: torch.Tensor) -> None:
+        """In-place sum over all processes."""
+        if self.world_size > 1:
+            for tensor in tensors:
+                dist.all_reduce(tensor)
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when `flag` is true on one (a host sync; call it rarely)."""
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor(int(flag), device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _export_submitit_environment() -> None:
+    """Inside a multi-task SLURM job started by submitit, set the variables torchrun would set."""
+    if "RANK" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if JobEnvironment().num_tasks > 1:
+        TorchDistributedEnvironment().export()
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun set it, before any setup (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def setup(choice: Device) -> Processes:
+    _export_submitit_environment()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = launched_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(choice, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    return Processes(rank, world_size, device)

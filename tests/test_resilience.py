@@ -1,0 +1,192 @@
+"""Runs that survive: one-line errors, divergence as a result, interruption and resumption,
+resumable sweeps, folders that are never overwritten unnoticed. Real processes on real data."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import run_cli
+
+TINY = ["experiment=smoke", "model.width=4", "dataset.subset=1000", "epochs=1", "batch_size=100"]
+
+
+def summaries(root, key="batch_size"):
+    """Summaries of the runs under `root`, by the value of config `key` (read, not parsed from names)."""
+    runs = {}
+    for path in root.glob("*/summary.json"):
+        config = yaml.safe_load((path.parent / ".hydra" / "config.yaml").read_text())
+        runs[config[key]] = json.loads(path.read_text())
+    return runs
+
+
+@pytest.fixture(scope="module")
+def corrupted_root(cifar_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("corrupted")
+    shutil.copytree(cifar_root / "cifar-10-batches-py", root / "cifar-10-batches-py")
+    with open(root / "cifar-10-batches-py" / "data_batch_2", "r+b") as f:
+        f.seek(1_000_000)
+        f.write(b"\xff" * 100)
+    return root
+
+
+BAD_INPUTS = [
+    (["optimizer=adamw"], "unknown optimizer 'adamw': choose one of "),
+    (["model=vgg16"], "unknown model 'vgg16'"),
+    (["optimizer.lrr=1"], "unknown key 'optimizer.lrr': 'optimizer' has "),
+    (["learning_rate=1"], "unknown key 'learning_rate': the top level has "),
+    (["batch_size=abc"], "bad value for 'batch_size': Value 'abc' of type 'str' could not be converted to Integer"),
+    (["device=tpu"], "bad value for 'device': Invalid value 'tpu', expected one of [auto, cpu, cuda]"),
+    (["precision=fp8"], "bad value for 'precision': Invalid value 'fp8', expected one of [fp32, bf16]"),
+    (["batch_size=0"], "batch_size=0 must be a positive integer"),
+    (["batch_size=-64"], "batch_size=-64 must be a positive integer"),
+    (["epochs=0"], "epochs=0 must be a positive integer"),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be positive"),
+    (["optimizer.momentum=1.5"], "optimizer.momentum=1.5 must be in [0, 1)"),
+    (["micro_batch_size=30"], "batch_size=100 is not divisible by 1 process(es) x micro_batch_size=30"),
+    (["batch_size=5000"], "batch_size=5000 exceeds the 1000 training images"),
+    (["dataset.subset=5"], "dataset.subset=5 must be between 10 and 50000"),
+    (["model.depth=10"], "model.depth=10 is not 6n+2"),
+    (["dataset=imagenet"], "dataset=imagenet is not implemented yet"),
+    (["resume=true", "overwrite=true"], "resume=true and overwrite=true contradict each other"),
+    (["dataset.root={missing}"], "CIFAR-10 not found: no cifar-10-batches-py/ under "),
+    (["dataset.root={corrupted}"], "data_batch_2 fails its md5 check"),
+    (["optimizer=sngm,msgd"], "is a sweep: add -m"),
+]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append((["device=cuda"], "device=cuda but no CUDA GPU is visible; use device=cpu or device=auto"))
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, cifar_root, corrupted_root):
+    args = [a.format(missing=tmp_path / "nowhere", corrupted=corrupted_root) for a in args]
+    result = run_cli([*TINY, *args], cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sngm-bench: error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stdout
+
+
+def test_full_error_shows_the_traceback(tmp_path, cifar_root):
+    result = run_cli([*TINY, "epochs=0"], cwd=tmp_path, env_extra={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr and "UserError" in result.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.is_bf16_supported(),
+                    reason="needs a CUDA GPU without bf16 support")
+def test_bf16_where_unsupported(tmp_path, cifar_root):
+    result = run_cli([*TINY, "precision=bf16", "device=cuda"], cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 2 and "precision=bf16 is not supported" in result.stderr
+
+
+def test_absurd_lr_diverges_and_is_recorded(tmp_path, cifar_root):
+    result = run_cli([*TINY, "batch_size=50", "optimizer=msgd", "optimizer.lr=1e6", "log_every=5"], cwd=tmp_path,
+                     env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_epoch"] == 1
+    assert 1 <= summary["diverged_step"] <= 20 and summary["final_test_acc"] is None
+    assert pd.read_csv(run_dir / "metrics.csv").empty
+
+
+def test_completed_folder_is_refused_unless_resume_or_overwrite(tmp_path, cifar_root):
+    env = {"SNGM_DATA": str(cifar_root)}
+    assert run_cli(TINY, cwd=tmp_path, env_extra=env).returncode == 0
+    (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
+    first = (run_dir / "summary.json").read_text()
+    refused = run_cli(TINY, cwd=tmp_path, env_extra=env)
+    assert refused.returncode == 2 and "already holds a completed run" in refused.stderr
+    kept = run_cli([*TINY, "resume=true"], cwd=tmp_path, env_extra=env)
+    assert kept.returncode == 0 and (run_dir / "summary.json").read_text() == first
+    again = run_cli([*TINY, "overwrite=true"], cwd=tmp_path, env_extra=env)
+    assert again.returncode == 0
+    assert json.loads((run_dir / "summary.json").read_text())["wall_seconds"] != json.loads(first)["wall_seconds"]
+
+
+def _start(args, cwd, cifar_root):
+    return subprocess.Popen([sys.executable, "-m", "sngm_bench", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "SNGM_DATA": str(cifar_root)})
+
+
+def _wait_for(predicate, process, timeout=300):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+RESUMABLE = ["experiment=smoke", "model.width=4", "dataset.subset=1000", "epochs=3", "batch_size=10", "log_every=5"]
+COMPARED = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
+
+
+def test_sigterm_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, cifar_root):
+    (tmp_path / "straight").mkdir()
+    (tmp_path / "stopped").mkdir()
+    straight = run_cli(RESUMABLE, cwd=tmp_path / "straight", env_extra={"SNGM_DATA": str(cifar_root)})
+    assert straight.returncode == 0, straight.stderr
+
+    process = _start(RESUMABLE, tmp_path / "stopped", cifar_root)
+    runs = tmp_path / "stopped" / "outputs" / "smoke"
+    _wait_for(lambda: len(list(runs.glob("*/metrics.csv"))) == 1 and
+              len(pd.read_csv(next(runs.glob("*/metrics.csv")))) == 1, process)
+    time.sleep(1.0)  # into epoch 2's training
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "run the same command again to continue" in stderr.strip().splitlines()[-1]
+    (run_dir,) = runs.iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 2 and 0 < state["step"] < 100, "the signal should land mid-epoch"
+
+    resumed = run_cli(RESUMABLE, cwd=tmp_path / "stopped", env_extra={"SNGM_DATA": str(cifar_root)})
+    assert resumed.returncode == 0, resumed.stderr
+    (straight_dir,) = (tmp_path / "straight" / "outputs" / "smoke").iterdir()
+    expected, got = pd.read_csv(straight_dir / "metrics.csv"), pd.read_csv(run_dir / "metrics.csv")
+    pd.testing.assert_frame_equal(expected[COMPARED], got[COMPARED], check_exact=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_at"] == [{"epoch": 2, "step": state["step"]}]
+    final, reference = torch.load(run_dir / "checkpoint.pt", weights_only=False), \
+        torch.load(straight_dir / "checkpoint.pt", weights_only=False)
+    for key, value in reference["model"].items():
+        assert torch.equal(value, final["model"][key]), key
+
+
+def test_sweep_records_a_bad_combination_and_completes_the_others(tmp_path, cifar_root):
+    result = run_cli(["-m", *TINY, "batch_size=100,0,200"], cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 2
+    assert "1 run(s) of the sweep failed" in result.stderr.strip().splitlines()[-1]
+    runs = summaries(tmp_path / "multirun" / "smoke")
+    assert {size: s["status"] for size, s in runs.items()} == {100: "completed", 0: "failed", 200: "completed"}
+    assert runs[0]["error"] == "batch_size=0 must be a positive integer"
+
+
+def test_killed_sweep_rerun_trains_only_the_missing_runs(tmp_path, cifar_root):
+    args = ["-m", *TINY, "seed=0,1,2,3"]
+    process = _start(args, tmp_path, cifar_root)
+    sweep = tmp_path / "multirun" / "smoke"
+    _wait_for(lambda: sum(s["status"] == "completed" for s in summaries(sweep, "seed").values()) >= 2, process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    before = summaries(sweep, "seed")
+    done = {seed for seed, s in before.items() if s["status"] == "completed"}
+    assert 2 <= len(done) < 4
+    rerun = run_cli(args, cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert rerun.returncode == 0, rerun.stderr
+    after = summaries(sweep, "seed")
+    assert sorted(after) == [0, 1, 2, 3]
+    assert all(s["status"] == "completed" for s in after.values())
+    for seed in done:  # finished runs were left alone
+        assert after[seed] == before[seed]

@@ -1,0 +1,83 @@
+"""Large batch at any scale: accumulation, DDP over processes, the submitit launcher."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sngm_bench.config import compose_config
+from sngm_bench.models.cifar_resnet import CifarResNet
+from sngm_bench.optim import build_optimizer
+from sngm_bench.train import micro_batch_size, train_step
+from conftest import ROOT, run_cli
+
+TINY = ["experiment=smoke", "model.width=4", "model.batch_norm=false", "dataset.subset=400", "epochs=1",
+        "batch_size=100", "eval_batch_size=2500"]
+
+
+@pytest.mark.parametrize("optimizer", ["sngm", "msgd"])
+def test_accumulated_micro_batches_equal_one_full_batch(optimizer):
+    torch.manual_seed(0)
+    model = CifarResNet(8, width=4, batch_norm=False).double()
+    x, y = torch.randn(32, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (32,))
+    cfg = compose_config([f"optimizer={optimizer}"]).optimizer
+    results = []
+    for micro in (32, 8):
+        replica = copy.deepcopy(model)
+        opt = build_optimizer(cfg, replica, lr=0.05)
+        for _ in range(2):
+            loss, correct = train_step(replica, opt, x, y, micro, torch.autocast("cpu", enabled=False))
+        results.append((replica, float(loss), int(correct)))
+    (full, full_loss, full_correct), (accumulated, acc_loss, acc_correct) = results
+    for a, b in zip(full.parameters(), accumulated.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+    assert acc_loss == pytest.approx(full_loss, rel=1e-12) and acc_correct == full_correct
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), full.parameters()))
+
+
+def test_micro_batch_size_rules():
+    cfg = compose_config(["batch_size=96"])
+    assert micro_batch_size(cfg, 48, 2) == 48
+    assert micro_batch_size(compose_config(["max_micro_batch_size=20"]), 48, 2) == 16
+    assert micro_batch_size(compose_config(["micro_batch_size=12"]), 48, 2) == 12
+
+
+def _read(run_dir):
+    return (json.loads((run_dir / "summary.json").read_text()),
+            torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"])
+
+
+def test_two_process_ddp_equals_one_process(tmp_path, cifar_root):
+    env = {"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    single = run_cli(TINY, cwd=tmp_path / "one", env_extra=env)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "sngm_bench", *TINY], cwd=tmp_path / "two", env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    (one_dir,) = (tmp_path / "one" / "outputs" / "smoke").iterdir()
+    (two_dir,) = (tmp_path / "two" / "outputs" / "smoke").iterdir()  # both ranks chose one folder
+    assert one_dir.name == two_dir.name
+    assert sorted(p.name for p in two_dir.iterdir()) == sorted(p.name for p in one_dir.iterdir())
+    (summary_one, params_one), (summary_two, params_two) = _read(one_dir), _read(two_dir)
+    assert summary_one["world_size"] == 1 and summary_two["world_size"] == 2
+    for key in params_one:
+        torch.testing.assert_close(params_one[key], params_two[key], rtol=1e-4, atol=1e-5)
+    assert summary_two["final_train_loss"] == pytest.approx(summary_one["final_train_loss"], rel=1e-4)
+    assert summary_two["final_test_acc"] == pytest.approx(summary_one["final_test_acc"], abs=2e-3)
+
+
+def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, cifar_root):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra")
+    result = run_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *TINY, "seed=0,1"],
+                     cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [p for p in (tmp_path / "multirun" / "smoke").iterdir() if p.name.startswith("batch_size")]
+    assert len(runs) == 2
+    assert all(json.loads((r / "summary.json").read_text())["status"] == "completed" for r in runs)
