@@ -76,7 +76,7 @@ def reference_step(cfg: DictConfig, trainer: Trainer):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
                                 fused=device.type == "cuda", foreach=device.type != "cuda")
     forward = torch.compile(model) if cfg.compile else model
-    x = torch.randn(trainer.local_batch, *trainer.data.train.images.shape[1:], device=device)
+    x = torch.randn(trainer.local_batch, *trainer.data.train.image_shape, device=device)
     x = x.contiguous(memory_format=memory_format)
     y = torch.randint(0, trainer.data.num_classes, (trainer.local_batch,), device=device)
     model.train()
@@ -105,13 +105,13 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
         for epoch in itertools.count(1):
             yield from data.train_batches(cfg.seed, epoch, cfg.batch_size, trainer.shard())
 
-    stream, data_stream = batches(), batches()
+    stream = batches()  # one stream: a DataLoader-backed dataset cannot serve two at once
 
     def product_step():
         trainer.train_batch(*next(stream), totals)
 
     def data_only():
-        next(data_stream)
+        next(stream)
 
     for _ in range(warmup):  # also absorbs torch.compile
         product_step()
@@ -124,7 +124,7 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
 
     env = environment(device)
     precision = Precision(cfg.precision).value
-    flops = flops_per_image(build_model(cfg.model, trainer.data.num_classes).to(device), data.images.shape[1:], device)
+    flops = flops_per_image(build_model(cfg.model, trainer.data.num_classes).to(device), data.image_shape, device)
     achieved = flops * cfg.batch_size / step_seconds
     peak = peak_flops(env["device_name"], precision)
     result = {

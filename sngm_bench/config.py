@@ -59,6 +59,10 @@ class ImageNetConfig:
     name: str = "imagenet"
     root: str = DATA_ROOT  # holds train/<wnid>/*.JPEG and val/<wnid>/*.JPEG
     subset: Optional[int] = None  # class-balanced training subset of this many images
+    image_size: int = 224  # training crop and evaluation center crop, in pixels
+    workers: int = 8  # DataLoader worker processes per training process
+    prefetch_factor: int = 4  # batches each worker prepares ahead
+    gpu_decode: bool = False  # decode JPEGs on the GPU (workers only read the files)
 
 
 @dataclass
@@ -73,6 +77,7 @@ class CifarResNetConfig:
 class TorchvisionResNetConfig:
     name: str = "resnet50"
     arch: str = "resnet50"  # a torchvision.models constructor
+    zero_init_residual: bool = False  # zero gamma of each block's last BN (Goyal et al. 2017, Sec. 5.1)
 
 
 @dataclass

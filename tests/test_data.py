@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sngm_bench.data import cifar10
+from sngm_bench.data.subset import balanced_subset
 from sngm_bench.data.device_loader import DeviceImages, seeded_generator, shuffled_batches
 from sngm_bench.errors import UserError
 
@@ -29,13 +30,13 @@ def test_real_files_have_the_official_shapes_and_balance(cifar):
 
 def test_balanced_subset_is_fixed_and_balanced(cifar):
     labels = cifar[1]
-    subset = cifar10.balanced_subset(labels, 1003)
+    subset = balanced_subset(labels, 1003)
     assert len(subset) == 1003 == len(set(subset.tolist()))
     counts = torch.bincount(labels[subset]).tolist()
     assert max(counts) - min(counts) <= 1
-    assert torch.equal(subset, cifar10.balanced_subset(labels, 1003))
+    assert torch.equal(subset, balanced_subset(labels, 1003))
     with pytest.raises(UserError, match="dataset.subset=5 must be between 10 and 50000"):
-        cifar10.balanced_subset(labels, 5)
+        balanced_subset(labels, 5)
 
 
 def test_corrupted_file_is_rejected_unless_the_check_is_off(cifar_root, tmp_path):

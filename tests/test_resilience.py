@@ -55,7 +55,7 @@ BAD_INPUTS = [
     (["batch_size=5000"], "batch_size=5000 exceeds the 1000 training images"),
     (["dataset.subset=5"], "dataset.subset=5 must be between 10 and 50000"),
     (["model.depth=10"], "model.depth=10 is not 6n+2"),
-    (["dataset=imagenet"], "dataset=imagenet is not implemented yet"),
+    (["dataset=imagenet"], "ImageNet layout not found: no train/ under "),
     (["resume=true", "overwrite=true"], "resume=true and overwrite=true contradict each other"),
     (["dataset.root={missing}"], "CIFAR-10 not found: no cifar-10-batches-py/ under "),
     (["dataset.root={corrupted}"], "data_batch_2 fails its md5 check"),

@@ -105,15 +105,3 @@ def load(root: str | Path, download_missing: bool = False, verify: bool = True):
     train = _read_batches(folder, TRAIN_FILES, sums, verify)
     test = _read_batches(folder, TEST_FILES, sums, verify)
     return (*train, *test)
-
-
-def balanced_subset(labels: torch.Tensor, size: int) -> torch.Tensor:
-    """Indices of the first images of each class in file order: `size` images, classes as equal as can be."""
-    classes = int(labels.max()) + 1
-    if not classes <= size <= len(labels):
-        raise UserError(f"dataset.subset={size} must be between {classes} and {len(labels)}")
-    picks = []
-    for c in range(classes):
-        take = size // classes + (1 if c < size % classes else 0)
-        picks.append(torch.nonzero(labels == c).flatten()[:take])
-    return torch.sort(torch.cat(picks)).values

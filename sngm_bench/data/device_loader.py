@@ -26,9 +26,12 @@ class DeviceImages:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
     def normalize(self, images_u8: torch.Tensor) -> torch.Tensor:
-        x = (images_u8.float() - self.mean) / self.std
-        return x.contiguous(memory_format=self.memory_format)
+        return normalize(images_u8, self.mean, self.std, self.memory_format)
 
     def batch(self, indices: torch.Tensor):
         """Images at `indices` as they are (evaluation)."""
@@ -80,6 +83,11 @@ class DeviceImages:
             cols.view(n, 1, 1, width),
         ]
         return self.normalize(crops), self.labels[indices]
+
+
+def normalize(images_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, memory_format) -> torch.Tensor:
+    """uint8 images to float, per channel (x - mean) / std with mean and std in pixel units."""
+    return ((images_u8.float() - mean) / std).contiguous(memory_format=memory_format)
 
 
 def seeded_generator(device, *key: int) -> torch.Generator:

@@ -20,4 +20,5 @@ def build_model(cfg, num_classes: int) -> nn.Module:
         return CifarResNet(cfg.depth, cfg.width, num_classes, cfg.batch_norm)
     if cfg.arch not in torchvision.models.list_models(torchvision.models):
         raise UserError(f"model.arch={cfg.arch} is not a torchvision classification model")
-    return torchvision.models.get_model(cfg.arch, weights=None, num_classes=num_classes)
+    return torchvision.models.get_model(cfg.arch, weights=None, num_classes=num_classes,
+                                        zero_init_residual=cfg.zero_init_residual)

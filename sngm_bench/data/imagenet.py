@@ -1,0 +1,154 @@
+"""ImageNet (ILSVRC-2012) from an ImageFolder tree: `train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`.
+
+Too large to keep on the device, so JPEGs are read and decoded by DataLoader worker processes
+(or, with `gpu_decode`, decoded on the GPU from the bytes the workers read) and batches are
+copied from pinned memory. Training: RandomResizedCrop + horizontal flip; evaluation: resize to
+256/224 of the crop size, then a center crop (He et al. 2016; Goyal et al. 2017). The loaders
+offer the same interface as `DeviceImages`, so the training loop does not know which it has.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+from torchvision.transforms import v2
+
+from sngm_bench.data.device_loader import normalize, seeded_generator, shuffled_batches
+from sngm_bench.data.subset import balanced_subset
+from sngm_bench.errors import UserError
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def find_images(root: Path, split: str, classes: list[str] | None = None):
+    """(paths, labels, classes) of `root/split/<class>/<image>`; a one-line error naming the
+    expected layout when it is not there. `classes` (from train/) fixes the label order."""
+    folder = root / split
+    expected = f"expected {folder}/<wnid>/*.JPEG (train/ and val/ class folders under dataset.root)"
+    if not folder.is_dir():
+        raise UserError(f"ImageNet layout not found: no {split}/ under {root}; {expected}")
+    found = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not found:
+        raise UserError(f"ImageNet layout not found: {folder} has no class folders; {expected}")
+    if classes is not None and found != classes:
+        raise UserError(f"{folder} has other class folders than train/ ({len(found)} vs {len(classes)}); {expected}")
+    try:
+        samples = make_dataset(str(folder), {c: i for i, c in enumerate(found)}, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as err:  # a class folder without images
+        raise UserError(f"ImageNet layout incomplete: {err}; {expected}") from None
+    return [Path(p) for p, _ in samples], torch.tensor([label for _, label in samples]), found
+
+
+class ImageFiles(Dataset):
+    """Image i as a uint8 CHW tensor after `transform`, or as its raw file bytes (GPU decoding)."""
+
+    def __init__(self, paths: list[Path], labels: torch.Tensor, transform, decode: bool = True):
+        self.paths, self.labels, self.transform, self.decode = paths, labels, transform, decode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        data = read_file(str(self.paths[i]))
+        if not self.decode:
+            return data, self.labels[i]
+        return self.transform(decode_image(data, mode=ImageReadMode.RGB)), self.labels[i]
+
+
+def _raw_collate(items):
+    return [data for data, _ in items], torch.stack([label for _, label in items])
+
+
+class GlobalBatchSampler(Sampler):
+    """This process's `shard` of each global batch of an epoch: the same global batches on every
+    process (what DistributedSampler with drop_last gives, split by contiguous slices), from
+    `start_step` on, so a run resumed mid-epoch skips the batches it has trained on."""
+
+    def __init__(self, num_items: int, batch_size: int, shard: slice, seed: int):
+        self.num_items, self.batch_size, self.shard, self.seed = num_items, batch_size, shard, seed
+        self.epoch, self.start_step = 1, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def __len__(self) -> int:
+        return self.num_items // self.batch_size - self.start_step
+
+    def __iter__(self):
+        batches = shuffled_batches(self.num_items, self.batch_size, seeded_generator("cpu", self.seed, self.epoch))
+        for batch in batches[self.start_step:]:
+            yield batch[self.shard].tolist()
+
+
+class ImageFolderImages:
+    """One split of an ImageFolder tree behind a DataLoader, with `DeviceImages`'s interface."""
+
+    def __init__(self, paths, labels, cfg, device, channels_last: bool, train: bool):
+        size = cfg.image_size
+        transform = (v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]) if train
+                     else v2.Compose([v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]))
+        self.gpu_decode = cfg.gpu_decode and device.type == "cuda"
+        self.transform = transform
+        self.files = ImageFiles(paths, labels, transform, decode=not self.gpu_decode)
+        self.labels, self.cfg, self.device = labels, cfg, device
+        self.image_shape = (3, size, size)
+        self.mean = torch.tensor(MEAN, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(STD, device=device).view(1, -1, 1, 1) * 255
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.loader, self.sampler = None, None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _loader(self, batch_sampler) -> DataLoader:
+        workers = self.cfg.workers
+        return DataLoader(self.files, batch_sampler=batch_sampler, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                          prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
+                          collate_fn=_raw_collate if self.gpu_decode else None)
+
+    def _on_device(self, images, labels):
+        if self.gpu_decode:  # bytes -> decoded and transformed on the GPU, one image at a time
+            decoded = decode_jpeg(images, mode=ImageReadMode.RGB, device=self.device)
+            images = torch.stack([self.transform(image) for image in decoded])
+        images = images.to(self.device, non_blocking=True)
+        return normalize(images, self.mean, self.std, self.memory_format), labels.to(self.device, non_blocking=True)
+
+    def train_batches(self, seed: int, epoch: int, batch_size: int, shard: slice, start_step: int = 0):
+        """This process's `shard` of each global batch of an epoch, from `start_step` on."""
+        if self.loader is None:  # one loader for the whole run: its workers persist across epochs
+            self.sampler = GlobalBatchSampler(len(self), batch_size, shard, seed)
+            self.loader = self._loader(self.sampler)
+        self.sampler.set_epoch(epoch, start_step)
+        for images, labels in self.loader:
+            yield self._on_device(images, labels)
+
+    def eval_batches(self, batch_size: int, rank: int = 0, world_size: int = 1):
+        """A contiguous 1/world_size share of the images, in order."""
+        if self.loader is None:
+            share = torch.arange(len(self)).tensor_split(world_size)[rank]
+            self.loader = self._loader([part.tolist() for part in share.split(batch_size)])
+        for images, labels in self.loader:
+            yield self._on_device(images, labels)
+
+
+def load(cfg, device, channels_last: bool):
+    """(train, val, number of classes) for `dataset=imagenet`."""
+    root = Path(cfg.root).expanduser().absolute()
+    if cfg.image_size < 8:
+        raise UserError(f"dataset.image_size={cfg.image_size} must be at least 8")
+    if cfg.workers < 0:
+        raise UserError(f"dataset.workers={cfg.workers} must be 0 or more")
+    train_paths, train_labels, classes = find_images(root, "train")
+    val_paths, val_labels, _ = find_images(root, "val", classes)
+    if cfg.subset is not None:
+        keep = balanced_subset(train_labels, cfg.subset).tolist()
+        train_paths, train_labels = [train_paths[i] for i in keep], train_labels[keep]
+    train = ImageFolderImages(train_paths, train_labels, cfg, device, channels_last, train=True)
+    val = ImageFolderImages(val_paths, val_labels, cfg, device, channels_last, train=False)
+    return train, val, len(classes)

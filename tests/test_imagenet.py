@@ -1,0 +1,102 @@
+"""The ImageNet pipeline on real ImageNet photos (../shared/data/imagenet-sample: 10 classes,
+20 train + 10 val JPEGs each, some grayscale)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from sngm_bench.config import compose_config
+from sngm_bench.data import build_data
+from sngm_bench.data.imagenet import MEAN, STD, find_images
+from sngm_bench.errors import UserError
+from conftest import ROOT, run_cli
+
+SAMPLE = ROOT.parent / "shared" / "data" / "imagenet-sample"
+pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"needs the real ImageNet sample at {SAMPLE}")
+
+
+def data(*overrides):
+    cfg = compose_config(["dataset=imagenet", f"dataset.root={SAMPLE}", "dataset.workers=2", *overrides])
+    return build_data(cfg.dataset, torch.device("cpu"))
+
+
+def test_files_and_labels_follow_the_class_folders():
+    paths, labels, classes = find_images(SAMPLE, "train")
+    assert len(classes) == 10 and classes == sorted(classes) and len(paths) == 200
+    assert all(p.parent.name == classes[label] for p, label in zip(paths, labels.tolist()))
+    assert torch.bincount(labels).tolist() == [20] * 10
+
+
+def test_eval_batches_are_normalized_center_crops_with_the_right_labels():
+    val = data("dataset.image_size=96").test
+    batches = list(val.eval_batches(32))
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert x.shape == (100, 3, 96, 96) and x.dtype == torch.float32
+    assert torch.equal(y, val.labels)  # in file order, each image with its folder's class
+    # ImageNet statistics applied: per-channel means of real photos near 0, spreads near 1.
+    assert x.mean(dim=(0, 2, 3)).abs().max() < 0.5 and 0.6 < x.std() < 1.4
+    assert torch.equal(x, torch.cat([b[0] for b in val.eval_batches(32)]))  # evaluation is deterministic
+    pixels = x * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+
+
+def test_grayscale_photos_become_three_channels():
+    manifest = json.loads((SAMPLE / "manifest.json").read_text())
+    gray = [m["path"] for m in manifest if m["mode"] == "L" and m["path"].startswith("val/")]
+    val = data("dataset.image_size=64").test
+    index = [str(p.relative_to(SAMPLE)) for p in val.files.paths].index(gray[0])
+    image, _ = val.files[index]
+    assert image.shape == (3, 64, 64) and torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+
+
+def test_training_batches_are_random_crops_sharded_by_process():
+    train = data("dataset.image_size=64").train
+    first = list(train.train_batches(seed=0, epoch=1, batch_size=50, shard=slice(0, 50)))
+    assert len(first) == 4 and all(x.shape == (50, 3, 64, 64) for x, _ in first)
+    assert len(torch.cat([y for _, y in first])) == 200
+    second = list(train.train_batches(seed=0, epoch=2, batch_size=50, shard=slice(0, 50)))
+    assert not torch.equal(first[0][1], second[0][1])  # a new order each epoch
+    resumed = list(train.train_batches(seed=0, epoch=2, batch_size=50, shard=slice(0, 50), start_step=3))
+    assert len(resumed) == 1 and torch.equal(resumed[0][1], second[3][1])
+
+
+def test_wrong_layout_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match=r"no train/ under .*expected .*/train/<wnid>/\*\.JPEG"):
+        find_images(tmp_path, "train")
+    shutil.copytree(SAMPLE / "train", tmp_path / "train")
+    shutil.copytree(SAMPLE / "val", tmp_path / "val")
+    shutil.rmtree(tmp_path / "val" / "n01440764")
+    with pytest.raises(UserError, match="other class folders than train/"):
+        data(f"dataset.root={tmp_path}")
+
+
+def test_resnet50_trains_two_steps_at_low_resolution(tmp_path):
+    result = run_cli(["dataset=imagenet", "model=resnet50", f"dataset.root={SAMPLE}", "dataset.image_size=64",
+                      "dataset.workers=2", "batch_size=100", "epochs=1", "eval_batch_size=50"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = (tmp_path / "outputs" / "default").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps_per_epoch"] == 2
+    assert summary["train_images"] == 200 and summary["test_images"] == 100
+    assert summary["parameters"] == 23_528_522  # torchvision's ResNet-50 with a 10-class head
+    assert (run_dir / "metrics.csv").read_text().count("\n") == 2
+
+
+def test_wrong_layout_from_the_command_line(tmp_path):
+    result = run_cli(["dataset=imagenet", f"dataset.root={tmp_path}", "epochs=1"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"sngm-bench: error: ImageNet layout not found: no train/ under {tmp_path}; expected {tmp_path}/train/"
+        "<wnid>/*.JPEG (train/ and val/ class folders under dataset.root)"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU JPEG decoding needs a CUDA GPU")
+def test_gpu_decode_matches_the_cpu_pipeline_shapes():
+    cfg = compose_config(["dataset=imagenet", f"dataset.root={SAMPLE}", "dataset.gpu_decode=true",
+                          "dataset.image_size=64", "dataset.workers=2"])
+    val = build_data(cfg.dataset, torch.device("cuda")).test
+    x, y = next(val.eval_batches(20))
+    assert x.shape == (20, 3, 64, 64) and x.is_cuda and y.is_cuda
