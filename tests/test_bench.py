@@ -1,0 +1,34 @@
+"""The throughput harness runs the product's step and the reference loop and reports sane
+fields (no timing is asserted: speed is measured by the benchmark, not by tests)."""
+
+import torch
+
+from sngm_bench.bench import bench_train, flops_per_image, peak_flops
+from sngm_bench.config import compose_config
+from sngm_bench.models.cifar_resnet import CifarResNet
+
+
+def test_flop_count_of_resnet20_matches_a_hand_count():
+    # Forward multiply-accumulates of ResNet-20 (He et al. 2016): 40,551,040 (convolutions + fc).
+    # FLOPs = 2 x MACs; backward = 2 x forward, less the input gradient of the stem (no input grad).
+    stem_macs = 32 * 32 * 16 * 3 * 9
+    expected = 3 * 2 * 40_551_040 - 2 * stem_macs
+    assert flops_per_image(CifarResNet(20), (3, 32, 32), torch.device("cpu")) == expected
+
+
+def test_peak_flops_lookup():
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert peak_flops("AMD EPYC", "fp32") is None
+
+
+def test_bench_reports_the_product_step_and_the_reference(cifar_root, monkeypatch):
+    monkeypatch.setenv("SNGM_DATA", str(cifar_root))
+    cfg = compose_config(["experiment=smoke", "model.width=4", "dataset.subset=200", "batch_size=32", "device=cpu"])
+    result = bench_train(cfg, steps=2, warmup=1, compare_reference=True)
+    assert result["model"] == "resnet8" and result["batch_size"] == 32 and result["micro_batch_size"] == 32
+    assert result["images_per_second"] > 0 and result["reference_images_per_second"] > 0
+    assert result["throughput_vs_reference"] > 0 and result["step_ms"] > 0
+    for key in ("data_fraction", "optimizer_fraction", "forward_backward_fraction"):
+        assert 0 <= result[key] <= 1
+    assert result["mfu"] is None and result["peak_memory_gib"] is None  # CPU: no known peak, no CUDA memory
+    assert result["gflops_per_image"] > 0 and result["torch_version"] == torch.__version__
