@@ -1,0 +1,162 @@
+"""The figures of a report, as PNG and PDF: accuracy vs batch size, learning curves, time to a
+target accuracy, and the gradient-budget view (equal samples processed next to equal optimizer
+steps).
+
+Input is the per-epoch frame (`report.collect_epochs`) of the completed runs at the selected
+LRs. Figures are `matplotlib.figure.Figure`s saved directly (Agg for PNG, the PDF backend for
+PDF), so neither pyplot nor a GUI backend is involved.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullLocator
+
+log = logging.getLogger(__name__)
+
+ACCURACY_LABEL = "Test accuracy (%)"
+BATCH_LABEL = "Batch size (images per step, log$_2$ scale)"
+STEP_TOLERANCE = 0.05  # an evaluation counts as "at S steps" within 5 % of S
+
+
+def new_figure(ncols: int, nrows: int = 1, **subplots) -> tuple[Figure, list[list[Axes]]]:
+    figure = Figure(figsize=(4.2 * ncols, 3.4 * nrows), layout="constrained")
+    return figure, figure.subplots(nrows, ncols, squeeze=False, **subplots)
+
+
+def save(figure: Figure, out: Path, name: str) -> None:
+    """PNG and PDF; the PDF without a creation date, so regenerating unchanged results changes no file."""
+    figure.savefig(out / f"{name}.png", dpi=200)
+    figure.savefig(out / f"{name}.pdf", metadata={"CreationDate": None})
+
+
+def add_legend(ax: Axes) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
+def plot_vs_batch(ax: Axes, values: pd.DataFrame, colors: dict, ylabel: str, title: str) -> None:
+    """Mean ± std over seeds of `values.value` per series against batch size (log2 axis). Runs
+    without a value (NaN: e.g. the target was never reached) are left out and the point is
+    marked `k/n`, k of its n runs having a value."""
+    stats = values.groupby(["series", "batch_size"])["value"].agg(["mean", "std", "count", "size"]).reset_index()
+    stats = stats[stats["count"] > 0]
+    for series, line in stats.groupby("series"):
+        ax.errorbar(line["batch_size"], line["mean"], yerr=line["std"].fillna(0), marker="o", capsize=3,
+                    color=colors[series], label=series)
+        for point in line[line["count"] < line["size"]].itertuples():
+            ax.annotate(f"{point.count}/{point.size}", (point.batch_size, point.mean), xytext=(4, 4),
+                        textcoords="offset points", fontsize="x-small", color=colors[series])
+    batch_sizes = sorted(values["batch_size"].unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(batch_sizes[0] / 1.5, batch_sizes[-1] * 1.5)
+    ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set(xlabel=BATCH_LABEL, ylabel=ylabel, title=title)
+    add_legend(ax)
+
+
+def plot_curve(ax: Axes, epochs: pd.DataFrame, column: str, colors: dict, scale: float = 1.0) -> None:
+    """`column` against epoch, one line per series: the mean over seeds, shaded ± std."""
+    for series, runs in epochs.groupby("series"):
+        stats = runs.groupby("epoch")[column].agg(["mean", "std"]).fillna({"std": 0}) * scale
+        ax.plot(stats.index, stats["mean"], marker=".", color=colors[series], label=series)
+        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                        color=colors[series], alpha=0.2, linewidth=0)
+
+
+def final_rows(epochs: pd.DataFrame) -> pd.DataFrame:
+    return epochs.sort_values("epoch").groupby("run_dir").tail(1)
+
+
+def accuracy_values(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.assign(value=100 * rows["test_acc"])
+
+
+def accuracy_vs_batch(epochs: pd.DataFrame, colors: dict, out: Path) -> None:
+    figure, axes = new_figure(1)
+    plot_vs_batch(axes[0][0], accuracy_values(final_rows(epochs)), colors, ACCURACY_LABEL,
+                  "Final test accuracy (mean ± std over seeds)")
+    save(figure, out, "accuracy_vs_batch")
+
+
+def learning_curves(epochs: pd.DataFrame, colors: dict, out: Path) -> None:
+    """Test accuracy (top) and training loss (bottom) against epoch, one column per batch size."""
+    batch_sizes = sorted(epochs["batch_size"].unique())
+    figure, axes = new_figure(len(batch_sizes), 2, sharex=True, sharey="row")
+    for column, batch_size in enumerate(batch_sizes):
+        runs = epochs[epochs["batch_size"] == batch_size]
+        top, bottom = axes[0][column], axes[1][column]
+        plot_curve(top, runs, "test_acc", colors, scale=100)
+        plot_curve(bottom, runs, "train_loss", colors)
+        top.set(title=f"batch {batch_size}", ylabel=ACCURACY_LABEL if column == 0 else None)
+        bottom.set(xlabel="Epoch", ylabel="Training loss (cross-entropy)" if column == 0 else None)
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    add_legend(axes[0][0])
+    save(figure, out, "learning_curves")
+
+
+def time_to_target(epochs: pd.DataFrame, target_acc: float) -> pd.DataFrame:
+    """Per run, the first epoch with test accuracy >= target and the training seconds up to it
+    (evaluation excluded); NaN for a run that never got there."""
+    reached = epochs[epochs["test_acc"] >= target_acc].sort_values("epoch").groupby("run_dir").head(1)
+    runs = epochs[["run_dir", "series", "batch_size"]].drop_duplicates()
+    return runs.merge(reached[["run_dir", "epoch", "train_seconds"]], on="run_dir", how="left")
+
+
+def time_to_target_figure(epochs: pd.DataFrame, colors: dict, out: Path, target_acc: float) -> None:
+    times = time_to_target(epochs, target_acc)
+    figure, axes = new_figure(2)
+    note = f"to {100 * target_acc:g} % test accuracy"
+    plot_vs_batch(axes[0][0], times.assign(value=times["epoch"]), colors, "Epochs", f"Epochs {note}")
+    plot_vs_batch(axes[0][1], times.assign(value=times["train_seconds"]), colors, "Training time (s)",
+                  f"Training time {note}")
+    reached = times["epoch"].notna().sum()
+    figure.suptitle(f"{reached} of {len(times)} runs reached {100 * target_acc:g} % test accuracy "
+                    "(k/n: mean over the k of n seeds that did)")
+    save(figure, out, "time_to_target")
+
+
+def nearest_to_steps(epochs: pd.DataFrame, steps: int) -> pd.DataFrame:
+    """Per run, the evaluation whose optimizer-step count is nearest `steps`, if within STEP_TOLERANCE."""
+    distance = (epochs["step"] - steps).abs()
+    near = epochs[distance <= STEP_TOLERANCE * steps].assign(distance=distance)
+    return near.sort_values("distance").groupby("run_dir").head(1)
+
+
+def default_steps(epochs: pd.DataFrame) -> int:
+    """The step count at which the most (series, batch size) pairs have an evaluation; the largest on ties."""
+    def coverage(steps: int) -> int:
+        return len(nearest_to_steps(epochs, steps)[["series", "batch_size"]].drop_duplicates())
+
+    return int(max(epochs["step"].unique(), key=lambda steps: (coverage(steps), steps)))
+
+
+def gradient_budget(epochs: pd.DataFrame, colors: dict, out: Path, steps: int | None) -> None:
+    """Accuracy against batch size at an equal number of samples processed (equal epochs: equal
+    gradient computations), next to the same at an equal number of optimizer steps."""
+    common_epoch = int(epochs.groupby("run_dir")["epoch"].max().min())
+    steps = steps or default_steps(epochs)
+    figure, axes = new_figure(2, sharey=True)
+    plot_vs_batch(axes[0][0], accuracy_values(epochs[epochs["epoch"] == common_epoch]), colors, ACCURACY_LABEL,
+                  f"Equal samples: {common_epoch} epochs")
+    plot_vs_batch(axes[0][1], accuracy_values(nearest_to_steps(epochs, steps)), colors, ACCURACY_LABEL,
+                  f"Equal steps: {steps} optimizer steps")
+    save(figure, out, "gradient_budget")
+
+
+def write_all(epochs: pd.DataFrame, out: Path, target_acc: float, steps: int | None = None) -> None:
+    """Every figure of the report into `out`, from the per-epoch rows of the runs to plot."""
+    if epochs.empty:
+        log.warning("no completed runs with metrics: no figures written")
+        return
+    colors = {series: f"C{i}" for i, series in enumerate(sorted(epochs["series"].unique()))}
+    accuracy_vs_batch(epochs, colors, out)
+    learning_curves(epochs, colors, out)
+    time_to_target_figure(epochs, colors, out, target_acc)
+    gradient_budget(epochs, colors, out, steps)

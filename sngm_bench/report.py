@@ -1,0 +1,271 @@
+"""Reports: sngm-bench run folders -> a table with one row per run, one with a row per epoch,
+the accuracy table (Markdown, CSV, LaTeX) and the figures; `sngm-bench-report` is the command line.
+
+Runs are read through their files (`.hydra/config.yaml`, `summary.json`, `metrics.csv`), never
+their folder names. Every readable run is kept with its status, so a failed or diverged run
+shows in the table instead of vanishing; statistics and figures use completed runs only.
+
+The accuracy table holds, per optimizer (rows) and batch size (columns), the final test
+accuracy over seeds as `mean ± std (n)`. Where several learning rates were swept for a cell,
+one is chosen by `--select-by` (default: the best mean final test accuracy over seeds); an LR
+with a seed that did not complete (diverged, failed, ...) ranks below every LR whose seeds all
+completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sngm_bench.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+SUMMARY_FILE = "summary.json"  # the names records.py writes; not imported from there to keep torch out
+METRICS_FILE = "metrics.csv"
+COMPLETED = "completed"
+
+# Report column -> key of the resolved run config.
+CONFIG_COLUMNS = {
+    "name": "name", "dataset": "dataset.name", "subset": "dataset.subset", "model": "model.name",
+    "width": "model.width", "optimizer": "optimizer.name", "lr": "optimizer.lr", "momentum": "optimizer.momentum",
+    "weight_decay": "optimizer.weight_decay", "schedule": "schedule.decay", "warmup_epochs": "schedule.warmup_epochs",
+    "scaling": "schedule.scaling", "base_batch_size": "schedule.base_batch_size", "batch_size": "batch_size",
+    "epochs_planned": "epochs", "seed": "seed", "precision": "precision",
+}
+REQUIRED_COLUMNS = ["optimizer", "lr", "batch_size", "seed"]
+# Settings that, when they differ between runs, tell the table's rows (series) apart.
+SETTING_COLUMNS = ["dataset", "subset", "model", "width", "epochs_planned", "schedule", "scaling", "momentum",
+                   "weight_decay", "precision"]
+# --select-by: summary value averaged over seeds -> whether larger is better.
+SELECTION_RULES = {"final_test_acc": True, "best_test_acc": True, "final_train_loss": False}
+UNREADABLE = (OSError, ValueError, TypeError, KeyError, yaml.YAMLError, OmegaConfBaseException)
+
+
+def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Every folder at or under `paths` that holds a summary.json or a Hydra `.hydra/config.yaml`."""
+    found = set()
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise UserError(f"not a folder: {path}")
+        found |= {p.parent for p in path.rglob(SUMMARY_FILE)}
+        found |= {p.parents[1] for p in path.rglob("config.yaml") if p.parent.name == ".hydra"}
+    return sorted(found)
+
+
+def read_run(run_dir: Path) -> dict:
+    """One run as a flat dict: the config columns, then every scalar of summary.json."""
+    config = OmegaConf.load(run_dir / CONFIG_FILE)
+    row = {column: OmegaConf.select(config, key, default=None) for column, key in CONFIG_COLUMNS.items()}
+    missing = [c for c in REQUIRED_COLUMNS if row[c] is None]
+    if missing:
+        raise KeyError(f"{CONFIG_FILE} has no {', '.join(CONFIG_COLUMNS[c] for c in missing)}")
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) and k not in row}
+    return {**row, "status": "unknown", **scalars, "run_dir": str(run_dir)}
+
+
+def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:
+    """One row per run folder found under `paths`; unreadable folders are skipped with a warning."""
+    paths = list(paths)
+    rows = []
+    for run_dir in find_run_dirs(paths):
+        try:
+            rows.append(read_run(run_dir))
+        except UNREADABLE as err:
+            log.warning("skipping %s: %s", run_dir, str(err).splitlines()[0] if str(err) else type(err).__name__)
+    if not rows:
+        raise UserError(f"no readable sngm-bench run folders under {', '.join(map(str, paths))}")
+    runs = pd.DataFrame(rows).sort_values(["optimizer", "batch_size", "lr", "seed"], ignore_index=True)
+    return runs.assign(series=series_labels(runs))
+
+
+def series_labels(runs: pd.DataFrame) -> pd.Series:
+    """The optimizer, plus `key=value` for each setting that differs between the runs."""
+    labels = runs["optimizer"].astype(str)
+    for column in SETTING_COLUMNS:
+        if runs[column].nunique(dropna=False) > 1:
+            labels = labels + f" {column}=" + runs[column].astype(str)
+    return labels
+
+
+def read_metrics(run: pd.Series) -> pd.DataFrame | None:
+    """A run's metrics.csv plus optimizer steps and cumulative training seconds (evaluation excluded);
+    None when the run has no finished epoch."""
+    path = Path(run["run_dir"]) / METRICS_FILE
+    if not path.exists():
+        return None
+    try:
+        metrics = pd.read_csv(path)
+        if metrics.empty:
+            return None
+        images_per_epoch = run["steps_per_epoch"] * run["batch_size"]
+        return metrics.assign(step=metrics["epoch"] * run["steps_per_epoch"],
+                              train_seconds=(images_per_epoch / metrics["images_per_second"]).cumsum())
+    except UNREADABLE + (pd.errors.ParserError,) as err:
+        log.warning("skipping the metrics of %s: %s", run["run_dir"], err)
+        return None
+
+
+def collect_epochs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The long per-epoch table: every row of every run's metrics.csv, with the run's identity."""
+    identity = ["run_dir", "series", "optimizer", "batch_size", "lr", "seed", "status"]
+    frames = [m.assign(**run[identity]) for _, run in runs.iterrows() if (m := read_metrics(run)) is not None]
+    if not frames:
+        return pd.DataFrame(columns=[*identity, "epoch", "step", "train_seconds", "test_acc", "train_loss"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def status_counts(statuses: pd.Series) -> str:
+    """'diverged 2, failed 1': how many runs of a cell did not complete, by status."""
+    counts = statuses[statuses != COMPLETED].value_counts().sort_index()
+    return ", ".join(f"{status} {count}" for status, count in counts.items())
+
+
+def aggregate(runs: pd.DataFrame, select_by: str = "final_test_acc") -> pd.DataFrame:
+    """One row per (series, batch size, LR): statistics over the completed seeds, the other runs'
+    statuses, and `selected`, true for the LR that `select_by` picks in each (series, batch size)."""
+    keys = ["series", "batch_size", "lr"]
+    completed = runs[runs["status"] == COMPLETED].reindex(columns=[*keys, "seed", *SELECTION_RULES, "peak_lr",
+                                                                   "wall_seconds", "images_per_second"])
+    stats = completed.groupby(keys).agg(
+        n=("seed", "size"), mean_final_test_acc=("final_test_acc", "mean"),
+        std_final_test_acc=("final_test_acc", "std"), mean_best_test_acc=("best_test_acc", "mean"),
+        score=(select_by, "mean"), peak_lr=("peak_lr", "first"), mean_wall_seconds=("wall_seconds", "mean"),
+        mean_images_per_second=("images_per_second", "mean"))
+    cells = runs.groupby(keys).agg(runs=("status", "size"), not_completed=("status", status_counts)).join(stats)
+    cells = cells.reset_index().fillna({"n": 0}).astype({"n": int})
+    return cells.assign(selected=cells.index.isin(selected_lrs(cells, select_by)))
+
+
+def selected_lrs(cells: pd.DataFrame, select_by: str) -> pd.Index:
+    """Index of the chosen LR per (series, batch size): complete LRs first, then by the rule's score."""
+    ranked = cells.assign(incomplete=cells["not_completed"] != "").sort_values(
+        ["incomplete", "score"], ascending=[True, not SELECTION_RULES[select_by]], na_position="last")
+    return ranked.groupby(["series", "batch_size"]).head(1).index
+
+
+def lr_was_swept(frame: pd.DataFrame) -> bool:
+    """Whether any (series, batch size) ran more than one learning rate."""
+    return frame.groupby(["series", "batch_size"])["lr"].nunique().max() > 1
+
+
+def format_cell(cell: pd.Series, show_lr: bool) -> str:
+    """'72.31 ± 0.42 (2)', then any runs that did not complete, then the chosen LR if LRs were swept."""
+    parts = []
+    if cell["n"]:
+        spread = f" ± {100 * cell['std_final_test_acc']:.2f}" if cell["n"] > 1 else ""
+        parts.append(f"{100 * cell['mean_final_test_acc']:.2f}{spread} ({cell['n']})")
+    if cell["not_completed"]:
+        parts.append(cell["not_completed"])
+    if show_lr:
+        parts.append(f"lr {cell['lr']:g}")
+    return "; ".join(parts)
+
+
+def accuracy_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Series (rows) x batch size (columns) of the selected LRs' formatted cells; '–' where nothing ran."""
+    chosen = cells[cells["selected"]]
+    text = chosen.assign(text=chosen.apply(format_cell, axis=1, show_lr=lr_was_swept(cells)))
+    table = text.pivot(index="series", columns="batch_size", values="text").fillna("–")
+    table.columns = [f"batch {b}" for b in table.columns]
+    table.index.name = "optimizer"
+    return table
+
+
+def table_rows(table: pd.DataFrame) -> list[list[str]]:
+    """The header, then one list of strings per row, the row name first."""
+    body = ([str(name), *map(str, row)] for name, row in zip(table.index, table.values))
+    return [[table.index.name, *table.columns], *body]
+
+
+def markdown_line(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    header, *body = table_rows(table)
+    return "\n".join(map(markdown_line, [header, ["---"] * len(header), *body])) + "\n"
+
+
+def latex_escape(text: str) -> str:
+    for plain, latex in [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                         ("±", r"$\pm$"), ("–", "--")]:
+        text = text.replace(plain, latex)
+    return text
+
+
+def latex_line(cells: list[str]) -> str:
+    return " & ".join(latex_escape(c) for c in cells) + r" \\"
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    header, *body = map(latex_line, table_rows(table))
+    columns = "l" + "r" * len(table.columns)
+    return "\n".join([rf"\begin{{tabular}}{{{columns}}}", r"\hline", header, r"\hline", *body, r"\hline",
+                      r"\end{tabular}"]) + "\n"
+
+
+def caption(runs: pd.DataFrame, select_by: str) -> str:
+    rule = f"; LR chosen per cell by the best mean {select_by} over seeds" if lr_was_swept(runs) else ""
+    return (f"Final test accuracy (%), mean ± std over seeds (n completed runs), {len(runs)} runs; "
+            f"runs that did not complete are counted by status{rule}.")
+
+
+def write_report(paths: Iterable[Path], out: Path, target_acc: float = 0.9, select_by: str = "final_test_acc",
+                 steps: int | None = None) -> str:
+    """Read the runs under `paths`, write tables, CSVs and figures into `out`; return the Markdown table."""
+    from sngm_bench import figures  # matplotlib is imported only when figures are drawn
+
+    runs = collect_runs(paths)
+    epochs = collect_epochs(runs)
+    cells = aggregate(runs, select_by)
+    table = accuracy_table(cells)
+    markdown = f"{caption(runs, select_by)}\n\n{to_markdown(table)}"
+    out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / "runs.csv", index=False)
+    epochs.to_csv(out / "epochs.csv", index=False)
+    cells.to_csv(out / "aggregate.csv", index=False)
+    table.to_csv(out / "table.csv")
+    (out / "table.md").write_text(markdown)
+    (out / "table.tex").write_text(to_latex(table))
+    chosen = cells.loc[cells["selected"], ["series", "batch_size", "lr"]]
+    selected_epochs = epochs[epochs["status"] == COMPLETED].merge(chosen, on=["series", "batch_size", "lr"])
+    figures.write_all(selected_epochs, out, target_acc, steps)
+    return markdown
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sngm-bench-report", description="Tables and figures from sngm-bench run folders (searched recursively).")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run folders or folders that hold them")
+    parser.add_argument("--out", type=Path, default=Path("report"), help="folder for the files (default: report)")
+    parser.add_argument("--target-acc", type=float, default=0.9,
+                        help="test accuracy (0-1) for the time-to-target figure (default: 0.9)")
+    parser.add_argument("--select-by", choices=list(SELECTION_RULES), default="final_test_acc",
+                        help="per optimizer and batch size, keep the LR with the best mean of this over seeds")
+    parser.add_argument("--steps", type=int, help="optimizer steps of the equal-steps view (default: the step "
+                        "count at which the most optimizer/batch-size pairs have an evaluation)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(format="sngm-bench-report: warning: %(message)s", level=logging.WARNING)
+    try:
+        markdown = write_report(args.paths, args.out, args.target_acc, args.select_by, args.steps)
+    except UserError as err:
+        print(f"sngm-bench-report: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(markdown)
+    print(f"wrote tables, CSVs and figures to {args.out}")

@@ -1,0 +1,129 @@
+"""Reports on run folders made by real tiny sweeps on real CIFAR-10 (no hand-written numbers)."""
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import run_cli
+from sngm_bench import report
+
+TINY = ["experiment=smoke", "model.width=8", "dataset.subset=1000", "epochs=2"]
+SWEEPS = {
+    # SNGM and MSGD at batch 100 and 200; batch 0 is recorded as failed.
+    "grid": ["optimizer=sngm,msgd", "batch_size=0,100,200"],
+    # A second seed for SNGM, so its cells have a mean and a std.
+    "seed": ["optimizer=sngm", "batch_size=100,200", "seed=1"],
+    # A second learning rate for MSGD at batch 200, so the report has an LR to choose.
+    "lr": ["optimizer=msgd", "batch_size=200", "optimizer.lr=0.02"],
+    # An absurd learning rate: the run is recorded as diverged.
+    "diverged": ["optimizer=msgd", "batch_size=50", "optimizer.lr=1e6", "log_every=1"],
+}
+FIGURES = ["accuracy_vs_batch", "learning_curves", "time_to_target", "gradient_budget"]
+REPORT_CLI = str(Path(sys.executable).with_name("sngm-bench-report"))
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory, cifar_root) -> Path:
+    """The folder holding the sweeps' run folders (run once for this file)."""
+    root = tmp_path_factory.mktemp("sweeps")
+    for name, overrides in SWEEPS.items():
+        run_cli(["-m", *TINY, *overrides, f"hydra.sweep.dir={root / name}"], cwd=root,
+                env_extra={"SNGM_DATA": str(cifar_root)})
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(sweeps):
+    return report.collect_runs([sweeps])
+
+
+def summaries(sweeps: Path, **match) -> list[dict]:
+    """summary.json of every run whose resolved config has these values (read without the report)."""
+    found = []
+    for path in sweeps.rglob("summary.json"):
+        config = OmegaConf.load(path.parent / ".hydra" / "config.yaml")
+        if all(OmegaConf.select(config, key) == value for key, value in match.items()):
+            found.append(json.loads(path.read_text()))
+    return found
+
+
+def mean_final_acc(sweeps: Path, **match) -> float:
+    return statistics.mean(s["final_test_acc"] for s in summaries(sweeps, **match))
+
+
+def test_every_run_is_collected_with_its_status(runs):
+    assert len(runs) == 10
+    assert runs["status"].value_counts().to_dict() == {"completed": 7, "failed": 2, "diverged": 1}
+    assert set(runs.loc[runs["status"] == "failed", "batch_size"]) == {0}
+    for column in ["optimizer", "lr", "batch_size", "seed", "final_test_acc", "wall_seconds", "device_name"]:
+        assert column in runs.columns
+
+
+def test_table_shape_and_one_cell_by_hand(sweeps, runs):
+    table = report.accuracy_table(report.aggregate(runs))
+    assert list(table.index) == ["msgd", "sngm"]
+    assert list(table.columns) == ["batch 0", "batch 50", "batch 100", "batch 200"]
+    accs = [s["final_test_acc"] for s in summaries(sweeps, **{"optimizer.name": "sngm", "batch_size": 100})]
+    assert len(accs) == 2
+    mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2**0.5  # sample std of two values
+    assert table.loc["sngm", "batch 100"] == f"{100 * mean:.2f} ± {100 * std:.2f} (2); lr 0.1"
+
+
+def test_failed_and_diverged_runs_show_with_their_status(runs):
+    table = report.accuracy_table(report.aggregate(runs))
+    assert table.loc["sngm", "batch 0"] == "failed 1; lr 0.1"
+    assert table.loc["msgd", "batch 50"] == "diverged 1; lr 1e+06"
+    assert table.loc["sngm", "batch 50"] == "–"  # never run
+
+
+@pytest.mark.parametrize("select_by", ["final_test_acc", "final_train_loss"])
+def test_learning_rate_is_chosen_by_the_rule(sweeps, runs, select_by):
+    msgd_200 = {"optimizer.name": "msgd", "batch_size": 200}
+    means = {lr: statistics.mean(s[select_by] for s in summaries(sweeps, **msgd_200, **{"optimizer.lr": lr}))
+             for lr in (0.1, 0.02)}
+    expected = (max if select_by == "final_test_acc" else min)(means, key=means.get)
+    cells = report.aggregate(runs, select_by)
+    chosen = cells[cells["selected"] & (cells["series"] == "msgd") & (cells["batch_size"] == 200)]
+    assert chosen["lr"].tolist() == [expected]
+    assert report.accuracy_table(cells).loc["msgd", "batch 200"].endswith(f"lr {expected:g}")
+
+
+def test_unreadable_folder_is_skipped_with_a_warning(sweeps, tmp_path, caplog):
+    good = next(sweeps.rglob("summary.json")).parent
+    shutil.copytree(good, tmp_path / "good")
+    shutil.copytree(good, tmp_path / "broken")
+    (tmp_path / "broken" / "summary.json").write_text("{not json")
+    runs = report.collect_runs([tmp_path])
+    assert runs["run_dir"].tolist() == [str(tmp_path / "good")]
+    assert f"skipping {tmp_path / 'broken'}" in caplog.text
+
+
+def test_cli_prints_the_table_and_writes_every_file(sweeps, tmp_path):
+    out = tmp_path / "report"
+    result = subprocess.run([REPORT_CLI, str(sweeps), "--out", str(out), "--target-acc", "0.15"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| optimizer | batch 0 | batch 50 | batch 100 | batch 200 |" in result.stdout
+    for name in ["runs.csv", "epochs.csv", "aggregate.csv", "table.csv", "table.md", "table.tex"]:
+        assert (out / name).stat().st_size > 0
+    assert r"\pm" in (out / "table.tex").read_text()
+    for name in FIGURES:
+        assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+        assert (out / f"{name}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("folder", ["empty", "missing"])
+def test_cli_on_an_empty_or_wrong_folder_fails_in_one_line(tmp_path, folder):
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([REPORT_CLI, str(tmp_path / folder), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.startswith("sngm-bench-report: error: ") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
