@@ -251,6 +251,7 @@ class Trainer:
             seconds_before = self.carried["seconds"]
             self.carried = None
         self.model.train()
+        stopping = False  # decided by all processes together, so they stop at the same step
         batches = data.train.train_batches(cfg.seed, epoch, cfg.batch_size, self.shard(), self.step)
         for self.step, (x, y) in enumerate(batches, self.step + 1):
             lr = self.train_batch(x, y, totals)
@@ -265,6 +266,7 @@ class Trainer:
                 progress.set_postfix(loss=f"{loss_sum / self.step:.3f}", acc=f"{correct_sum / seen:.3f}",
                                      lr=f"{lr:.3g}", img_s=f"{seen * procs.world_size / (time.perf_counter() - start):.0f}")
             if (stop.signum is not None) if procs.world_size == 1 else (at_check and procs.any(stop.signum is not None)):
+                stopping = True
                 if self.step < self.steps_per_epoch:
                     procs.sum(totals)
                     self.save_checkpoint({"totals": totals.cpu(),
@@ -291,8 +293,8 @@ class Trainer:
             log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.0f img/s", epoch, cfg.epochs,
                      row["train_loss"], row["train_acc"], test_loss, test_acc, row["images_per_second"])
         self.save_checkpoint()
-        if stop.signum is not None and self.epoch <= cfg.epochs:
-            raise Interrupted(stop.signum, self.run_dir)
+        if stopping and self.epoch <= cfg.epochs:
+            raise Interrupted(stop.signum or signal.SIGTERM, self.run_dir)
         return None
 
     def diverged(self, reason: str) -> dict:
