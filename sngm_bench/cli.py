@@ -38,7 +38,7 @@ def _first_line(err: BaseException) -> str:
 
 def _unknown_key_message(key: str, overrides: list[str]) -> str:
     """'unknown key' plus the keys its parent accepts, read from the config composed without it."""
-    parent, _, leaf = key.rpartition(".")
+    parent = key.rpartition(".")[0]
     others = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
     try:
         node = compose("config", overrides=others)
@@ -55,7 +55,7 @@ def _composition_error(err: Exception, overrides: list[str]) -> UserError:
         return UserError("the SLURM launcher needs the slurm extra: pip install 'sngm-bench[slurm]'")
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
         group, _, choice = err.missing_cfg_file.rpartition("/")
-        options = ", ".join(sorted(o for o in (err.options or []) if not o.startswith("schema")))
+        options = ", ".join(sorted(err.options or []))
         return UserError(f"unknown {group} '{choice}': choose one of {options}")
     cause = err.__cause__ or err
     key = getattr(cause, "full_key", None)
