@@ -15,8 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 import sngm_bench
 
 METRICS_FILE = "metrics.csv"
@@ -76,8 +74,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device) -> dict:
-    """Code version and hardware: what a reader needs to know where a number came from."""
+def environment(device) -> dict:
+    """Code version and hardware of a run on the torch.device `device`: what a reader needs to
+    know where a number came from. (torch is imported here, so that readers of run files, like
+    the report, do not pay for it.)"""
+    import torch
+
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()

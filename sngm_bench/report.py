@@ -27,12 +27,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sngm_bench.errors import UserError
+from sngm_bench.records import METRICS_FILE, SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
-SUMMARY_FILE = "summary.json"  # the names records.py writes; not imported from there to keep torch out
-METRICS_FILE = "metrics.csv"
 COMPLETED = "completed"
 
 # Report column -> key of the resolved run config.
