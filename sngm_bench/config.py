@@ -81,49 +81,50 @@ class TorchvisionResNetConfig:
 
 
 @dataclass
-class SNGMConfig:
-    name: str = "sngm"
-    lr: float = MISSING  # at schedule.base_batch_size
-    momentum: float = 0.9
+class OptimizerConfig:
+    """What every optimizer config has."""
+
+    name: str = MISSING
+    lr: float = MISSING  # peak LR at schedule.base_batch_size
     weight_decay: float = 5e-4
-    decay_norm_and_bias: bool = False
+    decay_norm_and_bias: bool = False  # false: no weight decay on biases and normalization parameters
+
+
+@dataclass
+class MomentumConfig(OptimizerConfig):
+    momentum: float = 0.9
+
+
+@dataclass
+class SNGMConfig(MomentumConfig):
+    name: str = "sngm"
     eps: float = 1e-12  # floor of the gradient norm, only to keep a zero gradient finite
     weight_decay_mode: str = "l2"  # l2: folded into g before the norm; decoupled: w -= lr*wd*w outside it
     norm: str = "global"  # global: one norm over all parameters (the paper's); layer: one per tensor
 
 
 @dataclass
-class MSGDConfig:
+class MSGDConfig(MomentumConfig):
     name: str = "msgd"
-    lr: float = MISSING  # at schedule.base_batch_size
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    decay_norm_and_bias: bool = False
     nesterov: bool = False
 
 
 @dataclass
-class LARSConfig:
+class LARSConfig(MomentumConfig):
     name: str = "lars"
-    lr: float = MISSING  # at schedule.base_batch_size
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    decay_norm_and_bias: bool = False
     adapt_norm_and_bias: bool = False  # false: biases and normalization parameters get trust ratio 1
     trust_coefficient: float = 1e-3  # eta in trust = eta*||w|| / (||g|| + wd*||w|| + eps)
     eps: float = 0.0
 
 
 @dataclass
-class LAMBConfig:
+class LAMBConfig(OptimizerConfig):
     name: str = "lamb"
-    lr: float = MISSING  # at schedule.base_batch_size
+    weight_decay: float = 0.01
+    adapt_norm_and_bias: bool = False  # false: biases and normalization parameters get trust ratio 1
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-6
-    weight_decay: float = 0.01
-    decay_norm_and_bias: bool = False
-    adapt_norm_and_bias: bool = False  # false: biases and normalization parameters get trust ratio 1
     max_trust_ratio: Optional[float] = None  # clamp of trust = ||w||/||r||; null: none
     max_grad_norm: Optional[float] = None  # global gradient clipping before the moments; null: none
 
