@@ -1,0 +1,21 @@
+"""The training identity of a run: one list of untrained keys for folder names, reruns and reports."""
+
+from omegaconf import OmegaConf
+
+from sngm_bench.config import compose_config
+from sngm_bench.identity import UNTRAINED_KEYS, differences, training_config
+from conftest import ROOT
+
+
+def test_folder_names_leave_out_exactly_the_untrained_keys():
+    config = OmegaConf.load(ROOT / "configs" / "config.yaml")
+    assert list(config.hydra.job.config.override_dirname.exclude_keys) == ["experiment", *UNTRAINED_KEYS]
+
+
+def test_training_config_ignores_paths_and_logging_but_not_what_is_trained():
+    base = training_config(compose_config([]))
+    watched = training_config(compose_config(["log_every=7", "eval_batch_size=10", "dataset.root=/x", "name=y"]))
+    assert differences(base, watched) == []
+    changed = training_config(compose_config(["optimizer.lr=0.5", "seed=3"]))
+    assert differences(base, changed) == [("optimizer.lr", 0.1, 0.5), ("seed", 0, 3)]
+    assert "schedule.decay" in base and base["schedule.decay"] == "poly"  # enums as their names
