@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
 from sngm_bench import distributed
-from sngm_bench.config import Device, Precision
+from sngm_bench.config import Device, Precision, optimizer_settings
 from sngm_bench.models import build_model
 from sngm_bench.records import environment
 from sngm_bench.train import Trainer
@@ -128,7 +128,7 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
     achieved = flops * cfg.batch_size / step_seconds
     peak = peak_flops(env["device_name"], precision)
     result = {
-        "model": cfg.model.name, "optimizer": cfg.optimizer.name, "batch_size": cfg.batch_size,
+        "model": cfg.model.name, "optimizer": optimizer_settings(cfg.optimizer).name, "batch_size": cfg.batch_size,
         "micro_batch_size": trainer.micro_batch, "precision": precision,
         "channels_last": cfg.channels_last, "compile": cfg.compile,
         "images_per_second": cfg.batch_size / step_seconds, "step_ms": 1000 * step_seconds,

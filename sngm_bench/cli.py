@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from sngm_bench.config import CONFIG_MODULE, check_values
+from sngm_bench.config import CONFIG_MODULE, check_values, optimizer_settings
 from sngm_bench.errors import Interrupted, UserError
 
 log = logging.getLogger("sngm_bench")
@@ -82,9 +82,10 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         for combination in combinations:
             try:
-                compose("config", overrides=combination)
-            except (HydraException, OmegaConfBaseException) as err:
-                error = _composition_error(err, combination)
+                cfg = compose("config", overrides=combination)
+                optimizer_settings(cfg.optimizer)  # a `_target_` class and its arguments, before any run starts
+            except (HydraException, OmegaConfBaseException, UserError) as err:
+                error = err if isinstance(err, UserError) else _composition_error(err, combination)
                 if len(combinations) > 1:
                     error = UserError(f"{error} (in the sweep combination {' '.join(combination)})")
                 raise error from None

@@ -7,7 +7,7 @@ composition time; `sngm_bench.cli` turns that failure into a one-line message.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, List, Optional
 
@@ -88,6 +88,11 @@ class OptimizerConfig:
     lr: float = MISSING  # peak LR at schedule.base_batch_size
     weight_decay: float = 5e-4
     decay_norm_and_bias: bool = False  # false: no weight decay on biases and normalization parameters
+
+
+# The defaults of the keys every optimizer config has, merged before the optimizer's own file, so a
+# `_target_` file (which has no schema) gets them too; a schema's own defaults take precedence.
+COMMON_OPTIMIZER_DEFAULTS = {f.name: f.default for f in fields(OptimizerConfig) if f.default is not MISSING}
 
 
 @dataclass
@@ -177,8 +182,19 @@ def check_values(cfg: DictConfig) -> None:
         raise UserError(f"seed={cfg.seed} must be non-negative")
     if cfg.resume and cfg.overwrite:
         raise UserError("resume=true and overwrite=true contradict each other; choose one")
-    if cfg.optimizer.lr <= 0:  # the other hyperparameters are checked by the optimizers themselves
-        raise UserError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
+    lr = optimizer_settings(cfg.optimizer).lr
+    if lr <= 0:  # the other hyperparameters are checked by the optimizers themselves
+        raise UserError(f"optimizer.lr={lr} must be positive")
+
+
+def optimizer_settings(optimizer: DictConfig) -> DictConfig:
+    """The benchmark's own keys of an optimizer config (OptimizerConfig's fields): a built-in's
+    config itself; for a `_target_` config, its checked settings (this imports its class)."""
+    if "_target_" not in optimizer:
+        return optimizer
+    from sngm_bench.optim.target import resolve
+
+    return resolve(optimizer).settings
 
 
 def _or_default(value: Any, default: str) -> str:
@@ -201,6 +217,7 @@ def register() -> None:
         ("schedule", "schedule", ScheduleConfig),
     ]:
         store.store(group=f"schema/{group}", name=kind, node=node)
+    store.store(group="schema/optimizer", name="common", node=COMMON_OPTIMIZER_DEFAULTS)
     if not OmegaConf.has_resolver("sngm_or"):
         OmegaConf.register_new_resolver("sngm_or", _or_default)
 

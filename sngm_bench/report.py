@@ -32,6 +32,7 @@ from sngm_bench.records import METRICS_FILE, SUMMARY_FILE
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
+HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 COMPLETED = "completed"
 
 # Report column -> key of the resolved run config.
@@ -66,12 +67,23 @@ def read_run(run_dir: Path) -> dict:
     """One run as a flat dict: the config columns, then every scalar of summary.json."""
     config = OmegaConf.load(run_dir / CONFIG_FILE)
     row = {column: OmegaConf.select(config, key, default=None) for column, key in CONFIG_COLUMNS.items()}
+    if row["optimizer"] is None and OmegaConf.select(config, "optimizer._target_"):
+        row["optimizer"] = optimizer_choice(run_dir) or config.optimizer._target_
     missing = [c for c in REQUIRED_COLUMNS if row[c] is None]
     if missing:
         raise KeyError(f"{CONFIG_FILE} has no {', '.join(CONFIG_COLUMNS[c] for c in missing)}")
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) and k not in row}
     return {**row, "status": "unknown", **scalars, "run_dir": str(run_dir)}
+
+
+def optimizer_choice(run_dir: Path) -> str | None:
+    """The optimizer config a run chose (`optimizer=NAME`), as Hydra recorded it: the report's name
+    for a `_target_` optimizer whose file sets no `name`."""
+    try:
+        return OmegaConf.select(OmegaConf.load(run_dir / HYDRA_FILE), "hydra.runtime.choices.optimizer")
+    except UNREADABLE:
+        return None
 
 
 def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:

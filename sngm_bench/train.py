@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from sngm_bench import checkpoint, distributed, records
-from sngm_bench.config import Device, Precision, check_values
+from sngm_bench.config import Device, Precision, check_values, optimizer_settings
 from sngm_bench.data import build_data
 from sngm_bench.device import autocast_context
 from sngm_bench.errors import Interrupted, UserError
@@ -211,7 +211,7 @@ class Trainer:
             records.write_metrics(self.run_dir, self.rows)  # readers find the file from the start
             log.info("run folder %s", self.run_dir)
             log.info("%s on %s x%d (%s): %d steps/epoch of %d images (micro-batches of %d), peak lr %.4g",
-                     cfg.optimizer.name, self.summary["device_name"], procs.world_size, procs.device.type,
+                     optimizer_settings(cfg.optimizer).name, self.summary["device_name"], procs.world_size, procs.device.type,
                      self.steps_per_epoch, cfg.batch_size, self.micro_batch, self.lr)
         done = (self.epoch - 1) * self.steps_per_epoch + self.step
         with tqdm(total=cfg.epochs * self.steps_per_epoch, initial=done, unit="step", dynamic_ncols=True,

@@ -1,7 +1,8 @@
 """Optimizers by config: `build_optimizer(cfg.optimizer, model, lr)`.
 
 MSGD is torch.optim.SGD itself (foreach on CPU, fused on CUDA); SNGM, LARS and LAMB are our own
-`torch.optim.Optimizer` subclasses, one per module.
+`torch.optim.Optimizer` subclasses, one per module. Any other class comes from a config's
+`_target_` (`sngm_bench.optim.target`), with the same parameter groups.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sngm_bench.optim.common import HyperparameterError, check_non_negative, che
 from sngm_bench.optim.lamb import LAMB
 from sngm_bench.optim.lars import LARS
 from sngm_bench.optim.sngm import SNGM
+from sngm_bench.optim.target import is_target, resolve
 
 __all__ = ["LAMB", "LARS", "SNGM", "build_optimizer", "parameter_groups"]
 
@@ -63,14 +65,19 @@ BUILDERS = {"sngm": _sngm, "msgd": _msgd, "lars": _lars, "lamb": _lamb}
 
 
 def build_optimizer(cfg, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The optimizer `cfg.name` over `model`, at peak learning rate `lr` (the schedule scales it).
-    A bad hyperparameter stops with a UserError that names its key, e.g. `optimizer.momentum=1.5`."""
+    """The optimizer `cfg.name` (or `cfg._target_`) over `model`, at peak learning rate `lr` (the
+    schedule scales it). A bad hyperparameter stops with a UserError that names its key, e.g.
+    `optimizer.momentum=1.5`."""
+    target = resolve(cfg) if is_target(cfg) else None
+    settings = target.settings if target else cfg
     if lr <= 0:
-        raise UserError(f"the learning rate must be positive, got {lr} (optimizer.lr={cfg.lr})")
-    if cfg.name not in BUILDERS:
+        raise UserError(f"the learning rate must be positive, got {lr} (optimizer.lr={settings.lr})")
+    if target is None and cfg.name not in BUILDERS:
         raise UserError(f"optimizer={cfg.name} has no implementation")
     try:
-        check_non_negative(weight_decay=cfg.weight_decay)  # goes into the groups, where no constructor checks it
+        check_non_negative(weight_decay=settings.weight_decay)  # goes into the groups, where no constructor checks it
+        if target:
+            return target.build(parameter_groups(model, settings.weight_decay, settings.decay_norm_and_bias), lr)
         return BUILDERS[cfg.name](cfg, model, lr)
     except HyperparameterError as err:
         raise UserError(f"optimizer.{err}") from err
