@@ -18,6 +18,7 @@ import hydra
 from hydra import compose, initialize_config_module
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
@@ -99,16 +100,23 @@ def _record_failure(run_dir: Path, cfg: DictConfig, err: UserError) -> None:
     _failed_runs.append(str(run_dir))
 
 
+def train_job(cfg: DictConfig) -> dict:
+    """The job Hydra runs, for the command line and for `sngm_bench.run` alike: check the values,
+    then train in Hydra's run folder; returns the run's summary."""
+    hydra_cfg = HydraConfig.get()
+    check_values(cfg)
+    from sngm_bench.train import train  # torch is imported only once a run starts
+
+    return train(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN)
+
+
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def run(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        check_values(cfg)
-        from sngm_bench.train import train  # torch is imported only once a run starts
-
-        train(cfg, run_dir, in_sweep)
+        train_job(cfg)
     except Interrupted as err:
         _fail(str(err), 128 + err.signum)  # a sweep stops too: the user asked to stop
     except UserError as err:
@@ -118,6 +126,15 @@ def run(cfg: DictConfig) -> None:
             _fail(str(err))  # SystemExit passes through Hydra's error report
         log.error("run failed: %s", err)
         _record_failure(run_dir, cfg, err)
+
+
+def run_overrides(overrides: list[str]) -> dict:
+    """One run as `sngm-bench OVERRIDES` makes it (same checks, run folder, records and logs),
+    for `sngm_bench.run`: errors are raised, never turned into an exit."""
+    check_overrides(overrides, multirun=False)
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        hydra_app = GlobalHydra.instance().hydra
+        return hydra_app.run(config_name="config", task_function=train_job, overrides=overrides).return_value
 
 
 def _fail(message: str, code: int = 2) -> None:

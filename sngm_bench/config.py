@@ -32,6 +32,11 @@ class Precision(Enum):
     bf16 = "bf16"
 
 
+class Logger(Enum):
+    none = "none"
+    tensorboard = "tensorboard"
+
+
 class Decay(Enum):
     constant = "constant"
     poly = "poly"
@@ -161,6 +166,7 @@ class Config:
     compile: bool = False
     eval_batch_size: int = 1000
     log_every: int = 50  # steps between host syncs: progress bar, divergence and stop checks
+    logger: Logger = Logger.none  # tensorboard: live curves in the run folder (the tensorboard extra)
     # Large batch: batch_size is split over processes (torchrun / SLURM), then into micro-batches.
     micro_batch_size: Optional[int] = None  # images per forward pass per process; null: see below
     max_micro_batch_size: Optional[int] = None  # null micro_batch_size: largest divisor up to this

@@ -18,7 +18,7 @@ UNTRAINED_KEYS = (
     "device",  # where it computes; the hardware of every session is in summary.json
     "dataset.root", "dataset.download", "dataset.verify_checksums",  # where the data is and how it is checked
     "dataset.workers", "dataset.prefetch_factor", "dataset.gpu_decode",  # how the data is loaded
-    "eval_batch_size", "log_every",  # how the run is evaluated and watched
+    "eval_batch_size", "log_every", "logger",  # how the run is evaluated and watched
     "resume", "overwrite",  # what to do with the folder
 )
 

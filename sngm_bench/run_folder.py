@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sngm_bench.checkpoint import CHECKPOINT_FILE
 from sngm_bench.errors import UserError
+from sngm_bench.loggers import EVENT_FILES
 from sngm_bench.records import METRICS_FILE, SUMMARY_FILE
 
 FINISHED = ("completed", "diverged")
@@ -54,6 +55,8 @@ def clear_run(run_dir: Path) -> None:
     """Remove the files of an earlier run before training afresh in its folder."""
     for name in (CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE):
         (run_dir / name).unlink(missing_ok=True)
+    for path in run_dir.glob(EVENT_FILES):
+        path.unlink()
 
 
 class FolderLock:

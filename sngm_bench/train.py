@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, closing, nullcontext
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from sngm_bench.config import Device, Precision, check_values, optimizer_setting
 from sngm_bench.data import build_data
 from sngm_bench.device import autocast_context
 from sngm_bench.errors import Interrupted, UserError
+from sngm_bench.loggers import NullLogger, open_logger
 from sngm_bench.models import build_model
 from sngm_bench.optim import build_optimizer
 from sngm_bench.run_folder import FolderLock, Plan, clear_run, plan_run
@@ -203,7 +204,7 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def fit(self, stop: StopRequest) -> dict:
+    def fit(self, stop: StopRequest, logger=NullLogger()) -> dict:
         cfg, procs = self.cfg, self.procs
         self.session_start = time.perf_counter()
         if procs.is_main:
@@ -213,11 +214,10 @@ class Trainer:
             log.info("%s on %s x%d (%s): %d steps/epoch of %d images (micro-batches of %d), peak lr %.4g",
                      optimizer_settings(cfg.optimizer).name, self.summary["device_name"], procs.world_size, procs.device.type,
                      self.steps_per_epoch, cfg.batch_size, self.micro_batch, self.lr)
-        done = (self.epoch - 1) * self.steps_per_epoch + self.step
-        with tqdm(total=cfg.epochs * self.steps_per_epoch, initial=done, unit="step", dynamic_ncols=True,
+        with tqdm(total=cfg.epochs * self.steps_per_epoch, initial=self.global_step, unit="step", dynamic_ncols=True,
                   disable=None if procs.is_main else True) as progress:
             while self.epoch <= cfg.epochs:
-                outcome = self.train_epoch(stop, progress)
+                outcome = self.train_epoch(stop, progress, logger)
                 if outcome is not None:
                     return self.finish(outcome)
         return self.finish({"status": "completed"})
@@ -234,11 +234,16 @@ class Trainer:
         totals[2] += ~torch.isfinite(loss)
         return lr
 
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps done since the run began (over all its sessions)."""
+        return (self.epoch - 1) * self.steps_per_epoch + self.step
+
     def shard(self) -> slice:
         """This process's slice of every global batch."""
         return slice(self.procs.rank * self.local_batch, (self.procs.rank + 1) * self.local_batch)
 
-    def train_epoch(self, stop: StopRequest, progress) -> dict | None:
+    def train_epoch(self, stop: StopRequest, progress, logger) -> dict | None:
         """Train and evaluate epoch `self.epoch` from step `self.step`; a dict ends the run early."""
         cfg, procs, data = self.cfg, self.procs, self.data
         epoch, start = self.epoch, time.perf_counter()
@@ -262,9 +267,12 @@ class Trainer:
                 if procs.any(nonfinite > 0):
                     return self.diverged("non-finite training loss")
                 seen = self.step * self.local_batch
+                live = {"loss": loss_sum / self.step, "accuracy": correct_sum / seen, "lr": lr,
+                        "images_per_second": seen * procs.world_size / (time.perf_counter() - start)}
                 progress.set_description(f"epoch {epoch}/{cfg.epochs}", refresh=False)
-                progress.set_postfix(loss=f"{loss_sum / self.step:.3f}", acc=f"{correct_sum / seen:.3f}",
-                                     lr=f"{lr:.3g}", img_s=f"{seen * procs.world_size / (time.perf_counter() - start):.0f}")
+                progress.set_postfix(loss=f"{live['loss']:.3f}", acc=f"{live['accuracy']:.3f}", lr=f"{lr:.3g}",
+                                     img_s=f"{live['images_per_second']:.0f}")
+                logger.log_step(self.global_step, live)
             if (stop.signum is not None) if procs.world_size == 1 else (at_check and procs.any(stop.signum is not None)):
                 stopping = True
                 if self.step < self.steps_per_epoch:
@@ -287,6 +295,7 @@ class Trainer:
             "images_per_second": self.steps_per_epoch * cfg.batch_size / train_seconds,
         }
         self.rows.append(row)
+        logger.log_epoch(self.global_step, row)
         self.epoch, self.step = epoch + 1, 0
         if procs.is_main:
             records.write_metrics(self.run_dir, self.rows)
@@ -339,7 +348,8 @@ def train(cfg: DictConfig, run_dir: Path, in_sweep: bool = False) -> dict:
                 trainer.load_checkpoint()
             elif procs.is_main:
                 clear_run(run_dir)
+            logger = stack.enter_context(closing(open_logger(cfg.logger, run_dir, procs.is_main)))
             with StopRequest() as stop:
-                return trainer.fit(stop)
+                return trainer.fit(stop, logger)
     finally:
         procs.close()
