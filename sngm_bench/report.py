@@ -102,11 +102,13 @@ def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:
 
 
 def series_labels(runs: pd.DataFrame) -> pd.Series:
-    """The optimizer, plus `key=value` for each setting that differs between the runs."""
-    labels = runs["optimizer"].astype(str)
+    """The optimizer, plus `key=value` for each setting that takes two values among the runs; a run
+    without the setting (LAMB and AdamW have no momentum) shows none. (`astype(str)` would keep a
+    missing value missing in pandas 3, and with it the whole label.)"""
+    labels = runs["optimizer"].map(str)
     for column in SETTING_COLUMNS:
-        if runs[column].nunique(dropna=False) > 1:
-            labels = labels + f" {column}=" + runs[column].astype(str)
+        if runs[column].nunique() > 1:
+            labels = labels + runs[column].map(lambda value: "" if pd.isna(value) else f" {column}={value}")
     return labels
 
 

@@ -1,0 +1,81 @@
+"""The Python API (`sngm_bench.run`) and the TensorBoard logger, on one real tiny run."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import sngm_bench
+from conftest import run_cli
+from sngm_bench.errors import UserError
+from sngm_bench.records import read_summary
+
+TINY = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]
+
+
+@pytest.fixture(scope="module")
+def api_run(tmp_path_factory, cifar_root):
+    """`sngm_bench.run` in a fresh folder, with live TensorBoard curves every 2 steps: (cwd, summary)."""
+    cwd = tmp_path_factory.mktemp("api")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        summary = sngm_bench.run([*TINY, f"dataset.root={cifar_root}", "logger=tensorboard", "log_every=2"])
+    return cwd, summary
+
+
+def test_import_is_light():
+    probe = "import sys, sngm_bench; print(sorted({'torch', 'hydra', 'pandas'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_run_returns_the_summary_of_the_run_the_cli_would_make(api_run, cifar_root):
+    cwd, summary = api_run
+    # The folder the command line names for these overrides (logger, log_every, dataset.root: untrained).
+    run_dir = cwd / "outputs" / "smoke" / "batch_size=100,dataset.subset=400,epochs=1,model.width=4"
+    assert summary["status"] == "completed" and summary["epochs"] == 1
+    assert summary == read_summary(run_dir)
+    assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "train.log").exists()
+    # The command line finds the same run finished there.
+    result = run_cli([*TINY, "resume=true"], cwd=cwd, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0 and "already holds a finished run" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["batch_size=0"], "batch_size=0 must be a positive integer"),
+    (["optimizer=adam"], "unknown optimizer 'adam'"),
+    (["seed=0,1"], "is a sweep"),
+])
+def test_run_raises_user_errors(tmp_path, monkeypatch, overrides, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=message):
+        sngm_bench.run(overrides)
+
+
+def test_tensorboard_events_hold_the_scalars(api_run):
+    cwd, summary = api_run
+    (run_dir,) = (cwd / "outputs" / "smoke").iterdir()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    for tag in ("train/loss", "train/accuracy", "train/lr", "train/images_per_second"):
+        assert [step for step, _ in scalars[tag]] == [2, 4]  # every log_every=2 steps of the epoch's 4
+    metrics = pd.read_csv(run_dir / "metrics.csv").iloc[-1]
+    for column in ("test_acc", "test_loss", "train_loss", "train_acc", "lr"):  # and each epoch's row, at its last step
+        assert scalars[f"epoch/{column}"] == [(4, pytest.approx(metrics[column], rel=1e-6))]
+    # One process: the running loss at the epoch's last step is the epoch's mean loss.
+    assert scalars["train/loss"][-1][1] == pytest.approx(summary["final_train_loss"], rel=1e-6)
+    assert all(value > 0 for _, value in scalars["train/images_per_second"])
+
+
+def test_tensorboard_without_the_extra_is_one_line(tmp_path, cifar_root):
+    fake = tmp_path / "fake" / "tensorboard"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named tensorboard')\n")
+    result = run_cli([*TINY, "logger=tensorboard"], cwd=tmp_path,
+                     env_extra={"SNGM_DATA": str(cifar_root), "PYTHONPATH": str(fake.parent)})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sngm-bench: error: logger=tensorboard needs the tensorboard extra: pip install 'sngm-bench[tensorboard]'"]
