@@ -17,6 +17,8 @@ EVENT_FILES = "events.out.tfevents.*"  # what TensorBoard writes; a fresh run re
 
 
 class NullLogger:
+    """What the training loop calls; this one does nothing (logger=none, and processes but the main one)."""
+
     def log_step(self, step: int, scalars: dict[str, float]) -> None:
         pass
 

@@ -204,7 +204,7 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def fit(self, stop: StopRequest, logger=NullLogger()) -> dict:
+    def fit(self, stop: StopRequest, logger: NullLogger) -> dict:
         cfg, procs = self.cfg, self.procs
         self.session_start = time.perf_counter()
         if procs.is_main:
