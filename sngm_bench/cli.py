@@ -147,8 +147,7 @@ def run(cfg: DictConfig) -> None:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             _fail(str(err))  # SystemExit passes through Hydra's error report
-        log.error("run failed: %s", err)
-        _record_failure(run_dir, cfg, err)
+        _record_failure(run_dir, cfg, err)  # sngm_bench.callbacks logs it as the run's last line
 
 
 def _fail(message: str, code: int = 2) -> None:
