@@ -246,8 +246,8 @@ def caption(runs: pd.DataFrame, select_by: str) -> str:
             f"runs that did not complete are counted by status{rule}.")
 
 
-def write_report(paths: Iterable[Path], out: Path, target_acc: float = 0.9, select_by: str = "final_test_acc",
-                 steps: int | None = None) -> str:
+def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = None,
+                 select_by: str = "final_test_acc", steps: int | None = None) -> str:
     """Read the runs under `paths`, write tables, CSVs and figures into `out`; return the Markdown table."""
     from sngm_bench import figures  # matplotlib is imported only when figures are drawn
 
@@ -274,8 +274,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="sngm-bench-report", description="Tables and figures from sngm-bench run folders (searched recursively).")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run folders or folders that hold them")
     parser.add_argument("--out", type=Path, default=Path("report"), help="folder for the files (default: report)")
-    parser.add_argument("--target-acc", type=float, default=0.9,
-                        help="test accuracy (0-1) for the time-to-target figure (default: 0.9)")
+    parser.add_argument("--target-acc", type=float,
+                        help="test accuracy (0-1) for the time-to-target figure (default: the highest accuracy, in "
+                        "whole percent, that every series reached)")
     parser.add_argument("--select-by", choices=list(SELECTION_RULES), default="final_test_acc",
                         help="per optimizer and batch size, keep the LR with the best mean of this over seeds")
     parser.add_argument("--steps", type=int, help="optimizer steps of the equal-steps view (default: the step "

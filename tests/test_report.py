@@ -162,3 +162,22 @@ def test_folders_holding_the_same_run_count_once_and_epochs_keep_their_lr(tmp_pa
     summary = json.loads((kept / "summary.json").read_text())
     (kept / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
     assert report.collect_runs([tmp_path / "runs"])["run_dir"].tolist() == [str(f) for f in folders if f != kept]
+
+
+def test_figures_that_leave_something_out_say_so(tmp_path, cifar_root):
+    """Batch 100 and 200 on 400 images: 4 and 2 steps per epoch, so no step count has both."""
+    result = run_cli(["-m", *TINIEST[:-1], "optimizer=msgd", "batch_size=100,200", f"hydra.sweep.dir={tmp_path}/runs"],
+                     cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0, result.stderr
+
+    def report_warnings(*args):
+        result = subprocess.run([REPORT_CLI, str(tmp_path / "runs"), "--out", str(tmp_path / "report"), *args],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stderr.splitlines() if line.startswith("sngm-bench-report: warning: ")]
+
+    warnings = report_warnings("--target-acc", "0.99")
+    assert any("time_to_target has nothing to plot: no run reached 99 % test accuracy" in w for w in warnings)
+    assert any("gradient_budget's equal-steps panel (4 steps) leaves out msgd at batch 200" in w for w in warnings)
+    # The default target is one that every series reached: its figure leaves nothing out.
+    assert not any("time_to_target" in w for w in report_warnings())
