@@ -45,3 +45,43 @@ def test_the_loss_is_read_early_in_each_epoch_whatever_log_every_is():
     readouts = [step for step in range(1, steps_per_epoch + 1) if is_readout(step, log_every, steps_per_epoch)]
     assert readouts == [EARLY_READOUT, steps_per_epoch]  # one host sync more per epoch, no more
     assert [s for s in range(1, 41) if is_readout(s, 10, 40)] == [EARLY_READOUT, 10, 20, 30, 40]
+
+
+def run_in_terminal(args, cwd, env_extra, timeout=600) -> str:
+    """`python -m sngm_bench ARGS` on a pseudo-terminal 150 columns wide (so tqdm draws its bars);
+    returns everything it printed."""
+    import fcntl
+    import os
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "sngm_bench", *args], cwd=cwd, stdout=slave, stderr=slave,
+                               env={**os.environ, **env_extra})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(timeout=timeout) == 0
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_log_lines_are_printed_above_the_bar_not_onto_it(tmp_path, cifar_root):
+    out = run_in_terminal([*TINIEST, "dataset.subset=1000", "batch_size=100", "log_every=1000"], tmp_path,
+                          {"SNGM_DATA": str(cifar_root)})
+    assert "step/s" in out or "s/step" in out  # the bar was drawn
+    assert "evaluating:" in out  # and the evaluation's bar
+    assert f"| {EARLY_READOUT}/10 [" in out and "loss=" in out  # a loss before the epoch's end
+    log_lines = [m.start() for m in re.finditer(r"\[\d{4}-\d\d-\d\d [\d:,]+\]\[sngm_bench", out)]
+    assert len(log_lines) >= 4
+    assert all(out[i - 1] in "\r\n" for i in log_lines), [out[i - 40:i + 20] for i in log_lines]
