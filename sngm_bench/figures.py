@@ -4,8 +4,8 @@ steps).
 
 Input is the per-epoch frame (`report.collect_epochs`) of the completed runs at the selected
 LRs. A figure that leaves out a series or batch size, or has nothing to plot, says so on the
-console (a warning), not only in the picture. Figures are `matplotlib.figure.Figure`s saved directly (Agg for PNG, the PDF backend for
-PDF), so neither pyplot nor a GUI backend is involved.
+console (a warning), not only in the picture. Figures are `matplotlib.figure.Figure`s saved
+directly (Agg for PNG, the PDF backend for PDF), so neither pyplot nor a GUI backend is involved.
 """
 
 from __future__ import annotations
@@ -172,8 +172,10 @@ def gradient_budget(epochs: pd.DataFrame, colors: dict, out: Path, steps: int | 
                   f"Equal samples: {common_epoch} epochs")
     at_steps = nearest_to_steps(epochs, steps)
     warn_left_out(f"gradient_budget's equal-steps panel ({steps} steps)", epochs, at_steps,
-                  f"no evaluation within {100 * STEP_TOLERANCE:g} % of {steps} optimizer steps (--steps sets the count)")
-    plot_vs_batch(axes[0][1], accuracy_values(at_steps), colors, ACCURACY_LABEL, f"Equal steps: {steps} optimizer steps")
+                  f"no evaluation within {100 * STEP_TOLERANCE:g} % of {steps} optimizer steps "
+                  "(--steps sets the count)")
+    plot_vs_batch(axes[0][1], accuracy_values(at_steps), colors, ACCURACY_LABEL,
+                  f"Equal steps: {steps} optimizer steps")
     save(figure, out, "gradient_budget")
 
 
