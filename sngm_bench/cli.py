@@ -109,6 +109,7 @@ def config_groups() -> str:
     """'  group: option, option' per config group a user can pick (the folders of configs/), for --help."""
     root = resources.files(CONFIG_MODULE)
     groups = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
+
     def options(group) -> str:
         return ", ".join(sorted(f.name[:-5] for f in group.iterdir() if f.name.endswith(".yaml")))
 

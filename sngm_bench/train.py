@@ -102,13 +102,11 @@ def train_step(forward, optimizer, x, y, micro_batch_size: int, autocast, no_syn
     return loss_sum, correct
 
 
-def evaluate(forward, images, batch_size: int, autocast, procs,
-             progress: Progress | None = None) -> tuple[float, float]:
+def evaluate(forward, images, batch_size: int, autocast, procs, progress: Progress) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over `images`, each process taking a contiguous shard."""
     totals = torch.zeros(2, dtype=torch.float64, device=procs.device)  # loss sum, correct
-    batches = images.eval_batches(batch_size, procs.rank, procs.world_size)
-    if progress is not None:
-        batches = progress.evaluating(batches, -(-len(images) // procs.world_size), batch_size)
+    batches = progress.evaluating(images.eval_batches(batch_size, procs.rank, procs.world_size),
+                                  -(-len(images) // procs.world_size), batch_size)
     with torch.no_grad():
         for x, y in batches:
             with autocast:
