@@ -4,7 +4,7 @@
 # The caller sets OUT (results folder), BUDGET_S (seconds for all steps together), TITLE, MODE and
 # LIMIT_SCALE (a factor on every step's limit, for slow dry runs), then calls `step NAME LIMIT_S
 # COMMAND...`. Each step runs under `timeout` with the smaller of its own limit and what is left of
-# the budget, its output goes to $OUT/log.txt, and its status, seconds
+# the budget (ONLY=REGEX runs just the steps whose name matches), its output goes to $OUT/log.txt, and its status, seconds
 # and command go to the table of $OUT/summary.md, rewritten after every step so that a killed
 # script still leaves one. `note TEXT` adds a line under the table.
 
@@ -54,6 +54,7 @@ note() {
 step() {
     local name=$1 limit=$(( $2 * ${LIMIT_SCALE:-1} )) left status rc begin seconds
     shift 2
+    if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return 0; fi
     left=$(( START_S + BUDGET_S - $(date +%s) ))
     if [ "$left" -lt "$limit" ]; then limit=$left; fi
     if [ "$limit" -lt 10 ]; then

@@ -46,7 +46,7 @@ def tables(out: Path) -> str:
                      f"{summary['wall_seconds']:.0f} s in all.")
     if (out / "bench_train.csv").exists():
         rows = pd.read_csv(out / "bench_train.csv")
-        columns = ["model", "batch_size", "precision", "channels_last", "compile", "images_per_second",
+        columns = ["dataset", "image_size", "model", "batch_size", "precision", "channels_last", "compile", "images_per_second",
                    "reference_images_per_second", "throughput_vs_reference", "data_fraction", "optimizer_fraction",
                    "mfu", "peak_memory_gib"]
         parts.append("**Training step** (scripts/bench_train.py --compare-reference)\n\n" + markdown(rows[columns]))

@@ -82,7 +82,7 @@ def test_bf16_channels_last_compile_run_learns_on_cuda(tmp_path, cifar_root):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir, summary, _ = one_run(tmp_path / "outputs" / "smoke")
     assert summary["status"] == "completed" and summary["device_name"] == torch.cuda.get_device_name(0)
-    assert summary["final_test_acc"] > 0.22  # chance is 0.10; test_train's CPU run clears 0.22 in fp32
+    assert summary["final_test_acc"] > 0.2  # chance is 0.10; test_train's fp32 CPU run of this config clears 0.22
     model = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
     assert all(t.dtype in (torch.float32, torch.int64) for t in model.values())
 
@@ -161,7 +161,7 @@ torch.use_deterministic_algorithms(True, warn_only=True)
 sys.argv[0] = "sngm-bench"
 runpy.run_module("sngm_bench", run_name="__main__")
 """
-RESUMABLE = ["experiment=smoke", "model.width=4", "dataset.subset=5000", "epochs=2", "batch_size=10", "log_every=5",
+RESUMABLE = ["experiment=smoke", "model.width=4", "dataset.subset=2000", "epochs=2", "batch_size=10", "log_every=5",
              "device=cuda"]
 
 
@@ -174,11 +174,7 @@ def test_checkpoint_written_on_gpu_resumes_to_the_uninterrupted_run(tmp_path, ci
         return subprocess.Popen([sys.executable, str(tmp_path / "deterministic.py"), *RESUMABLE], cwd=folder,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    straight = start(tmp_path / "straight")
-    _, stderr = straight.communicate(timeout=300)
-    assert straight.returncode == 0, stderr[-3000:]
-
-    stopped = start(tmp_path / "stopped")
+    straight, stopped = start(tmp_path / "straight"), start(tmp_path / "stopped")  # the GPU holds both
     runs = tmp_path / "stopped" / "outputs" / "smoke"
     deadline = time.time() + 300
     while not (len(list(runs.glob("*/metrics.csv"))) == 1 and len(pd.read_csv(next(runs.glob("*/metrics.csv")))) == 1):
@@ -188,9 +184,11 @@ def test_checkpoint_written_on_gpu_resumes_to_the_uninterrupted_run(tmp_path, ci
     stopped.send_signal(signal.SIGTERM)  # epoch 1 is written: the signal lands in epoch 2
     _, stderr = stopped.communicate(timeout=120)
     assert stopped.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    _, stderr = straight.communicate(timeout=300)
+    assert straight.returncode == 0, stderr[-3000:]
     (run_dir,) = runs.iterdir()
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert state["epoch"] == 2 and 0 < state["step"] < 500, "the signal should land mid-epoch"
+    assert state["epoch"] == 2 and 0 < state["step"] < 200, "the signal should land mid-epoch"
     assert all(t.is_cuda for t in torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"].values())
 
     resumed = start(tmp_path / "stopped")
