@@ -4,7 +4,8 @@
 # The caller sets OUT (results folder), BUDGET_S (seconds for all steps together), TITLE, MODE and
 # LIMIT_SCALE (a factor on every step's limit, for slow dry runs), then calls `step NAME LIMIT_S
 # COMMAND...`. Each step runs under `timeout` with the smaller of its own limit and what is left of
-# the budget (ONLY=REGEX runs just the steps whose name matches), its output goes to $OUT/log.txt, and its status, seconds
+# the budget (ONLY=REGEX runs just the steps whose name matches; KILL_AFTER_S, default 20, is the
+# grace between the SIGTERM at the limit and a SIGKILL), its output goes to $OUT/log.txt, and its status, seconds
 # and command go to the table of $OUT/summary.md, rewritten after every step so that a killed
 # script still leaves one. `note TEXT` adds a line under the table.
 
@@ -65,7 +66,7 @@ step() {
     fi
     echo "=== $name (limit ${limit} s): $*" | tee -a "$LOG"
     begin=$(date +%s)
-    timeout --signal=TERM --kill-after=20 "$limit" "$@" >>"$LOG" 2>&1
+    timeout --signal=TERM --kill-after="${KILL_AFTER_S:-20}" "$limit" "$@" >>"$LOG" 2>&1
     rc=$?
     seconds=$(( $(date +%s) - begin ))
     case $rc in
