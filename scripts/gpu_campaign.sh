@@ -56,7 +56,7 @@ BUDGET_S=$(( $(date +%s) - START_S + 60 ))  # the packing steps run after the ti
 
 REPORT="from sngm_bench.report import main; main()"
 step "report" 40 bash -c "cd '$WORK' && '$PY' -c '$REPORT' multirun/$NAME --out report --target-acc 0.8 && cp report/table.* '$OUT/'"
-step "archive runs" 20 tar -czf "$OUT/runs.tar.gz" -C "$WORK" --exclude=checkpoint.pt --exclude=.lock "multirun/$NAME"
+step "archive runs" 20 tar -czf "$OUT/runs.tar.gz" -C "$WORK" --exclude=checkpoint.pt --exclude=.lock --exclude=train.log "multirun/$NAME"
 UNFINISHED=$(cd "$WORK" && "$PY" "$ROOT/scripts/gpu_report.py" unfinished "multirun/$NAME")
 if [ -n "$UNFINISHED" ]; then
     step "archive checkpoints of unfinished runs" 20 tar -czf "$OUT/checkpoints.tar.gz" -C "$WORK" $UNFINISHED
