@@ -39,7 +39,7 @@ def corrupted_root(cifar_root, tmp_path_factory):
 
 
 BAD_INPUTS = [
-    (["optimizer=adamw"], "unknown optimizer 'adamw': choose one of "),
+    (["optimizer=adam"], "unknown optimizer 'adam': choose one of "),
     (["model=vgg16"], "unknown model 'vgg16'"),
     (["optimizer.lrr=1"], "unknown key 'optimizer.lrr': 'optimizer' has "),
     (["learning_rate=1"], "unknown key 'learning_rate': the top level has "),
