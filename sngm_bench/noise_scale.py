@@ -74,14 +74,14 @@ class NoiseScale:
 
     def read(self, procs) -> float | None:
         """B_simple from the averages over all processes (a host sync and, under DDP, a collective:
-        every process calls it). None before the first measurement, or while the |G|² average is
-        not positive (the gradient is not yet resolved from the noise)."""
+        every process calls it). None before the first measurement, or while either average is not
+        positive: too few measurements to resolve the gradient from the noise."""
         if not self.measurements:
             return None
         averages = self.averages.clone()
         procs.sum(averages)
         squared_gradient, trace = averages.tolist()
-        return trace / squared_gradient if squared_gradient > 0 else None
+        return trace / squared_gradient if squared_gradient > 0 and trace > 0 else None
 
     def state_dict(self) -> dict:
         return {"averages": self.averages.cpu(), "measurements": self.measurements}
