@@ -151,12 +151,14 @@ def selected_cells(runs: pd.DataFrame, cells: pd.DataFrame) -> list[Cell]:
     """A Cell per (series, batch size) with completed runs at its selected LR."""
     chosen = cells.loc[cells["selected"], ["series", "batch_size", "lr"]]
     done = runs[runs["status"] == COMPLETED].merge(chosen, on=["series", "batch_size", "lr"])
-    return [Cell(series, group["optimizer"].iloc[0], group["norm"].iloc[0], int(batch_size), float(group["lr"].iloc[0]), [100 * a for a in group["final_test_acc"]], list(group["run_dir"]))
-            for (series, batch_size), group in done.groupby(["series", "batch_size"])]
+    return [Cell(series, first["optimizer"], first["norm"], int(batch_size), float(first["lr"]),
+                 [100 * acc for acc in group["final_test_acc"]], list(group["run_dir"]))
+            for (series, batch_size), group in done.groupby(["series", "batch_size"])
+            for first in [group.iloc[0]]]
 
 
 def best(cells: list[Cell], batch_size: int, which) -> Cell | None:
-    """The best-scoring cell at `batch_size` among those `which` accepts (several series of one
+    """The cell with the best mean accuracy at `batch_size` among those `which` accepts (several series of one
     optimizer, e.g. two weight decays, count as one optimizer tuned over them)."""
     found = [c for c in cells if c.batch_size == batch_size and which(c)]
     return max(found, key=lambda c: c.mean, default=None)
@@ -183,16 +185,16 @@ def claim_large_batch(cells: list[Cell]) -> tuple[str, list[str]]:
         return NOT_RESOLVED, ["No batch size has completed runs of both SNGM and another optimizer."]
     batch_size = max(common)
     sngm = best(cells, batch_size, is_sngm)
-    rivals = sorted({c.optimizer for c in others if c.batch_size == batch_size})
-    margins = {name: (rival := best(cells, batch_size, lambda c, n=name: c.optimizer == n), welch(sngm.accs, rival.accs))
-               for name in rivals}
+    names = sorted({c.optimizer for c in others if c.batch_size == batch_size})
+    rivals = [best(cells, batch_size, lambda c, name=name: c.optimizer == name) for name in names]
+    margins = [(rival, welch(sngm.accs, rival.accs)) for rival in rivals]
     lines = [f"At batch {batch_size}, the largest run by SNGM and another optimizer: {sngm}."]
-    lines += [f"- SNGM − {rival.series} ({rival.mean:.2f}, n={len(rival.accs)}): {m}" for rival, m in margins.values()]
-    if any(m.resolved and m.high <= 0 for _, m in margins.values()):
-        beaten = [rival.series for rival, m in margins.values() if m.resolved and m.high <= 0]
+    lines += [f"- SNGM − {rival.series} ({rival.mean:.2f}, n={len(rival.accs)}): {m}" for rival, m in margins]
+    beaten = [rival.series for rival, m in margins if m.resolved and m.high <= 0]
+    if beaten:
         lines.append(f"The claim fails: at batch {batch_size}, SNGM is not better than {', '.join(beaten)}.")
         return NOT_SUPPORTED, lines
-    if all(m.resolved and m.low > 0 for _, m in margins.values()):
+    if all(m.resolved and m.low > 0 for _, m in margins):
         return SUPPORTED, lines
     return NOT_RESOLVED, lines + ["The intervals include 0 or too few seeds ran: more seeds are needed."]
 
@@ -227,12 +229,13 @@ def claim_larger_batch(cells: list[Cell], runs: pd.DataFrame, within: float) -> 
                                       f"({batch_sizes[-1]}); larger batches are needed to tell them apart."]
     if sngm > msgd:
         return SUPPORTED, lines
-    return NOT_SUPPORTED, lines + [f"The claim fails: SNGM's accuracy holds up to batch {sngm}, MSGD's up to {msgd}."]
+    return NOT_SUPPORTED, lines + [f"The claim fails: SNGM keeps its accuracy up to batch {sngm}, MSGD up to {msgd}."]
 
 
 def claim_block_wise(cells: list[Cell], within: float) -> tuple[str, list[str]]:
     """Claim 3: block-wise (per-tensor) normalization does not help SNGM."""
-    batch_sizes = sorted({c.batch_size for c in cells if is_sngm_layer(c)} & {c.batch_size for c in cells if is_sngm(c)})
+    batch_sizes = sorted({c.batch_size for c in cells if is_sngm_layer(c)}
+                         & {c.batch_size for c in cells if is_sngm(c)})
     if not batch_sizes:
         return NOT_RESOLVED, ["No batch size has completed runs of SNGM with both optimizer.norm=layer and global."]
     margins = {b: welch(best(cells, b, is_sngm_layer).accs, best(cells, b, is_sngm).accs) for b in batch_sizes}

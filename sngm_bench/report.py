@@ -37,10 +37,10 @@ COMPLETED = "completed"
 # Report column -> key of the resolved run config.
 CONFIG_COLUMNS = {
     "name": "name", "dataset": "dataset.name", "subset": "dataset.subset", "model": "model.name",
-    "width": "model.width", "optimizer": "optimizer.name", "lr": "optimizer.lr", "norm": "optimizer.norm", "momentum": "optimizer.momentum",
+    "width": "model.width", "optimizer": "optimizer.name", "lr": "optimizer.lr", "momentum": "optimizer.momentum",
     "weight_decay": "optimizer.weight_decay", "schedule": "schedule.decay", "warmup_epochs": "schedule.warmup_epochs",
     "scaling": "schedule.scaling", "base_batch_size": "schedule.base_batch_size", "batch_size": "batch_size",
-    "epochs_planned": "epochs", "seed": "seed", "precision": "precision",
+    "epochs_planned": "epochs", "seed": "seed", "precision": "precision", "norm": "optimizer.norm",
 }
 REQUIRED_COLUMNS = ["optimizer", "lr", "batch_size", "seed"]
 # Settings that, when they differ between runs, tell the table's rows (series) apart.

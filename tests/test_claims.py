@@ -92,7 +92,7 @@ def test_claims_that_fail_are_said_to_fail(tmp_path):
     found, text = verdicts(tmp_path)
     assert found == ["not supported"] * 3, text
     assert "The claim fails: at batch 4096, SNGM is not better than msgd." in text
-    assert "The claim fails: SNGM's accuracy holds up to batch 128, MSGD's up to 1024." in text
+    assert "The claim fails: SNGM keeps its accuracy up to batch 128, MSGD up to 1024." in text
     assert "The claim fails: block-wise normalization helps at batch 1024, 4096." in text
 
 
