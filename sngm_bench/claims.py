@@ -9,13 +9,14 @@ separately, one section per protocol. The claims:
 
 1. At the same large batch (the largest batch size at which SNGM and another optimizer both
    completed), SNGM reaches a better test accuracy than each other optimizer: supported when every
-   interval of SNGM − other lies above 0, not supported when one lies at or below 0.
+   interval of SNGM − other lies wholly above 0, not supported when one lies wholly at or below 0.
 2. At the same number of gradient computations (equal epochs), SNGM can use a larger batch than
    MSGD: per optimizer, the largest batch size (of those both ran) whose mean accuracy is within
    `within` points of that optimizer's own best; supported when SNGM's is larger, not resolved when
    both reach the largest batch run.
 3. Block-wise normalization (`optimizer.norm=layer`) does not help SNGM: not supported when some
-   interval of layer − global lies above 0, supported when every one lies below +`within` points.
+   interval of layer − global lies wholly above 0, supported when every one lies wholly below
+   +`within` points.
 """
 
 from __future__ import annotations
