@@ -45,12 +45,15 @@ CONFIG_COLUMNS = {
     "width": "model.width", "optimizer": "optimizer.name", "lr": "optimizer.lr", "momentum": "optimizer.momentum",
     "weight_decay": "optimizer.weight_decay", "schedule": "schedule.decay", "warmup_epochs": "schedule.warmup_epochs",
     "scaling": "schedule.scaling", "base_batch_size": "schedule.base_batch_size", "batch_size": "batch_size",
-    "epochs_planned": "epochs", "seed": "seed", "precision": "precision",
+    "epochs_planned": "epochs", "seed": "seed", "precision": "precision", "norm": "optimizer.norm",
 }
 REQUIRED_COLUMNS = ["optimizer", "lr", "batch_size", "seed"]
 # Settings that, when they differ between runs, tell the table's rows (series) apart.
 SETTING_COLUMNS = ["dataset", "subset", "model", "width", "epochs_planned", "schedule", "scaling", "momentum",
-                   "weight_decay", "precision"]
+                   "weight_decay", "precision", "norm"]
+# Settings only some optimizers have (SNGM's norm; momentum, which LAMB and AdamW lack): named only
+# where set, and only when the set values differ.
+OPTIONAL_SETTINGS = {"norm", "momentum"}
 # --select-by: summary value averaged over seeds -> whether larger is better.
 SELECTION_RULES = {"final_test_acc": True, "best_test_acc": True, "final_train_loss": False}
 UNREADABLE = (OSError, ValueError, TypeError, KeyError, yaml.YAMLError, OmegaConfBaseException)
@@ -125,13 +128,14 @@ def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:
 
 
 def series_labels(runs: pd.DataFrame) -> pd.Series:
-    """The optimizer, plus `key=value` for each setting that takes two values among the runs; a run
-    without the setting (LAMB and AdamW have no momentum) shows none. (`astype(str)` would keep a
-    missing value missing in pandas 3, and with it the whole label.)"""
+    """The optimizer, plus `key=value` for each setting that differs between the runs. (`map(str)`,
+    because `astype(str)` keeps a missing value missing in pandas 3, and with it the whole label.)"""
     labels = runs["optimizer"].map(str)
     for column in SETTING_COLUMNS:
-        if runs[column].nunique() > 1:
-            labels = labels + runs[column].map(lambda value: "" if pd.isna(value) else f" {column}={value}")
+        optional = column in OPTIONAL_SETTINGS
+        if runs[column].nunique(dropna=optional) > 1:
+            named = labels + f" {column}=" + runs[column].map(str)
+            labels = named.where(runs[column].notna(), labels) if optional else named
     return labels
 
 
@@ -261,9 +265,9 @@ def caption(runs: pd.DataFrame, select_by: str) -> str:
 
 
 def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = None,
-                 select_by: str = "final_test_acc", steps: int | None = None) -> str:
-    """Read the runs under `paths`, write tables, CSVs and figures into `out`; return the Markdown table."""
-    from sngm_bench import figures  # matplotlib is imported only when figures are drawn
+                 select_by: str = "final_test_acc", steps: int | None = None, within: float = 1.0) -> str:
+    """Read the runs under `paths`, write tables, CSVs, claims.md and figures into `out`; return the Markdown table."""
+    from sngm_bench import claims, figures  # matplotlib is imported only when figures are drawn
 
     runs = collect_runs(paths)
     epochs = collect_epochs(runs)
@@ -277,6 +281,7 @@ def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = No
     table.to_csv(out / "table.csv")
     (out / "table.md").write_text(markdown)
     (out / "table.tex").write_text(to_latex(table))
+    (out / "claims.md").write_text(claims.verdict(runs, cells, select_by, within))
     chosen = cells.loc[cells["selected"], ["series", "batch_size", "lr"]].rename(columns={"lr": "base_lr"})
     selected_epochs = epochs[epochs["status"] == COMPLETED].merge(chosen, on=["series", "batch_size", "base_lr"])
     figures.write_all(selected_epochs, out, target_acc, steps)
@@ -295,6 +300,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="per optimizer and batch size, keep the LR with the best mean of this over seeds")
     parser.add_argument("--steps", type=int, help="optimizer steps of the equal-steps view (default: the step "
                         "count at which the most optimizer/batch-size pairs have an evaluation)")
+    parser.add_argument("--within", type=float, default=1.0, help="claims.md: points of test accuracy within which "
+                        "a batch size keeps an optimizer's best accuracy (default: 1)")
     return parser.parse_args(argv)
 
 
@@ -302,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(format="sngm-bench-report: warning: %(message)s", level=logging.WARNING)
     try:
-        markdown = write_report(args.paths, args.out, args.target_acc, args.select_by, args.steps)
+        markdown = write_report(args.paths, args.out, args.target_acc, args.select_by, args.steps, args.within)
     except UserError as err:
         print(f"sngm-bench-report: error: {err}", file=sys.stderr)
         sys.exit(2)
