@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sngm_bench.errors import UserError
 from sngm_bench.records import METRICS_FILE, SUMMARY_FILE
+from sngm_bench.run_folder import live_status
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def read_run(run_dir: Path) -> dict:
         raise KeyError(f"{CONFIG_FILE} has no {', '.join(CONFIG_COLUMNS[c] for c in missing)}")
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) and k not in row}
-    return {**row, "status": "unknown", **scalars, "run_dir": str(run_dir)}
+    status = live_status(run_dir, summary.get("status", "unknown"))
+    return {**row, **scalars, "status": status, "run_dir": str(run_dir)}
 
 
 def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:
