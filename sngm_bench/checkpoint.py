@@ -9,13 +9,14 @@ the functions, so that readers of run folders (the report) do not pay for it.
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 
+from sngm_bench import records
 from sngm_bench.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -50,22 +51,13 @@ def exists(run_dir: Path) -> bool:
 
 def save(run_dir: Path, state: dict) -> None:
     """Write `state` as the newest checkpoint; the one it replaces is kept as the previous one.
-    A failed write (a full disk) leaves no temporary file and both earlier checkpoints intact."""
+    A failed write (a full disk) raises OSError naming the checkpoint, and leaves no temporary
+    file and both earlier checkpoints intact."""
     import torch
 
-    path = run_dir / CHECKPOINT_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if path.exists():
-        os.replace(path, run_dir / PREVIOUS_FILE)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # serialized first, so that a failed write is a plain OSError
+    torch.save(state, buffer)
+    records.write_atomic(run_dir / CHECKPOINT_FILE, buffer.getbuffer(), keep=PREVIOUS_FILE)
 
 
 def load(run_dir: Path, device) -> dict | None:
@@ -84,7 +76,7 @@ def load(run_dir: Path, device) -> dict | None:
             problems.append(f"{name}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
             continue
         if problems:
-            log.warning("%s is unreadable; continuing from %s (epoch %d, step %d)", problems[0],
+            log.warning("unreadable %s; continuing from %s (epoch %d, step %d)", problems[0],
                         name, state["epoch"], state["step"])
         return state
     if problems:

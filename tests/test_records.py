@@ -88,8 +88,8 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous_one_and_none_readab
         f.truncate(f.seek(0, 2) // 2)
     resumed = cli("hydra.run.dir=run")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "checkpoint.pt: " in resumed.stdout + resumed.stderr
-    assert "is unreadable; continuing from checkpoint.prev.pt (epoch 1, step 1)" in resumed.stdout + resumed.stderr
+    assert "unreadable checkpoint.pt: " in resumed.stdout + resumed.stderr
+    assert "; continuing from checkpoint.prev.pt (epoch 1, step 1)" in resumed.stdout + resumed.stderr
     assert summary(run_dir)["status"] == "completed" and summary(run_dir)["resumed_at"] == [{"epoch": 1, "step": 1}]
 
 
@@ -166,16 +166,16 @@ def test_out_of_memory_is_one_line_naming_the_micro_batch_and_a_sweep_goes_on(tm
     assert statuses[50]["status"] == "completed"
 
 
-@pytest.mark.parametrize("temporary", [".summary.json.tmp", ".checkpoint.pt.tmp"])
-def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(tmp_path, cli, temporary):
+@pytest.mark.parametrize("name", ["summary.json", "checkpoint.pt"])
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(tmp_path, cli, name):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / temporary).symlink_to("/dev/full")  # every write to this name fails with ENOSPC
+    (run_dir / f".{name}.tmp").symlink_to("/dev/full")  # every write to `name` fails with ENOSPC
     error = one_line_error(cli("hydra.run.dir=run"))
-    assert f"cannot write {run_dir / temporary}: No space left on device" in error
+    assert f"cannot write {run_dir / name}: No space left on device" in error
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
     assert not (run_dir / "checkpoint.pt").exists()
-    if temporary == ".checkpoint.pt.tmp":  # the other records were written whole
+    if name == "checkpoint.pt":  # the other records were written whole
         assert summary(run_dir)["status"] == "failed" and (run_dir / "metrics.csv").read_text().count("\n") == 2
 
 
