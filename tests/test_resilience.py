@@ -102,18 +102,20 @@ def test_absurd_lr_diverges_and_is_recorded(tmp_path, cifar_root):
 
 def test_a_finished_run_is_never_trained_twice_single_or_in_a_sweep(tmp_path, cifar_root):
     env = {"SNGM_DATA": str(cifar_root)}
+    first = {}
     for args, root in [(TINY, tmp_path / "outputs"), (["-m", *TINY], tmp_path / "multirun")]:
         assert run_cli(args, cwd=tmp_path, env_extra=env).returncode == 0
         (run_dir,) = (root / "smoke").iterdir()
-        first = (run_dir / "summary.json").read_text()
+        first[root] = (run_dir / "summary.json").read_text()
         again = run_cli(args, cwd=tmp_path, env_extra=env)
         assert again.returncode == 0, again.stderr
         assert f"{run_dir} already holds a completed run" in again.stdout and "nothing to do" in again.stdout
-        assert (run_dir / "summary.json").read_text() == first
+        assert (run_dir / "summary.json").read_text() == first[root]
     retrained = run_cli([*TINY, "overwrite=true"], cwd=tmp_path, env_extra=env)
     assert retrained.returncode == 0
     (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
-    assert json.loads((run_dir / "summary.json").read_text())["wall_seconds"] != json.loads(first)["wall_seconds"]
+    assert json.loads((run_dir / "summary.json").read_text())["wall_seconds"] != \
+        json.loads(first[tmp_path / "outputs"])["wall_seconds"]
 
 
 def _start(args, cwd, cifar_root):
