@@ -105,7 +105,7 @@ def test_a_finished_run_is_never_trained_twice_single_or_in_a_sweep(tmp_path, ci
     first = {}
     for args, root in [(TINY, tmp_path / "outputs"), (["-m", *TINY], tmp_path / "multirun")]:
         assert run_cli(args, cwd=tmp_path, env_extra=env).returncode == 0
-        (run_dir,) = (root / "smoke").iterdir()
+        (run_dir,) = [p for p in (root / "smoke").iterdir() if p.is_dir()]  # beside Hydra's multirun.yaml
         first[root] = (run_dir / "summary.json").read_text()
         again = run_cli(args, cwd=tmp_path, env_extra=env)
         assert again.returncode == 0, again.stderr
