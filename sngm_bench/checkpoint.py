@@ -1,22 +1,34 @@
 """Checkpoints: everything a run needs to continue exactly where it stopped.
 
-Written at the end of every epoch and when the run is interrupted (then mid-epoch), to a
-temporary file renamed into place, so a crash never leaves a half-written checkpoint.
+Written at the end of every epoch and when the run is interrupted (then mid-epoch). The new
+checkpoint goes to a temporary file; only once it is complete does the previous one become
+`checkpoint.prev.pt` and the new one `checkpoint.pt`. A reader that finds the newest unreadable
+(a crash mid-rename, a damaged disk) falls back to the previous one. torch is imported inside
+the functions, so that readers of run folders (the report) do not pay for it.
 """
 
 from __future__ import annotations
 
-import os
+import io
+import logging
 import random
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from sngm_bench import records
+from sngm_bench.errors import UserError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_FILE = "checkpoint.prev.pt"
+CHECKPOINT_FILES = (CHECKPOINT_FILE, PREVIOUS_FILE)  # newest first
 
 
 def capture_rng() -> dict:
+    import torch
+
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -24,6 +36,8 @@ def capture_rng() -> dict:
 
 
 def restore_rng(state: dict) -> None:
+    import torch
+
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -31,15 +45,41 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def exists(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in CHECKPOINT_FILES)
+
+
 def save(run_dir: Path, state: dict) -> None:
-    path = run_dir / CHECKPOINT_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write `state` as the newest checkpoint; the one it replaces is kept as the previous one.
+    A failed write (a full disk) raises OSError naming the checkpoint, and leaves no temporary
+    file and both earlier checkpoints intact."""
+    import torch
+
+    buffer = io.BytesIO()  # serialized first, so that a failed write is a plain OSError
+    torch.save(state, buffer)
+    records.write_atomic(run_dir / CHECKPOINT_FILE, buffer.getbuffer(), keep=PREVIOUS_FILE)
 
 
-def load(run_dir: Path, device: torch.device) -> dict | None:
-    path = run_dir / CHECKPOINT_FILE
-    if not path.exists():
-        return None
-    return torch.load(path, map_location=device, weights_only=False)  # our own file: RNG states are not tensors
+def load(run_dir: Path, device) -> dict | None:
+    """The newest readable checkpoint (with a warning when it is not the newest), None when the
+    folder has none; a UserError when none of them can be read."""
+    import torch
+
+    problems = []
+    for name in CHECKPOINT_FILES:
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location=device, weights_only=False)  # ours: RNG states are not tensors
+        except Exception as err:  # a truncated or damaged file fails in zipfile, pickle or torch
+            problems.append(f"{name}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+            continue
+        if problems:
+            log.warning("unreadable %s; continuing from %s (epoch %d, step %d)", problems[0],
+                        name, state["epoch"], state["step"])
+        return state
+    if problems:
+        raise UserError(f"no readable checkpoint in {run_dir} ({'; '.join(problems)}); "
+                        "add overwrite=true to train the run again from the start")
+    return None

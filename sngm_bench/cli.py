@@ -2,9 +2,10 @@
 
 Before Hydra takes over, every combination of the command-line overrides is composed once, so
 an unknown option, a misspelled key or a value of the wrong type ends in ONE line on stderr and
-exit code 2 (Hydra's own reports span several lines). Value errors found later (a zero batch
-size, missing data, no GPU) are `UserError`s and end the same way; inside a sweep they are
-recorded as that run's `status: failed` and the sweep goes on.
+exit code 2 (Hydra's own reports span several lines); so does a run folder that cannot be
+created. Value errors found later (a zero batch size, missing data, no GPU) are `UserError`s and
+end the same way, leaving no run folder behind; inside a sweep they are recorded as that run's
+`status: failed` and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from sngm_bench import run_folder
 from sngm_bench.config import CONFIG_MODULE, check_values, optimizer_settings
 from sngm_bench.errors import Interrupted, UserError
 from sngm_bench.identity import flatten
+from sngm_bench.stop import mark_command_start
 
 log = logging.getLogger("sngm_bench")
 _failed_runs: list[str] = []
+_created: dict[Path, Path] = {}  # run folder this command creates -> the deepest folder that existed before
 
 
 def _first_line(err: BaseException) -> str:
@@ -85,8 +89,9 @@ def _composition_error(err: Exception, overrides: list[str]) -> UserError:
     return UserError(_first_line(err))
 
 
-def check_overrides(overrides: list[str], multirun: bool) -> None:
-    """Compose every combination the overrides describe; raise UserError on the first that fails."""
+def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
+    """Compose every combination the overrides describe; raise UserError on the first that fails.
+    Returns the run folder (the sweep folders with -m) they will write to."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as err:
@@ -96,15 +101,32 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
         raise UserError(f"{sweeps[0]} is a sweep: add -m (--multirun) to run every combination")
     combinations = BasicSweeper.split_arguments(parsed, None)[0] if sweeps else [overrides]
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        folders = set()
         for combination in combinations:
             try:
-                cfg = compose("config", overrides=combination)
-                optimizer_settings(cfg.optimizer)  # a `_target_` class and its arguments, before any run starts
+                config = compose("config", overrides=combination, return_hydra_config=True)
+                optimizer_settings(config.optimizer)  # a `_target_` class and its arguments, before any run starts
+                HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the folder names
+                folders.add(os.path.abspath(config.hydra.sweep.dir if multirun else config.hydra.run.dir))
             except (HydraException, OmegaConfBaseException, UserError) as err:
                 error = err if isinstance(err, UserError) else _composition_error(err, combination)
                 if len(combinations) > 1:
                     error = UserError(f"{error} (in the sweep combination {' '.join(combination)})")
                 raise error from None
+    return [Path(folder) for folder in sorted(folders)]
+
+
+def _make_output_folder(folder: Path, multirun: bool) -> None:
+    """Create the run folder (the sweep folder with -m) before Hydra does, so that a path that
+    cannot hold one ends in one line, and remember what this command created."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the {'sweep' if multirun else 'run'} folder {folder}: "
+                        f"{err.strerror or err}; choose another (hydra.{'sweep' if multirun else 'run'}.dir=...)") from None
+    if existing != folder and not multirun:
+        _created[folder] = existing
 
 
 def config_groups() -> str:
@@ -139,10 +161,11 @@ def train_job(cfg: DictConfig) -> dict:
     """The job Hydra runs, for the command line and for `sngm_bench.run` alike: check the values,
     then train in Hydra's run folder; returns the run's summary."""
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     check_values(cfg)
     from sngm_bench.train import train  # torch is imported only once a run starts
 
-    return train(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN)
+    return train(cfg, run_dir, run_dir / hydra_cfg.output_subdir if hydra_cfg.output_subdir is not None else None)
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
@@ -153,13 +176,19 @@ def run(cfg: DictConfig) -> None:
     try:
         train_job(cfg)
     except Interrupted as err:
-        _fail(str(err), 128 + err.signum)  # a sweep stops too: the user asked to stop
+        _fail(str(err), err.exit_code)  # a sweep stops too: the user asked to stop, or time is up
     except UserError as err:
         if not in_sweep:
+            if run_dir in _created and not run_folder.holds_run(run_dir):
+                run_folder.remove_stub(run_dir, _created[run_dir])
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             _fail(str(err))  # SystemExit passes through Hydra's error report
-        _record_failure(run_dir, cfg, err)  # sngm_bench.callbacks logs it as the run's last line
+        if run_folder.holds_run(run_dir):  # the run recorded its own failure, or the folder holds another run
+            log.error("run failed: %s", err)
+            _failed_runs.append(str(run_dir))
+        else:
+            _record_failure(run_dir, cfg, err)  # sngm_bench.callbacks logs it as the run's last line
 
 
 def run_overrides(overrides: list[str]) -> dict:
@@ -180,6 +209,7 @@ def main() -> None:
     if "--version" in sys.argv[1:]:  # Hydra's own --version names Hydra's version only
         print(version())
         return
+    mark_command_start()
     args, _ = get_args_parser().parse_known_args()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:
@@ -188,7 +218,10 @@ def main() -> None:
             if args.multirun and int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 raise UserError("torchrun starts one run; a sweep (-m) launches its runs itself "
                                 "(hydra/launcher=slurm for multi-GPU jobs)")
-            check_overrides(args.overrides, args.multirun)
+            folders = check_overrides(args.overrides, args.multirun)
+            if not args.cfg and int(os.environ.get("RANK", "0")) == 0:
+                for folder in folders:
+                    _make_output_folder(folder, args.multirun)
         except UserError as err:
             _fail(str(err))
     if int(os.environ.get("RANK", "0")) > 0:

@@ -172,9 +172,9 @@ class Config:
     max_micro_batch_size: Optional[int] = None  # null micro_batch_size: largest divisor up to this
     sync_batch_norm: bool = False  # BatchNorm statistics over all processes' micro-batches
     noise_scale_every: Optional[int] = None  # steps between gradient-noise-scale measurements; null: off
-    # Run folder: an unfinished run always continues from its checkpoint.
-    resume: bool = False  # a folder holding a finished run is kept (nothing to do) instead of refused
+    # Run folder: a finished run is never trained twice, an unfinished one continues (run_folder.py).
     overwrite: bool = False  # train from scratch, replacing whatever the folder holds
+    max_minutes: Optional[float] = None  # stop (like SIGTERM) this long after the command started; sweeps share it
 
 
 def check_values(cfg: DictConfig) -> None:
@@ -187,8 +187,8 @@ def check_values(cfg: DictConfig) -> None:
             raise UserError(f"{key}={cfg[key]} must be a positive integer or null")
     if cfg.seed < 0:
         raise UserError(f"seed={cfg.seed} must be non-negative")
-    if cfg.resume and cfg.overwrite:
-        raise UserError("resume=true and overwrite=true contradict each other; choose one")
+    if cfg.max_minutes is not None and cfg.max_minutes <= 0:
+        raise UserError(f"max_minutes={cfg.max_minutes} must be positive or null")
     lr = optimizer_settings(cfg.optimizer).lr
     if lr <= 0:  # the other hyperparameters are checked by the optimizers themselves
         raise UserError(f"optimizer.lr={lr} must be positive")

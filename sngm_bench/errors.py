@@ -3,15 +3,20 @@
 import signal
 from pathlib import Path
 
+DEADLINE_EXIT_CODE = 124  # as timeout(1): the time allowed ran out
+
 
 class UserError(Exception):
     """Bad input the user can fix (config, data, hardware); the message says what and how."""
 
 
 class Interrupted(Exception):
-    """The run was stopped by a signal after writing its checkpoint; rerunning continues it."""
+    """The run was stopped by a signal, or by its `max_minutes` deadline (`signum` None), after
+    writing its checkpoint; rerunning continues it."""
 
-    def __init__(self, signum: int, run_dir: Path):
+    def __init__(self, signum: int | None, run_dir: Path):
         self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint saved in {run_dir}, "
-                         "run the same command again to continue")
+        self.cause = signal.Signals(signum).name if signum else "max_minutes"
+        self.exit_code = 128 + signum if signum else DEADLINE_EXIT_CODE
+        what = f"stopped by {self.cause}" if signum else "stopped at the max_minutes deadline"
+        super().__init__(f"{what}; checkpoint saved in {run_dir}, run the same command again to continue")

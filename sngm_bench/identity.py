@@ -19,7 +19,7 @@ UNTRAINED_KEYS = (
     "dataset.root", "dataset.download", "dataset.verify_checksums",  # where the data is and how it is checked
     "dataset.workers", "dataset.prefetch_factor", "dataset.gpu_decode",  # how the data is loaded
     "eval_batch_size", "log_every", "logger",  # how the run is evaluated and watched
-    "resume", "overwrite",  # what to do with the folder
+    "overwrite", "max_minutes",  # what to do with the folder, when to stop for now
 )
 
 

@@ -25,12 +25,23 @@ METRIC_COLUMNS = [
 ]
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, data: str | bytes, keep: str | None = None) -> None:
+    """Write `data` to `path` through a temporary file, renamed into place once complete; the
+    file it replaces is renamed to `keep` when given. A failed write (a full disk) removes the
+    temporary file and raises OSError naming `path`."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "w" if isinstance(data, str) else "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            err.filename = str(path)
+        raise
+    if keep is not None and path.exists():
+        os.replace(path, path.with_name(keep))
     os.replace(tmp, path)
 
 

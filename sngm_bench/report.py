@@ -32,6 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sngm_bench.errors import UserError
 from sngm_bench.identity import training_config
 from sngm_bench.records import METRICS_FILE, SUMMARY_FILE
+from sngm_bench.run_folder import live_status
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def read_run(run_dir: Path) -> tuple[dict, str]:
         raise KeyError(f"{CONFIG_FILE} has no {', '.join(CONFIG_COLUMNS[c] for c in missing)}")
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) and k not in row}
-    return {**row, "status": "unknown", **scalars, "run_dir": str(run_dir)}, identity
+    status = live_status(run_dir, summary.get("status", "unknown"))
+    return {**row, **scalars, "status": status, "run_dir": str(run_dir)}, identity
 
 
 def one_row_per_run(runs: Iterable[tuple[dict, str]]) -> list[dict]:

@@ -1,62 +1,112 @@
 """What to do in a run folder that may already hold a run: start, continue, or leave it.
 
-Runs are keyed by their config, so the same command finds the same folder: an unfinished run
-continues from its checkpoint, a finished one is not trained twice by accident, and two live
-processes never write into one folder.
+The rule, single run or sweep: a finished run (completed or diverged) is never trained twice;
+rerunning its command says where it is and does nothing. An unfinished run (interrupted,
+failed, killed) continues from its checkpoint. Either way the rerun's training config must
+equal the one the folder's run was trained with (`sngm_bench.identity`), else it stops with
+one line naming every difference. `overwrite=true` trains from scratch in any case. A lock
+keeps two live processes out of one folder, and tells a reader whether a run is alive.
+
+Hydra rewrites `.hydra/` at every start, before any of this runs; a start that trains keeps a
+copy of it (`.hydra/trained/`), and a start that does not train puts that copy back, so
+`.hydra/` always describes the session that trained the run.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import shutil
 from enum import Enum
 from pathlib import Path
 
-from sngm_bench.checkpoint import CHECKPOINT_FILE
+from sngm_bench import checkpoint
 from sngm_bench.errors import UserError
+from sngm_bench.identity import differences, training_config
 from sngm_bench.loggers import EVENT_FILES
 from sngm_bench.records import METRICS_FILE, SUMMARY_FILE
 
 FINISHED = ("completed", "diverged")
+HYDRA_COPY = "trained"  # under Hydra's output subfolder (.hydra)
+HYDRA_ONLY = {".hydra", "train.log", ".lock"}  # what a folder holds before a run writes anything
 
 
 class Plan(Enum):
     fresh = "fresh"  # train from the start (earlier files, if any, are replaced)
-    resume = "resume"  # continue from checkpoint.pt
+    resume = "resume"  # continue from the checkpoint
     skip = "skip"  # the folder holds a finished run: nothing to do
 
 
-def read_status(run_dir: Path) -> str | None:
+def read_summary(run_dir: Path) -> dict:
     try:
-        return json.loads((run_dir / SUMMARY_FILE).read_text()).get("status")
+        return json.loads((run_dir / SUMMARY_FILE).read_text())
     except (OSError, ValueError):
-        return None
+        return {}
 
 
-def plan_run(run_dir: Path, resume: bool, overwrite: bool, in_sweep: bool) -> Plan:
-    """A finished run is kept in a sweep or with resume=true, retrained with overwrite=true, and
-    refused otherwise; an unfinished run with a checkpoint continues unless overwrite=true."""
-    status = read_status(run_dir)
+def holds_run(run_dir: Path) -> bool:
+    """Whether a run has started training here (its summary records its config) or left a checkpoint."""
+    return "config" in read_summary(run_dir) or checkpoint.exists(run_dir)
+
+
+def plan_run(run_dir: Path, cfg, overwrite: bool) -> Plan:
+    """See the module docstring; raises UserError when the folder's run was trained otherwise."""
     if overwrite:
         return Plan.fresh
-    if status in FINISHED:
-        if in_sweep or resume:
-            return Plan.skip
-        raise UserError(
-            f"{run_dir} already holds a {status} run; add resume=true to keep it, "
-            "or overwrite=true to train it again"
-        )
-    if (run_dir / CHECKPOINT_FILE).exists():
-        return Plan.resume
-    return Plan.fresh
+    summary = read_summary(run_dir)
+    finished = summary.get("status") in FINISHED
+    if not (finished or checkpoint.exists(run_dir)):
+        return Plan.fresh
+    if "config" not in summary:
+        raise UserError(f"{run_dir} holds a run whose config was not recorded (an earlier sngm-bench); "
+                        "add overwrite=true to train it again, or choose another folder")
+    changed = differences(training_config(summary["config"]), training_config(cfg))
+    if changed:
+        keys = ", ".join(f"{key}={old!r} (now {new!r})" for key, old, new in changed)
+        raise UserError(f"{run_dir} holds a run trained with {keys}; add overwrite=true to train it again "
+                        "with the new config, or choose another folder")
+    return Plan.skip if finished else Plan.resume
 
 
 def clear_run(run_dir: Path) -> None:
     """Remove the files of an earlier run before training afresh in its folder."""
-    for name in (CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE):
+    for name in (*checkpoint.CHECKPOINT_FILES, METRICS_FILE, SUMMARY_FILE):
         (run_dir / name).unlink(missing_ok=True)
     for path in run_dir.glob(EVENT_FILES):
         path.unlink()
+
+
+def keep_hydra_files(hydra_dir: Path | None) -> None:
+    """Copy Hydra's files of a start that trains (see the module docstring)."""
+    if hydra_dir is None or not hydra_dir.is_dir():
+        return
+    copy = hydra_dir / HYDRA_COPY
+    copy.mkdir(exist_ok=True)
+    for path in hydra_dir.glob("*.yaml"):
+        shutil.copy2(path, copy / path.name)
+
+
+def restore_hydra_files(hydra_dir: Path | None) -> None:
+    """Put back Hydra's files of the start that trained this folder's run, when there was one."""
+    copy = hydra_dir / HYDRA_COPY if hydra_dir is not None else None
+    if copy is not None and copy.is_dir():
+        for path in copy.glob("*.yaml"):
+            shutil.copy2(path, hydra_dir / path.name)
+
+
+def remove_stub(run_dir: Path, created_below: Path) -> None:
+    """Remove `run_dir` when it holds only what Hydra put there, and the folders up to
+    `created_below` (exclusive) that are left empty. For folders this command created."""
+    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - HYDRA_ONLY:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.parents:
+        if parent == created_below or created_below not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
 
 
 class FolderLock:
@@ -79,3 +129,23 @@ class FolderLock:
     def __exit__(self, *exc):
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
+
+    @staticmethod
+    def held(run_dir: Path) -> bool:
+        """Whether a live process holds the folder's lock."""
+        try:
+            with open(run_dir / ".lock") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(f, fcntl.LOCK_UN)
+        except OSError:
+            pass
+        return False
+
+
+def live_status(run_dir: Path, status: str) -> str:
+    """A run's status as a reader should show it: `running` only while a process holds the run;
+    a run whose process died without saying so (kill -9, a crash) reads as interrupted."""
+    return "interrupted" if status == "running" and not FolderLock.held(run_dir) else status

@@ -8,15 +8,16 @@ on the device and are read every `log_every` steps, once early in each epoch and
 (`sngm_bench.progress`), so the step itself never waits for the host.
 
 A run writes metrics.csv after every epoch, a checkpoint after every epoch and when it is
-stopped by SIGINT/SIGTERM (then after the current step), and summary.json at the start and end.
+stopped (`sngm_bench.stop`: a signal or its deadline; then after the current step), and
+summary.json at the start and end: `interrupted` with the cause and the step where it will
+continue, `failed` with the error when it runs out of memory or disk.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
+import traceback
 from contextlib import ExitStack, closing, nullcontext
 from pathlib import Path
 
@@ -35,34 +36,11 @@ from sngm_bench.models import build_model
 from sngm_bench.noise_scale import NoiseScale
 from sngm_bench.optim import build_optimizer
 from sngm_bench.progress import Progress, is_readout
-from sngm_bench.run_folder import FolderLock, Plan, clear_run, plan_run
+from sngm_bench.run_folder import FolderLock, Plan, clear_run, keep_hydra_files, plan_run, restore_hydra_files
 from sngm_bench.schedule import build_scheduler, peak_lr
+from sngm_bench.stop import StopRequest, deadline
 
 log = logging.getLogger(__name__)
-
-
-class StopRequest:
-    """SIGINT/SIGTERM (Ctrl-C, SLURM preemption) become a flag the loop reads between steps; a
-    second signal stops at once."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def micro_batch_size(cfg: DictConfig, local_batch: int, world_size: int) -> int:
@@ -187,6 +165,7 @@ class Trainer:
             "test_images": len(self.data.test),
             "parameters": sum(p.numel() for p in model.parameters()),
             "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
+            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),  # what reruns compare
             "resumed_at": [],
             **records.environment(device),
         }
@@ -221,19 +200,46 @@ class Trainer:
     def fit(self, stop: StopRequest, logger: NullLogger) -> dict:
         cfg, procs = self.cfg, self.procs
         self.session_start = time.perf_counter()
-        if procs.is_main:
-            records.write_json(self.run_dir / records.SUMMARY_FILE, self.summary)
-            records.write_metrics(self.run_dir, self.rows)  # readers find the file from the start
-            log.info("run folder %s", self.run_dir)
-            log.info("%s on %s x%d (%s): %d steps/epoch of %d images (micro-batches of %d), peak lr %.4g",
-                     optimizer_settings(cfg.optimizer).name, self.summary["device_name"], procs.world_size, procs.device.type,
-                     self.steps_per_epoch, cfg.batch_size, self.micro_batch, self.lr)
-        with Progress(cfg.epochs * self.steps_per_epoch, self.global_step, procs.is_main) as progress:
-            while self.epoch <= cfg.epochs:
-                outcome = self.train_epoch(stop, progress, logger)
-                if outcome is not None:
-                    return self.finish(outcome)
+        failure = None
+        try:
+            if procs.is_main:
+                records.write_json(self.run_dir / records.SUMMARY_FILE, self.summary)
+                records.write_metrics(self.run_dir, self.rows)  # readers find the file from the start
+                log.info("run folder %s", self.run_dir)
+                log.info("%s on %s x%d (%s): %d steps/epoch of %d images (micro-batches of %d), peak lr %.4g",
+                         optimizer_settings(cfg.optimizer).name, self.summary["device_name"], procs.world_size,
+                         procs.device.type, self.steps_per_epoch, cfg.batch_size, self.micro_batch, self.lr)
+            with Progress(cfg.epochs * self.steps_per_epoch, self.global_step, procs.is_main) as progress:
+                while self.epoch <= cfg.epochs:
+                    outcome = self.train_epoch(stop, progress, logger)
+                    if outcome is not None:
+                        return self.finish(outcome)
+        except (Interrupted, KeyboardInterrupt) as err:  # KeyboardInterrupt: a second signal
+            self.finish({"status": "interrupted", "interrupted_epoch": self.epoch, "interrupted_step": self.step,
+                         "interrupted_by": err.cause if isinstance(err, Interrupted) else "a second signal"})
+            raise
+        except torch.OutOfMemoryError as err:
+            failure = self.out_of_memory_message(err)
+        except OSError as err:  # a full disk, an unwritable folder
+            failure = f"cannot write {err.filename or self.run_dir}: {err.strerror or err}; free space or fix " \
+                      "the folder, then run the same command again to continue"
+        if failure is not None:  # outside the handler, so the failed step's tensors are freed
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            try:
+                self.finish({"status": "failed", "error": failure})
+            except OSError:
+                pass  # the earlier summary.json stays whole
+            raise UserError(failure)
         return self.finish({"status": "completed"})
+
+    def out_of_memory_message(self, err: BaseException) -> str:
+        if any(frame.f_code is evaluate.__code__ for frame, _ in traceback.walk_tb(err.__traceback__)):
+            return f"out of GPU memory evaluating batches of eval_batch_size={self.cfg.eval_batch_size} images; " \
+                   "set a smaller eval_batch_size"
+        return f"out of GPU memory in a forward/backward pass of a micro-batch of {self.micro_batch} images " \
+               f"(batch_size={self.cfg.batch_size} over {self.procs.world_size} process(es)); set " \
+               f"max_micro_batch_size={max(self.micro_batch // 2, 1)} or a smaller micro_batch_size"
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, totals: torch.Tensor) -> float:
         """One optimizer step on this process's share (x, y) of a global batch; adds loss,
@@ -285,13 +291,13 @@ class Trainer:
                         "images_per_second": seen * procs.world_size / (time.perf_counter() - start)}
                 progress.show(epoch, cfg.epochs, live["loss"], live["accuracy"], lr, live["images_per_second"])
                 logger.log_step(self.global_step, live)
-            if (stop.signum is not None) if procs.world_size == 1 else (at_check and procs.any(stop.signum is not None)):
+            if stop.requested if procs.world_size == 1 else (at_check and procs.any(stop.requested)):
                 stopping = True
                 if self.step < self.steps_per_epoch:
                     procs.sum(totals)
                     self.save_checkpoint({"totals": totals.cpu(),
                                           "seconds": seconds_before + time.perf_counter() - start})
-                    raise Interrupted(stop.signum or signal.SIGTERM, self.run_dir)
+                    raise Interrupted(stop.reason(), self.run_dir)
                 break  # the epoch is complete: finish it, then stop at the epoch-end checkpoint
 
         procs.sum(totals)
@@ -317,7 +323,7 @@ class Trainer:
                      row["train_loss"], row["train_acc"], test_loss, test_acc, row["images_per_second"])
         self.save_checkpoint()
         if stopping and self.epoch <= cfg.epochs:
-            raise Interrupted(stop.signum or signal.SIGTERM, self.run_dir)
+            raise Interrupted(stop.reason(), self.run_dir)
         return None
 
     def diverged(self, reason: str) -> dict:
@@ -344,27 +350,42 @@ class Trainer:
         return self.summary
 
 
-def train(cfg: DictConfig, run_dir: Path, in_sweep: bool = False) -> dict:
+def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict:
     """Train as `cfg` says in `run_dir`: from scratch, from its checkpoint, or not at all when
-    the folder already holds a finished run (see `sngm_bench.run_folder`)."""
+    the folder already holds a finished run (see `sngm_bench.run_folder`). `hydra_dir`: Hydra's
+    files of this start, kept when it trains and replaced by the kept ones when it does not."""
     check_values(cfg)
     procs = distributed.setup(Device(cfg.device))
     try:
         with ExitStack() as stack:
             if procs.is_main:
                 stack.enter_context(FolderLock(run_dir))
-            plan = plan_run(run_dir, cfg.resume, cfg.overwrite, in_sweep)
+            try:
+                plan = plan_run(run_dir, cfg, cfg.overwrite)
+            except UserError:
+                if procs.is_main:
+                    restore_hydra_files(hydra_dir)
+                raise
             procs.barrier()  # every process has read the folder before the first write
             if plan is Plan.skip:
-                log.info("%s already holds a finished run; nothing to do", run_dir)
-                return records.read_summary(run_dir)
+                summary = records.read_summary(run_dir)
+                if procs.is_main:
+                    restore_hydra_files(hydra_dir)
+                    log.info("%s already holds a %s run (final test accuracy %s); nothing to do. "
+                             "overwrite=true trains it again", run_dir, summary["status"], summary.get("final_test_acc"))
+                return summary
             trainer = Trainer(cfg, run_dir, procs)
             if plan is Plan.resume:
                 trainer.load_checkpoint()
             elif procs.is_main:
                 clear_run(run_dir)
             logger = stack.enter_context(closing(open_logger(cfg.logger, run_dir, procs.is_main)))
-            with StopRequest() as stop:
-                return trainer.fit(stop, logger)
+            if procs.is_main:
+                keep_hydra_files(hydra_dir)
+            with StopRequest(deadline(cfg.max_minutes)) as stop:
+                summary = trainer.fit(stop, logger)
+                if stop.requested:  # it came after the last step: this run is done, the command stops
+                    raise Interrupted(stop.reason(), run_dir)
+                return summary
     finally:
         procs.close()

@@ -39,8 +39,8 @@ def test_run_returns_the_summary_of_the_run_the_cli_would_make(api_run, cifar_ro
     assert summary == read_summary(run_dir)
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "train.log").exists()
     # The command line finds the same run finished there.
-    result = run_cli([*TINY, "resume=true"], cwd=cwd, env_extra={"SNGM_DATA": str(cifar_root)})
-    assert result.returncode == 0 and "already holds a finished run" in result.stderr + result.stdout
+    result = run_cli(TINY, cwd=cwd, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0 and "already holds a completed run" in result.stderr + result.stdout
 
 
 @pytest.mark.parametrize("overrides, message", [

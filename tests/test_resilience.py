@@ -56,7 +56,7 @@ BAD_INPUTS = [
     (["dataset.subset=5"], "dataset.subset=5 must be between 10 and 50000"),
     (["model.depth=10"], "model.depth=10 is not 6n+2"),
     (["dataset=imagenet"], "ImageNet layout not found: no train/ under "),
-    (["resume=true", "overwrite=true"], "resume=true and overwrite=true contradict each other"),
+    (["max_minutes=0"], "max_minutes=0.0 must be positive or null"),
     (["dataset.root={missing}"], "CIFAR-10 not found: no cifar-10-batches-py/ under "),
     (["dataset.root={corrupted}"], "data_batch_2 fails its md5 check"),
     (["optimizer=sngm,msgd"], "is a sweep: add -m"),
@@ -74,6 +74,7 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, cifar_ro
     assert len(lines) == 1 and lines[0].startswith("sngm-bench: error: "), result.stderr
     assert message in lines[0]
     assert "Traceback" not in result.stdout
+    assert not (tmp_path / "outputs").exists()  # no stub run folder
 
 
 def test_full_error_shows_the_traceback(tmp_path, cifar_root):
@@ -99,18 +100,22 @@ def test_absurd_lr_diverges_and_is_recorded(tmp_path, cifar_root):
     assert pd.read_csv(run_dir / "metrics.csv").empty
 
 
-def test_completed_folder_is_refused_unless_resume_or_overwrite(tmp_path, cifar_root):
+def test_a_finished_run_is_never_trained_twice_single_or_in_a_sweep(tmp_path, cifar_root):
     env = {"SNGM_DATA": str(cifar_root)}
-    assert run_cli(TINY, cwd=tmp_path, env_extra=env).returncode == 0
+    first = {}
+    for args, root in [(TINY, tmp_path / "outputs"), (["-m", *TINY], tmp_path / "multirun")]:
+        assert run_cli(args, cwd=tmp_path, env_extra=env).returncode == 0
+        (run_dir,) = [p for p in (root / "smoke").iterdir() if p.is_dir()]  # beside Hydra's multirun.yaml
+        first[root] = (run_dir / "summary.json").read_text()
+        again = run_cli(args, cwd=tmp_path, env_extra=env)
+        assert again.returncode == 0, again.stderr
+        assert f"{run_dir} already holds a completed run" in again.stdout and "nothing to do" in again.stdout
+        assert (run_dir / "summary.json").read_text() == first[root]
+    retrained = run_cli([*TINY, "overwrite=true"], cwd=tmp_path, env_extra=env)
+    assert retrained.returncode == 0
     (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
-    first = (run_dir / "summary.json").read_text()
-    refused = run_cli(TINY, cwd=tmp_path, env_extra=env)
-    assert refused.returncode == 2 and "already holds a completed run" in refused.stderr
-    kept = run_cli([*TINY, "resume=true"], cwd=tmp_path, env_extra=env)
-    assert kept.returncode == 0 and (run_dir / "summary.json").read_text() == first
-    again = run_cli([*TINY, "overwrite=true"], cwd=tmp_path, env_extra=env)
-    assert again.returncode == 0
-    assert json.loads((run_dir / "summary.json").read_text())["wall_seconds"] != json.loads(first)["wall_seconds"]
+    assert json.loads((run_dir / "summary.json").read_text())["wall_seconds"] != \
+        json.loads(first[tmp_path / "outputs"])["wall_seconds"]
 
 
 def _start(args, cwd, cifar_root):
@@ -118,7 +123,7 @@ def _start(args, cwd, cifar_root):
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "SNGM_DATA": str(cifar_root)})
 
 
-def _wait_for(predicate, process, timeout=300):
+def _wait_for(predicate, process, timeout=600):
     deadline = time.time() + timeout
     while not predicate():
         assert process.poll() is None, process.communicate()
@@ -130,6 +135,12 @@ RESUMABLE = ["experiment=smoke", "model.width=4", "dataset.subset=1000", "epochs
 COMPARED = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
 
 
+def _metrics_rows(runs) -> int:
+    """Epochs written to the one metrics.csv under `runs` (0 before it exists)."""
+    found = list(runs.glob("*/metrics.csv"))
+    return len(found[0].read_text().splitlines()) - 1 if found else 0
+
+
 def test_sigterm_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, cifar_root):
     (tmp_path / "straight").mkdir()
     (tmp_path / "stopped").mkdir()
@@ -138,17 +149,19 @@ def test_sigterm_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, cif
 
     process = _start(RESUMABLE, tmp_path / "stopped", cifar_root)
     runs = tmp_path / "stopped" / "outputs" / "smoke"
-    _wait_for(lambda: len(list(runs.glob("*/metrics.csv"))) == 1 and
-              len(pd.read_csv(next(runs.glob("*/metrics.csv")))) == 1, process)
-    time.sleep(1.0)  # into epoch 2's training
+    # The event: epoch 1 is written. The flag is read after every step, so the run stops early in
+    # a later epoch; where exactly is read from its checkpoint.
+    _wait_for(lambda: _metrics_rows(runs) >= 1, process)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=600)
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert "run the same command again to continue" in stderr.strip().splitlines()[-1]
     (run_dir,) = runs.iterdir()
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert state["epoch"] == 2 and 0 < state["step"] < 100, "the signal should land mid-epoch"
+    assert state["epoch"] >= 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["interrupted_by"], summary["interrupted_epoch"], summary["interrupted_step"]) \
+        == ("interrupted", "SIGTERM", state["epoch"], state["step"])
 
     resumed = run_cli(RESUMABLE, cwd=tmp_path / "stopped", env_extra={"SNGM_DATA": str(cifar_root)})
     assert resumed.returncode == 0, resumed.stderr
@@ -156,11 +169,45 @@ def test_sigterm_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, cif
     expected, got = pd.read_csv(straight_dir / "metrics.csv"), pd.read_csv(run_dir / "metrics.csv")
     pd.testing.assert_frame_equal(expected[COMPARED], got[COMPARED], check_exact=True)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["resumed_at"] == [{"epoch": 2, "step": state["step"]}]
+    assert summary["status"] == "completed"
+    assert summary["resumed_at"] == [{"epoch": state["epoch"], "step": state["step"]}]
     final, reference = torch.load(run_dir / "checkpoint.pt", weights_only=False), \
         torch.load(straight_dir / "checkpoint.pt", weights_only=False)
     for key, value in reference["model"].items():
         assert torch.equal(value, final["model"][key]), key
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR2], ids=["SIGINT", "SIGUSR2"])
+def test_a_signal_leaves_status_interrupted_with_the_signal_and_the_step(tmp_path, cifar_root, signum):
+    process = _start(RESUMABLE, tmp_path, cifar_root)
+    runs = tmp_path / "outputs" / "smoke"
+    _wait_for(lambda: list(runs.glob("*/summary.json")), process)  # written once the signals are handled
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 128 + signum, stderr
+    (run_dir,) = runs.iterdir()
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["interrupted_by"], summary["interrupted_epoch"], summary["interrupted_step"]) \
+        == ("interrupted", signal.Signals(signum).name, state["epoch"], state["step"])
+
+
+def test_the_signal_handler_it_replaced_still_gets_the_signal_after_the_checkpoint():
+    """Under hydra-submitit-launcher, SIGUSR2's handler requeues the job; it must still run."""
+    from sngm_bench.errors import Interrupted
+    from sngm_bench.stop import StopRequest
+
+    received = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
+    try:
+        with pytest.raises(Interrupted):
+            with StopRequest() as stop:
+                os.kill(os.getpid(), signal.SIGUSR2)
+                assert stop.requested and received == []  # the run stops first
+                raise Interrupted(stop.reason(), "run")
+        assert received == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_sweep_records_a_bad_combination_and_completes_the_others(tmp_path, cifar_root):

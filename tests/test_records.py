@@ -1,0 +1,212 @@
+"""Records that stay true: a rerun compares configs, checkpoints survive a bad write, a deadline
+stops a sweep that a rerun then finishes, out-of-memory and a full disk end in one line, and a
+run folder that cannot be created, or a run that never started, leaves nothing behind. Real
+CLI, real training on tiny runs; out-of-memory and ENOSPC come from a real boundary."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import run_cli
+from sngm_bench.report import collect_runs
+
+TINY = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]  # 4 steps
+FIRST_STEP = ["max_minutes=1e-6"]  # the deadline has passed when the first step ends: stop there
+
+
+def one_line_error(result, code=2) -> str:
+    assert result.returncode == code, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("sngm-bench: error: "), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[-1]
+
+
+def summary(run_dir) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture
+def cli(tmp_path, cifar_root):
+    def run(*args):
+        options = [a for a in args if a == "-m"]  # Hydra takes options before the overrides
+        overrides = [a for a in args if a != "-m"]
+        return run_cli([*options, *TINY, *overrides], cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    return run
+
+
+def test_a_rerun_with_another_training_config_is_refused_naming_every_difference(tmp_path, cli):
+    run_dir = tmp_path / "run"
+    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
+    hydra_files = {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")}
+    interrupted = summary(run_dir)
+
+    error = one_line_error(cli("hydra.run.dir=run", "optimizer.lr=0.5", "seed=3"))
+    assert f"{run_dir} holds a run trained with optimizer.lr=0.1 (now 0.5), seed=0 (now 3); " \
+           "add overwrite=true to train it again with the new config, or choose another folder" in error
+    assert summary(run_dir) == interrupted  # the record still says how the run was trained
+    assert {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")} == hydra_files
+
+    watched = cli("hydra.run.dir=run", "log_every=2", "eval_batch_size=500")  # not what is trained: continues
+    assert watched.returncode == 0, watched.stderr[-3000:]
+    finished = summary(run_dir)
+    assert finished["status"] == "completed" and finished["resumed_at"] == [{"epoch": 1, "step": 1}]
+
+    longer = one_line_error(cli("hydra.run.dir=run", "epochs=2"))  # the schedule depends on the total
+    assert "holds a run trained with epochs=1 (now 2); add overwrite=true" in longer
+    assert summary(run_dir) == finished
+
+    retrained = cli("hydra.run.dir=run", "epochs=2", "overwrite=true")
+    assert retrained.returncode == 0, retrained.stderr[-3000:]
+    assert summary(run_dir)["epochs"] == 2 and summary(run_dir)["resumed_at"] == []
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_previous_one_and_none_readable_is_one_line(tmp_path, cli):
+    run_dir = tmp_path / "run"
+    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)  # checkpoint at step 1
+    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)  # step 2; step 1's is the previous one
+    newest = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    previous = torch.load(run_dir / "checkpoint.prev.pt", weights_only=False)
+    assert (newest["epoch"], newest["step"], previous["epoch"], previous["step"]) == (1, 2, 1, 1)
+
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-a", str(run_dir), str(broken)], check=True)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        with open(broken / name, "r+b") as f:
+            f.truncate(1000)
+    error = one_line_error(cli("hydra.run.dir=broken"))
+    assert f"no readable checkpoint in {broken} (checkpoint.pt: " in error and "add overwrite=true" in error
+
+    with open(run_dir / "checkpoint.pt", "r+b") as f:  # a write cut short
+        f.truncate(f.seek(0, 2) // 2)
+    resumed = cli("hydra.run.dir=run")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "unreadable checkpoint.pt: " in resumed.stdout + resumed.stderr
+    assert "; continuing from checkpoint.prev.pt (epoch 1, step 1)" in resumed.stdout + resumed.stderr
+    assert summary(run_dir)["status"] == "completed" and summary(run_dir)["resumed_at"] == [{"epoch": 1, "step": 1}]
+
+
+def test_a_deadline_mid_sweep_stops_it_and_the_rerun_trains_exactly_the_missing_work(tmp_path, cli):
+    sweep_dir = tmp_path / "multirun" / "smoke"
+    assert cli("-m", "seed=0").returncode == 0
+
+    def runs():
+        found = {}
+        for path in sweep_dir.glob("*/summary.json"):
+            seed = yaml.safe_load((path.parent / ".hydra" / "config.yaml").read_text())["seed"]
+            found[seed] = (path.read_text(), (path.parent / ".hydra" / "overrides.yaml").read_text())
+        return found
+
+    before = runs()
+    error = one_line_error(cli("-m", "seed=0,1,2", *FIRST_STEP), code=124)
+    assert "stopped at the max_minutes deadline" in error
+    stopped = runs()
+    assert sorted(stopped) == [0, 1]  # the sweep stopped at the deadline: seed 2 never started
+    assert stopped[0] == before[0]  # finished: left alone, its .hydra record included
+    state = json.loads(stopped[1][0])
+    assert (state["status"], state["interrupted_by"], state["interrupted_epoch"], state["interrupted_step"]) == \
+        ("interrupted", "max_minutes", 1, 1)
+
+    rerun = cli("-m", "seed=0,1,2")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = runs()
+    assert after[0] == before[0]
+    finished = {seed: json.loads(text) for seed, (text, _) in after.items()}
+    assert all(s["status"] == "completed" for s in finished.values())
+    assert finished[1]["resumed_at"] == [{"epoch": 1, "step": 1}] and finished[2]["resumed_at"] == []
+
+    again = cli("-m", "seed=0,1,2")  # the same command once more: nothing is trained
+    assert again.returncode == 0 and runs() == after
+    assert again.stdout.count("already holds a completed run") == 3
+
+
+OUT_OF_MEMORY = """
+import sys, torch
+import sngm_bench.train as train
+
+real_step = train.train_step
+
+def train_step(forward, optimizer, x, y, micro_batch_size, *args, **kwargs):
+    if micro_batch_size > 50:  # a device that holds micro-batches of up to 50 images
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return real_step(forward, optimizer, x, y, micro_batch_size, *args, **kwargs)
+
+train.train_step = train_step
+from sngm_bench.cli import main
+main()
+"""
+
+
+def test_out_of_memory_is_one_line_naming_the_micro_batch_and_a_sweep_goes_on(tmp_path, cifar_root):
+    def run(*args):
+        options, overrides = [a for a in args if a == "-m"], [a for a in args if a != "-m"]
+        return subprocess.run([sys.executable, "-c", OUT_OF_MEMORY, *options, *TINY, *overrides], cwd=tmp_path,
+                              capture_output=True,
+                              text=True, env={**os.environ, "SNGM_DATA": str(cifar_root)}, timeout=600)
+
+    error = one_line_error(run("hydra.run.dir=single"))
+    assert "out of GPU memory in a forward/backward pass of a micro-batch of 100 images" in error
+    assert "set max_micro_batch_size=50 or a smaller micro_batch_size" in error
+    assert summary(tmp_path / "single")["status"] == "failed"
+
+    sweep = run("-m", "max_micro_batch_size=100,50")
+    assert sweep.returncode == 2 and "1 run(s) of the sweep failed" in sweep.stderr.strip().splitlines()[-1]
+    statuses = {}
+    for path in (tmp_path / "multirun" / "smoke").glob("*/summary.json"):
+        config = yaml.safe_load((path.parent / ".hydra" / "config.yaml").read_text())
+        statuses[config["max_micro_batch_size"]] = json.loads(path.read_text())
+    assert statuses[100]["status"] == "failed" and "micro-batch of 100 images" in statuses[100]["error"]
+    assert statuses[50]["status"] == "completed"
+
+
+@pytest.mark.parametrize("name", ["summary.json", "checkpoint.pt"])
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(tmp_path, cli, name):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / f".{name}.tmp").symlink_to("/dev/full")  # every write to `name` fails with ENOSPC
+    error = one_line_error(cli("hydra.run.dir=run"))
+    assert f"cannot write {run_dir / name}: No space left on device" in error
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    assert not (run_dir / "checkpoint.pt").exists()
+    if name == "checkpoint.pt":  # the other records were written whole
+        assert summary(run_dir)["status"] == "failed" and (run_dir / "metrics.csv").read_text().count("\n") == 2
+
+
+def test_a_run_folder_that_cannot_be_created_is_one_line(tmp_path, cli):
+    (tmp_path / "a_file").write_text("")
+    for args, what in [(["hydra.run.dir=a_file/run"], "run"), (["-m", "hydra.sweep.dir=a_file/sweep"], "sweep"),
+                       (["hydra.run.dir=/proc/sngm/run"], "run")]:
+        error = one_line_error(cli(*args))
+        assert f"cannot create the {what} folder " in error and f"choose another (hydra.{what}.dir=...)" in error
+
+
+def test_an_error_before_training_leaves_no_folder_but_never_removes_an_earlier_one(tmp_path, cli):
+    for bad in (["optimizer.lr=-1"], ["dataset.root=nowhere"], ["batch_size=5000"]):
+        one_line_error(cli(*bad))
+        assert not (tmp_path / "outputs").exists(), bad
+    (tmp_path / "mine").mkdir()
+    one_line_error(cli("hydra.run.dir=mine", "optimizer.lr=-1"))
+    assert (tmp_path / "mine").is_dir()  # it was there before the command
+
+
+def test_a_report_shows_a_run_whose_process_died_as_interrupted(tmp_path, cifar_root):
+    process = subprocess.Popen([sys.executable, "-m", "sngm_bench", *TINY, "epochs=50", "hydra.run.dir=run"],
+                               cwd=tmp_path, env={**os.environ, "SNGM_DATA": str(cifar_root)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not (tmp_path / "run" / "summary.json").exists():
+            assert process.poll() is None
+            time.sleep(0.05)  # polling for the event
+        assert collect_runs([tmp_path])["status"].tolist() == ["running"]  # its process holds the lock
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert summary(tmp_path / "run")["status"] == "running"  # what it wrote before it was killed
+    assert collect_runs([tmp_path])["status"].tolist() == ["interrupted"]
