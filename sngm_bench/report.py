@@ -34,15 +34,19 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 COMPLETED = "completed"
 
-# Report column -> key of the resolved run config.
+# Report column -> key of the resolved run config (or keys, the first found: records written before
+# the batch-size scaling rule moved from the schedule to each optimizer keep it under schedule).
 CONFIG_COLUMNS = {
     "name": "name", "dataset": "dataset.name", "subset": "dataset.subset", "model": "model.name",
-    "width": "model.width", "optimizer": "optimizer.name", "lr": "optimizer.lr", "momentum": "optimizer.momentum",
-    "weight_decay": "optimizer.weight_decay", "schedule": "schedule.decay", "warmup_epochs": "schedule.warmup_epochs",
-    "scaling": "schedule.scaling", "base_batch_size": "schedule.base_batch_size", "batch_size": "batch_size",
+    "width": "model.width", "optimizer": "optimizer.name", "lr": "optimizer.lr", "lr_factor": "lr_factor",
+    "momentum": "optimizer.momentum", "weight_decay": "optimizer.weight_decay", "schedule": "schedule.decay",
+    "warmup_epochs": "schedule.warmup_epochs", "scaling": ("optimizer.scaling", "schedule.scaling"),
+    "base_batch_size": ("optimizer.base_batch_size", "schedule.base_batch_size"), "batch_size": "batch_size",
     "epochs_planned": "epochs", "seed": "seed", "precision": "precision",
 }
+DEFAULTS = {"lr_factor": 1.0}  # the value of a column that records from before its key lack
 REQUIRED_COLUMNS = ["optimizer", "lr", "batch_size", "seed"]
+LR_KEYS = ["lr", "lr_factor"]  # together they set a run's LR; a sweep over either is an LR grid
 # Settings that, when they differ between runs, tell the table's rows (series) apart.
 SETTING_COLUMNS = ["dataset", "subset", "model", "width", "epochs_planned", "schedule", "scaling", "momentum",
                    "weight_decay", "precision"]
@@ -65,13 +69,21 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
 def read_run(run_dir: Path) -> dict:
     """One run as a flat dict: the config columns, then every scalar of summary.json."""
     config = OmegaConf.load(run_dir / CONFIG_FILE)
-    row = {column: OmegaConf.select(config, key, default=None) for column, key in CONFIG_COLUMNS.items()}
+    row = {column: select(config, keys, DEFAULTS.get(column)) for column, keys in CONFIG_COLUMNS.items()}
     missing = [c for c in REQUIRED_COLUMNS if row[c] is None]
     if missing:
         raise KeyError(f"{CONFIG_FILE} has no {', '.join(CONFIG_COLUMNS[c] for c in missing)}")
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) and k not in row}
     return {**row, "status": "unknown", **scalars, "run_dir": str(run_dir)}
+
+
+def select(config, keys: str | tuple[str, ...], default=None):
+    """The value of the first of `keys` that `config` has, else `default`."""
+    for key in (keys,) if isinstance(keys, str) else keys:
+        if (value := OmegaConf.select(config, key, default=None)) is not None:
+            return value
+    return default
 
 
 def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:
@@ -85,7 +97,7 @@ def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:
             log.warning("skipping %s: %s", run_dir, str(err).splitlines()[0] if str(err) else type(err).__name__)
     if not rows:
         raise UserError(f"no readable sngm-bench run folders under {', '.join(map(str, paths))}")
-    runs = pd.DataFrame(rows).sort_values(["optimizer", "batch_size", "lr", "seed"], ignore_index=True)
+    runs = pd.DataFrame(rows).sort_values(["optimizer", "batch_size", "lr", "lr_factor", "seed"], ignore_index=True)
     return runs.assign(series=series_labels(runs))
 
 
@@ -118,7 +130,7 @@ def read_metrics(run: pd.Series) -> pd.DataFrame | None:
 
 def collect_epochs(runs: pd.DataFrame) -> pd.DataFrame:
     """The long per-epoch table: every row of every run's metrics.csv, with the run's identity."""
-    identity = ["run_dir", "series", "optimizer", "batch_size", "lr", "seed", "status"]
+    identity = ["run_dir", "series", "optimizer", "batch_size", "lr", "lr_factor", "seed", "status"]
     frames = [m.assign(**run[identity]) for _, run in runs.iterrows() if (m := read_metrics(run)) is not None]
     if not frames:
         return pd.DataFrame(columns=[*identity, "epoch", "step", "train_seconds", "test_acc", "train_loss"])
@@ -133,8 +145,9 @@ def status_counts(statuses: pd.Series) -> str:
 
 def aggregate(runs: pd.DataFrame, select_by: str = "final_test_acc") -> pd.DataFrame:
     """One row per (series, batch size, LR): statistics over the completed seeds, the other runs'
-    statuses, and `selected`, true for the LR that `select_by` picks in each (series, batch size)."""
-    keys = ["series", "batch_size", "lr"]
+    statuses, `selected`, true for the LR that `select_by` picks in each (series, batch size), and
+    `grid_edge`, true where that LR is the smallest or largest tried there."""
+    keys = ["series", "batch_size", *LR_KEYS]
     completed = runs[runs["status"] == COMPLETED].reindex(columns=[*keys, "seed", *SELECTION_RULES, "peak_lr",
                                                                    "wall_seconds", "images_per_second"])
     stats = completed.groupby(keys).agg(
@@ -144,7 +157,8 @@ def aggregate(runs: pd.DataFrame, select_by: str = "final_test_acc") -> pd.DataF
         mean_images_per_second=("images_per_second", "mean"))
     cells = runs.groupby(keys).agg(runs=("status", "size"), not_completed=("status", status_counts)).join(stats)
     cells = cells.reset_index().fillna({"n": 0}).astype({"n": int})
-    return cells.assign(selected=cells.index.isin(selected_lrs(cells, select_by)))
+    cells = cells.assign(selected=cells.index.isin(selected_lrs(cells, select_by)))
+    return cells.assign(grid_edge=grid_edges(cells))
 
 
 def selected_lrs(cells: pd.DataFrame, select_by: str) -> pd.Index:
@@ -154,13 +168,29 @@ def selected_lrs(cells: pd.DataFrame, select_by: str) -> pd.Index:
     return ranked.groupby(["series", "batch_size"]).head(1).index
 
 
+def grid_edges(cells: pd.DataFrame) -> pd.Series:
+    """Whether each selected LR (optimizer.lr x lr_factor) is the smallest or largest of several tried
+    for its (series, batch size): the grid did not bracket the best LR there, so widen it."""
+    base_lr = cells["lr"] * cells["lr_factor"]
+    tried = base_lr.groupby([cells["series"], cells["batch_size"]])
+    at_edge = (base_lr == tried.transform("min")) | (base_lr == tried.transform("max"))
+    return cells["selected"] & (tried.transform("nunique") > 1) & at_edge
+
+
+def swept_lr_keys(frame: pd.DataFrame) -> list[str]:
+    """Those of optimizer.lr and lr_factor that took several values for some (series, batch size)."""
+    counts = frame.groupby(["series", "batch_size"])[LR_KEYS].nunique().max()
+    return [key for key in LR_KEYS if counts[key] > 1]
+
+
 def lr_was_swept(frame: pd.DataFrame) -> bool:
     """Whether any (series, batch size) ran more than one learning rate."""
-    return frame.groupby(["series", "batch_size"])["lr"].nunique().max() > 1
+    return bool(swept_lr_keys(frame))
 
 
-def format_cell(cell: pd.Series, show_lr: bool) -> str:
-    """'72.31 ± 0.42 (2)', then any runs that did not complete, then the chosen LR if LRs were swept."""
+def format_cell(cell: pd.Series, show_lr: list[str]) -> str:
+    """'72.31 ± 0.42 (2)', then any runs that did not complete, then the chosen value of each swept
+    LR key (`show_lr`), marked '(grid edge)' where it is the smallest or largest tried."""
     parts = []
     if cell["n"]:
         spread = f" ± {100 * cell['std_final_test_acc']:.2f}" if cell["n"] > 1 else ""
@@ -168,14 +198,15 @@ def format_cell(cell: pd.Series, show_lr: bool) -> str:
     if cell["not_completed"]:
         parts.append(cell["not_completed"])
     if show_lr:
-        parts.append(f"lr {cell['lr']:g}")
+        edge = " (grid edge)" if cell["grid_edge"] else ""
+        parts.append(" ".join(f"{key} {cell[key]:g}" for key in show_lr) + edge)
     return "; ".join(parts)
 
 
 def accuracy_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Series (rows) x batch size (columns) of the selected LRs' formatted cells; '–' where nothing ran."""
     chosen = cells[cells["selected"]]
-    text = chosen.assign(text=chosen.apply(format_cell, axis=1, show_lr=lr_was_swept(cells)))
+    text = chosen.assign(text=chosen.apply(format_cell, axis=1, show_lr=swept_lr_keys(cells)))
     table = text.pivot(index="series", columns="batch_size", values="text").fillna("–")
     table.columns = [f"batch {b}" for b in table.columns]
     table.index.name = "optimizer"
@@ -215,10 +246,12 @@ def to_latex(table: pd.DataFrame) -> str:
                       r"\end{tabular}"]) + "\n"
 
 
-def caption(runs: pd.DataFrame, select_by: str) -> str:
+def caption(runs: pd.DataFrame, cells: pd.DataFrame, select_by: str) -> str:
     rule = f"; LR chosen per cell by the best mean {select_by} over seeds" if lr_was_swept(runs) else ""
+    edge = ("; (grid edge): the chosen LR is the smallest or largest tried, so the grid may not hold the best LR"
+            if cells["grid_edge"].any() else "")
     return (f"Final test accuracy (%), mean ± std over seeds (n completed runs), {len(runs)} runs; "
-            f"runs that did not complete are counted by status{rule}.")
+            f"runs that did not complete are counted by status{rule}{edge}.")
 
 
 def write_report(paths: Iterable[Path], out: Path, target_acc: float = 0.9, select_by: str = "final_test_acc",
@@ -230,7 +263,7 @@ def write_report(paths: Iterable[Path], out: Path, target_acc: float = 0.9, sele
     epochs = collect_epochs(runs)
     cells = aggregate(runs, select_by)
     table = accuracy_table(cells)
-    markdown = f"{caption(runs, select_by)}\n\n{to_markdown(table)}"
+    markdown = f"{caption(runs, cells, select_by)}\n\n{to_markdown(table)}"
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "runs.csv", index=False)
     epochs.to_csv(out / "epochs.csv", index=False)
@@ -238,8 +271,8 @@ def write_report(paths: Iterable[Path], out: Path, target_acc: float = 0.9, sele
     table.to_csv(out / "table.csv")
     (out / "table.md").write_text(markdown)
     (out / "table.tex").write_text(to_latex(table))
-    chosen = cells.loc[cells["selected"], ["series", "batch_size", "lr"]]
-    selected_epochs = epochs[epochs["status"] == COMPLETED].merge(chosen, on=["series", "batch_size", "lr"])
+    chosen = cells.loc[cells["selected"], ["series", "batch_size", *LR_KEYS]]
+    selected_epochs = epochs[epochs["status"] == COMPLETED].merge(chosen, on=["series", "batch_size", *LR_KEYS])
     figures.write_all(selected_epochs, out, target_acc, steps)
     return markdown
 

@@ -143,7 +143,7 @@ class Trainer:
         if cfg.sync_batch_norm and procs.world_size > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
-        self.lr = peak_lr(cfg.optimizer.lr, cfg.batch_size, cfg.schedule)
+        self.lr = peak_lr(cfg.optimizer, cfg.batch_size, cfg.lr_factor)
         self.optimizer = build_optimizer(cfg.optimizer, model, self.lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs)
         compile_ = torch.compile if cfg.compile else (lambda module: module)
@@ -167,12 +167,13 @@ class Trainer:
             "world_size": procs.world_size,
             "micro_batch_size": self.micro_batch,
             "bn_batch_size": self.micro_batch * (procs.world_size if cfg.sync_batch_norm else 1),
+            "lr_factor": cfg.lr_factor,
             "peak_lr": self.lr,
             "steps_per_epoch": self.steps_per_epoch,
             "train_images": len(self.data.train),
             "test_images": len(self.data.test),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
+            "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True, enum_to_str=True),
             "resumed_at": [],
             **records.environment(device),
         }
