@@ -102,11 +102,12 @@ def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:
 
 
 def series_labels(runs: pd.DataFrame) -> pd.Series:
-    """The optimizer, plus `key=value` for each setting that differs between the runs."""
+    """The optimizer, plus `key=value` for each setting that differs between runs of that optimizer
+    (settings that are an optimizer's own, like its scaling rule or LAMB's weight decay, do not)."""
     labels = runs["optimizer"].astype(str)
     for column in SETTING_COLUMNS:
-        if runs[column].nunique(dropna=False) > 1:
-            labels = labels + f" {column}=" + runs[column].astype(str)
+        varies = runs.groupby("optimizer")[column].transform(lambda values: values.nunique(dropna=False) > 1)
+        labels = labels.where(~varies, labels + f" {column}=" + runs[column].astype(str))
     return labels
 
 
@@ -252,6 +253,30 @@ def caption(runs: pd.DataFrame, cells: pd.DataFrame, select_by: str) -> str:
             if cells["grid_edge"].any() else "")
     return (f"Final test accuracy (%), mean ± std over seeds (n completed runs), {len(runs)} runs; "
             f"runs that did not complete are counted by status{rule}{edge}.")
+
+
+def distinct(runs: pd.DataFrame, column: str) -> str:
+    """The column's distinct recorded values, sorted, joined by ', ' ('?' where none is recorded)."""
+    if column not in runs:
+        return "?"
+    values = runs[column].dropna().unique()
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(values)) or "?"
+
+
+def provenance(runs: pd.DataFrame) -> str:
+    """Where the runs' numbers come from, read from their records: protocol, seeds, LR grid, hardware, code."""
+    subset = f" ({distinct(runs, 'subset')}-image training subset)" if runs["subset"].notna().any() else ""
+    protocol = (f"{distinct(runs, 'dataset')}{subset}, {distinct(runs, 'model')} width {distinct(runs, 'width')}, "
+                f"{distinct(runs, 'epochs_planned')} epochs, {distinct(runs, 'schedule')} decay after "
+                f"{distinct(runs, 'warmup_epochs')} warmup epochs, {distinct(runs, 'precision')}")
+    grids = "; ".join(
+        f"{optimizer} lr {distinct(group, 'lr')} at batch {distinct(group, 'base_batch_size')}, scaled "
+        f"{distinct(group, 'scaling')}, x lr_factor {distinct(group, 'lr_factor')}"
+        for optimizer, group in runs.groupby("series"))
+    hardware = (f"{distinct(runs, 'device_name')} x {distinct(runs, 'world_size')} process(es), "
+                f"torch {distinct(runs, 'torch_version')}")
+    return (f"Protocol: {protocol}. Seeds: {distinct(runs, 'seed')}. LR grid: {grids}. "
+            f"Hardware: {hardware}. Code: {distinct(runs, 'git_commit')}.")
 
 
 def write_report(paths: Iterable[Path], out: Path, target_acc: float = 0.9, select_by: str = "final_test_acc",
