@@ -90,7 +90,7 @@ def test_the_smoke_preset_runs_in_two_parallel_jobs_as_it_does_one_at_a_time(tmp
                         f"hydra.sweep.dir={tmp_path / 'par'}"], cwd=tmp_path, env_extra=env)
     assert parallel.returncode == 0, parallel.stderr[-3000:]
     folders = sorted(p.parent.name for p in (tmp_path / "seq").glob("*/summary.json"))
-    assert len(folders) == 4 and "batch_size=64,lr_factor=1,optimizer=sngm,seed=0" in folders
+    assert len(folders) == 4 and "batch_size=64,dataset.subset=512,lr_factor=1,model.width=4,optimizer=sngm,seed=0" in folders
     assert sorted(p.parent.name for p in (tmp_path / "par").glob("*/summary.json")) == folders
     for folder in folders:
         one, two = (json.loads((tmp_path / s / folder / "summary.json").read_text()) for s in ("seq", "par"))
