@@ -4,6 +4,8 @@ Overrides are the `sngm-bench` ones, e.g. `model=resnet56 batch_size=4096 precis
 channels_last=true compile=true`. Prints images/s, the step-time split (data / forward+backward
 / optimizer), peak memory, FLOPs and model FLOP utilization; `--compare-reference` adds a
 hand-written loop on the same model and flags, and the product's throughput as a fraction of it.
+`--batch-sizes 512 4096 8192` times each batch size in turn in this one process (so torch.compile
+and CUDA start once), appending each result to `--csv` as soon as it is measured.
 """
 
 import argparse
@@ -14,18 +16,23 @@ from sngm_bench.bench import bench_train
 from sngm_bench.config import compose_config
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--steps", type=int, default=50, help="timed steps (median), after 10 warm-up steps")
+parser.add_argument("--steps", type=int, default=50, help="timed steps (median)")
+parser.add_argument("--warmup", type=int, default=10, help="untimed steps first, which also absorb torch.compile")
+parser.add_argument("--batch-sizes", type=int, nargs="+", help="time each of these batch sizes (overrides batch_size)")
 parser.add_argument("--compare-reference", action="store_true", help="also time a hand-written reference loop")
-parser.add_argument("--csv", type=Path, help="append the result as a row to this CSV file")
+parser.add_argument("--csv", type=Path, help="append each result as a row to this CSV file")
 parser.add_argument("overrides", nargs="*", help="sngm-bench config overrides")
 args = parser.parse_args()
-result = bench_train(compose_config(args.overrides), steps=args.steps, compare_reference=args.compare_reference)
-for key, value in result.items():
-    print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
-if args.csv:
-    new = not args.csv.exists()
-    with open(args.csv, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(result))
-        if new:
-            writer.writeheader()
-        writer.writerow(result)
+for batch_size in args.batch_sizes or [None]:
+    overrides = args.overrides + ([f"batch_size={batch_size}"] if batch_size else [])
+    result = bench_train(compose_config(overrides), steps=args.steps, warmup=args.warmup,
+                         compare_reference=args.compare_reference)
+    for key, value in result.items():
+        print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+    if args.csv:
+        new = not args.csv.exists()
+        with open(args.csv, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(result))
+            if new:
+                writer.writeheader()
+            writer.writerow(result)

@@ -128,6 +128,7 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
     achieved = flops * cfg.batch_size / step_seconds
     peak = peak_flops(env["device_name"], precision)
     result = {
+        "dataset": cfg.dataset.name, "image_size": data.image_shape[-1],
         "model": cfg.model.name, "optimizer": cfg.optimizer.name, "batch_size": cfg.batch_size,
         "micro_batch_size": trainer.micro_batch, "precision": precision,
         "channels_last": cfg.channels_last, "compile": cfg.compile,

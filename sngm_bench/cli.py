@@ -9,9 +9,11 @@ recorded as that run's `status: failed` and the sweep goes on.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import sys
+from importlib import metadata, resources
 from pathlib import Path
 
 import hydra
@@ -27,6 +29,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from sngm_bench.config import CONFIG_MODULE, check_values
 from sngm_bench.errors import Interrupted, UserError
+from sngm_bench.identity import flatten
 
 log = logging.getLogger("sngm_bench")
 _failed_runs: list[str] = []
@@ -36,18 +39,29 @@ def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+def _did_you_mean(word: str, choices, prefix: str = "") -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean '{prefix}{match[0]}'?" if match else ""
+
+
 def _unknown_key_message(key: str, overrides: list[str]) -> str:
-    """'unknown key' plus the keys its parent accepts, read from the config composed without it."""
-    parent = key.rpartition(".")[0]
+    """'unknown key' plus the keys its parent accepts, read from the config composed without it,
+    and the closest valid key: a sibling, else any key of the config with a close last name."""
+    parent, _, name = key.rpartition(".")
     others = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
     try:
-        node = compose("config", overrides=others)
-        node = OmegaConf.select(node, parent) if parent else node
-        allowed = ", ".join(sorted(str(k) for k in node.keys()))
+        config = compose("config", overrides=others)
+        node = OmegaConf.select(config, parent) if parent else config
+        siblings = sorted(str(k) for k in node.keys())
     except (HydraException, OmegaConfBaseException, AttributeError):
         return f"unknown key '{key}'"
     where = f"'{parent}'" if parent else "the top level"
-    return f"unknown key '{key}': {where} has {allowed}"
+    hint = _did_you_mean(name, siblings, f"{parent}.") if parent else ""
+    if not hint:
+        by_name = {k.rpartition(".")[2]: k for k in flatten(OmegaConf.to_container(config))}
+        match = difflib.get_close_matches(name, list(by_name), n=1)
+        hint = f"; did you mean '{by_name[match[0]]}'?" if match else ""
+    return f"unknown key '{key}': {where} has {', '.join(siblings)}{hint}"
 
 
 def _composition_error(err: Exception, overrides: list[str]) -> UserError:
@@ -55,8 +69,9 @@ def _composition_error(err: Exception, overrides: list[str]) -> UserError:
         return UserError("the SLURM launcher needs the slurm extra: pip install 'sngm-bench[slurm]'")
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
         group, _, choice = err.missing_cfg_file.rpartition("/")
-        options = ", ".join(sorted(err.options or []))
-        return UserError(f"unknown {group} '{choice}': choose one of {options}")
+        options = sorted(err.options or [])
+        return UserError(f"unknown {group} '{choice}': choose one of {', '.join(options)}"
+                         f"{_did_you_mean(choice, options)}")
     cause = err.__cause__ or err
     key = getattr(cause, "full_key", None)
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
@@ -109,6 +124,26 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
                 raise error from None
 
 
+def config_groups() -> str:
+    """'  group: option, option' per config group a user can pick (the folders of configs/), for --help."""
+    root = resources.files(CONFIG_MODULE)
+    groups = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
+
+    def options(group) -> str:
+        return ", ".join(sorted(f.name[:-5] for f in group.iterdir() if f.name.endswith(".yaml")))
+
+    return "\n".join(f"  {group.name}: {options(group)}" for group in groups)
+
+
+def version() -> str:
+    return (f"sngm-bench {metadata.version('sngm-bench')} (torch {metadata.version('torch')}, "
+            f"hydra-core {metadata.version('hydra-core')})")
+
+
+if not OmegaConf.has_resolver("sngm_groups"):
+    OmegaConf.register_new_resolver("sngm_groups", config_groups)
+
+
 def _record_failure(run_dir: Path, cfg: DictConfig, err: UserError) -> None:
     from sngm_bench import records
 
@@ -134,8 +169,7 @@ def run(cfg: DictConfig) -> None:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             _fail(str(err))  # SystemExit passes through Hydra's error report
-        log.error("run failed: %s", err)
-        _record_failure(run_dir, cfg, err)
+        _record_failure(run_dir, cfg, err)  # sngm_bench.callbacks logs it as the run's last line
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -144,6 +178,9 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def main() -> None:
+    if "--version" in sys.argv[1:]:  # Hydra's own --version names Hydra's version only
+        print(version())
+        return
     args, _ = get_args_parser().parse_known_args()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:

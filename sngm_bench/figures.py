@@ -3,8 +3,9 @@ target accuracy, and the gradient-budget view (equal samples processed next to e
 steps).
 
 Input is the per-epoch frame (`report.collect_epochs`) of the completed runs at the selected
-LRs. Figures are `matplotlib.figure.Figure`s saved directly (Agg for PNG, the PDF backend for
-PDF), so neither pyplot nor a GUI backend is involved.
+LRs. A figure that leaves out a series or batch size, or has nothing to plot, says so on the
+console (a warning), not only in the picture. Figures are `matplotlib.figure.Figure`s saved
+directly (Agg for PNG, the PDF backend for PDF), so neither pyplot nor a GUI backend is involved.
 """
 
 from __future__ import annotations
@@ -109,8 +110,32 @@ def time_to_target(epochs: pd.DataFrame, target_acc: float) -> pd.DataFrame:
     return runs.merge(reached[["run_dir", "epoch", "train_seconds"]], on="run_dir", how="left")
 
 
+def default_target(epochs: pd.DataFrame) -> float:
+    """The highest test accuracy, in whole percent, that every series reached in some run: so
+    each series has a point in the time-to-target figure."""
+    best = epochs.groupby("series")["test_acc"].max().min()
+    return int(100 * best) / 100
+
+
+def warn_left_out(figure: str, wanted: pd.DataFrame, plotted: pd.DataFrame, why: str) -> None:
+    """A warning naming the (series, batch size) pairs of `wanted` that `plotted` lacks."""
+    keys = ["series", "batch_size"]
+    missing = wanted[keys].drop_duplicates().merge(plotted[keys].drop_duplicates(), how="left", indicator=True)
+    missing = missing[missing["_merge"] == "left_only"].sort_values(keys)
+    if not missing.empty:
+        pairs = ", ".join(f"{row.series} at batch {row.batch_size}" for row in missing.itertuples())
+        log.warning("%s leaves out %s: %s", figure, pairs, why)
+
+
 def time_to_target_figure(epochs: pd.DataFrame, colors: dict, out: Path, target_acc: float) -> None:
     times = time_to_target(epochs, target_acc)
+    best = 100 * epochs["test_acc"].max()
+    if times["epoch"].isna().all():
+        log.warning("time_to_target has nothing to plot: no run reached %g %% test accuracy (the best reached "
+                    "%.2f %%); pass a lower --target-acc", 100 * target_acc, best)
+    else:
+        warn_left_out("time_to_target", times, times[times["epoch"].notna()],
+                      f"no run reached {100 * target_acc:g} % test accuracy")
     figure, axes = new_figure(2)
     note = f"to {100 * target_acc:g} % test accuracy"
     plot_vs_batch(axes[0][0], times.assign(value=times["epoch"]), colors, "Epochs", f"Epochs {note}")
@@ -145,16 +170,22 @@ def gradient_budget(epochs: pd.DataFrame, colors: dict, out: Path, steps: int | 
     figure, axes = new_figure(2, sharey=True)
     plot_vs_batch(axes[0][0], accuracy_values(epochs[epochs["epoch"] == common_epoch]), colors, ACCURACY_LABEL,
                   f"Equal samples: {common_epoch} epochs")
-    plot_vs_batch(axes[0][1], accuracy_values(nearest_to_steps(epochs, steps)), colors, ACCURACY_LABEL,
+    at_steps = nearest_to_steps(epochs, steps)
+    warn_left_out(f"gradient_budget's equal-steps panel ({steps} steps)", epochs, at_steps,
+                  f"no evaluation within {100 * STEP_TOLERANCE:g} % of {steps} optimizer steps "
+                  "(--steps sets the count)")
+    plot_vs_batch(axes[0][1], accuracy_values(at_steps), colors, ACCURACY_LABEL,
                   f"Equal steps: {steps} optimizer steps")
     save(figure, out, "gradient_budget")
 
 
-def write_all(epochs: pd.DataFrame, out: Path, target_acc: float, steps: int | None = None) -> None:
-    """Every figure of the report into `out`, from the per-epoch rows of the runs to plot."""
+def write_all(epochs: pd.DataFrame, out: Path, target_acc: float | None, steps: int | None = None) -> None:
+    """Every figure of the report into `out`, from the per-epoch rows of the runs to plot;
+    `target_acc` None: `default_target`."""
     if epochs.empty:
         log.warning("no completed runs with metrics: no figures written")
         return
+    target_acc = default_target(epochs) if target_acc is None else target_acc
     colors = {series: f"C{i}" for i, series in enumerate(sorted(epochs["series"].unique()))}
     accuracy_vs_batch(epochs, colors, out)
     learning_curves(epochs, colors, out)

@@ -2,8 +2,10 @@
 the accuracy table (Markdown, CSV, LaTeX) and the figures; `sngm-bench-report` is the command line.
 
 Runs are read through their files (`.hydra/config.yaml`, `summary.json`, `metrics.csv`), never
-their folder names. Every readable run is kept with its status, so a failed or diverged run
-shows in the table instead of vanishing; statistics and figures use completed runs only.
+their folder names. A run is what its resolved config trains (`sngm_bench.identity`), seed
+included: folders that hold the same run count once. Every readable run is kept with its status,
+so a failed or diverged run shows in the table instead of vanishing; statistics and figures use
+completed runs only.
 
 The accuracy table holds, per optimizer (rows) and batch size (columns), the final test
 accuracy over seeds as `mean ± std (n)`. Where several learning rates were swept for a cell,
@@ -18,6 +20,7 @@ import argparse
 import json
 import logging
 import sys
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sngm_bench.errors import UserError
+from sngm_bench.identity import training_config
 from sngm_bench.records import METRICS_FILE, SUMMARY_FILE
 
 log = logging.getLogger(__name__)
@@ -66,16 +70,34 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     return sorted(found)
 
 
-def read_run(run_dir: Path) -> dict:
-    """One run as a flat dict: the config columns, then every scalar of summary.json."""
+def read_run(run_dir: Path) -> tuple[dict, str]:
+    """One run as a flat dict (the config columns, then every scalar of summary.json), and its
+    identity: the JSON text of what its config trains."""
     config = OmegaConf.load(run_dir / CONFIG_FILE)
+    identity = json.dumps(training_config(config), sort_keys=True, default=str)
     row = {column: select(config, keys, DEFAULTS.get(column)) for column, keys in CONFIG_COLUMNS.items()}
     missing = [c for c in REQUIRED_COLUMNS if row[c] is None]
     if missing:
         raise KeyError(f"{CONFIG_FILE} has no {', '.join(CONFIG_COLUMNS[c] for c in missing)}")
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) and k not in row}
-    return {**row, "status": "unknown", **scalars, "run_dir": str(run_dir)}
+    return {**row, "status": "unknown", **scalars, "run_dir": str(run_dir)}, identity
+
+
+def one_row_per_run(runs: Iterable[tuple[dict, str]]) -> list[dict]:
+    """Folders that hold the same run (same identity) count once, with a warning naming them: a
+    completed copy is kept if there is one, else the first folder by name."""
+    copies = defaultdict(list)
+    for row, identity in runs:
+        copies[identity].append(row)
+    kept = []
+    for rows in copies.values():
+        rows = sorted(rows, key=lambda row: (row["status"] != COMPLETED, row["run_dir"]))
+        kept.append(rows[0])
+        if len(rows) > 1:
+            log.warning("%d folders hold the same run (same training config and seed); counting %s once, "
+                        "ignoring %s", len(rows), rows[0]["run_dir"], ", ".join(row["run_dir"] for row in rows[1:]))
+    return kept
 
 
 def select(config, keys: str | tuple[str, ...], default=None):
@@ -87,14 +109,15 @@ def select(config, keys: str | tuple[str, ...], default=None):
 
 
 def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:
-    """One row per run folder found under `paths`; unreadable folders are skipped with a warning."""
+    """One row per run found under `paths`; unreadable folders are skipped with a warning."""
     paths = list(paths)
-    rows = []
+    read = []
     for run_dir in find_run_dirs(paths):
         try:
-            rows.append(read_run(run_dir))
+            read.append(read_run(run_dir))
         except UNREADABLE as err:
             log.warning("skipping %s: %s", run_dir, str(err).splitlines()[0] if str(err) else type(err).__name__)
+    rows = one_row_per_run(read)
     if not rows:
         raise UserError(f"no readable sngm-bench run folders under {', '.join(map(str, paths))}")
     runs = pd.DataFrame(rows).sort_values(["optimizer", "batch_size", "lr", "lr_factor", "seed"], ignore_index=True)
@@ -130,9 +153,11 @@ def read_metrics(run: pd.Series) -> pd.DataFrame | None:
 
 
 def collect_epochs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The long per-epoch table: every row of every run's metrics.csv, with the run's identity."""
-    identity = ["run_dir", "series", "optimizer", "batch_size", "lr", "lr_factor", "seed", "status"]
-    frames = [m.assign(**run[identity]) for _, run in runs.iterrows() if (m := read_metrics(run)) is not None]
+    """The long per-epoch table: every row of every run's metrics.csv (`lr`: that epoch's last LR),
+    with the run's identity (`base_lr`: the run's `optimizer.lr`)."""
+    identity = ["run_dir", "series", "optimizer", "batch_size", "base_lr", "lr_factor", "seed", "status"]
+    frames = [m.assign(**run.rename({"lr": "base_lr"})[identity]) for _, run in runs.iterrows()
+              if (m := read_metrics(run)) is not None]
     if not frames:
         return pd.DataFrame(columns=[*identity, "epoch", "step", "train_seconds", "test_acc", "train_loss"])
     return pd.concat(frames, ignore_index=True)
@@ -172,9 +197,9 @@ def selected_lrs(cells: pd.DataFrame, select_by: str) -> pd.Index:
 def grid_edges(cells: pd.DataFrame) -> pd.Series:
     """Whether each selected LR (optimizer.lr x lr_factor) is the smallest or largest of several tried
     for its (series, batch size): the grid did not bracket the best LR there, so widen it."""
-    base_lr = cells["lr"] * cells["lr_factor"]
-    tried = base_lr.groupby([cells["series"], cells["batch_size"]])
-    at_edge = (base_lr == tried.transform("min")) | (base_lr == tried.transform("max"))
+    run_lr = cells["lr"] * cells["lr_factor"]
+    tried = run_lr.groupby([cells["series"], cells["batch_size"]])
+    at_edge = (run_lr == tried.transform("min")) | (run_lr == tried.transform("max"))
     return cells["selected"] & (tried.transform("nunique") > 1) & at_edge
 
 
@@ -279,8 +304,8 @@ def provenance(runs: pd.DataFrame) -> str:
             f"Hardware: {hardware}. Code: {distinct(runs, 'git_commit')}.")
 
 
-def write_report(paths: Iterable[Path], out: Path, target_acc: float = 0.9, select_by: str = "final_test_acc",
-                 steps: int | None = None) -> str:
+def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = None,
+                 select_by: str = "final_test_acc", steps: int | None = None) -> str:
     """Read the runs under `paths`, write tables, CSVs and figures into `out`; return the Markdown table."""
     from sngm_bench import figures  # matplotlib is imported only when figures are drawn
 
@@ -296,8 +321,9 @@ def write_report(paths: Iterable[Path], out: Path, target_acc: float = 0.9, sele
     table.to_csv(out / "table.csv")
     (out / "table.md").write_text(markdown)
     (out / "table.tex").write_text(to_latex(table))
-    chosen = cells.loc[cells["selected"], ["series", "batch_size", *LR_KEYS]]
-    selected_epochs = epochs[epochs["status"] == COMPLETED].merge(chosen, on=["series", "batch_size", *LR_KEYS])
+    keys = ["series", "batch_size", "base_lr", "lr_factor"]
+    chosen = cells.loc[cells["selected"], ["series", "batch_size", *LR_KEYS]].rename(columns={"lr": "base_lr"})
+    selected_epochs = epochs[epochs["status"] == COMPLETED].merge(chosen, on=keys)
     figures.write_all(selected_epochs, out, target_acc, steps)
     return markdown
 
@@ -307,8 +333,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="sngm-bench-report", description="Tables and figures from sngm-bench run folders (searched recursively).")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run folders or folders that hold them")
     parser.add_argument("--out", type=Path, default=Path("report"), help="folder for the files (default: report)")
-    parser.add_argument("--target-acc", type=float, default=0.9,
-                        help="test accuracy (0-1) for the time-to-target figure (default: 0.9)")
+    parser.add_argument("--target-acc", type=float,
+                        help="test accuracy (0-1) for the time-to-target figure (default: the highest accuracy, in "
+                        "whole percent, that every series reached)")
     parser.add_argument("--select-by", choices=list(SELECTION_RULES), default="final_test_acc",
                         help="per optimizer and batch size, keep the LR with the best mean of this over seeds")
     parser.add_argument("--steps", type=int, help="optimizer steps of the equal-steps view (default: the step "

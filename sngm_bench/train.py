@@ -4,8 +4,8 @@ Per epoch: train over shuffled, augmented full batches with the LR schedule step
 optimizer step, then evaluate on the whole test set. `batch_size` is global: it is split over
 the processes and, within each, into micro-batches whose gradients accumulate, so the optimizer
 always sees the mean gradient of the whole batch. Loss, accuracy and a non-finite flag add up
-on the device and are read every `log_every` steps and at the end of each epoch, so the step
-itself never waits for the host.
+on the device and are read every `log_every` steps, once early in each epoch and at its end
+(`sngm_bench.progress`), so the step itself never waits for the host.
 
 A run writes metrics.csv after every epoch, a checkpoint after every epoch and when it is
 stopped by SIGINT/SIGTERM (then after the current step), and summary.json at the start and end.
@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from sngm_bench import checkpoint, distributed, records
 from sngm_bench.config import Device, Precision, check_values
@@ -33,6 +32,7 @@ from sngm_bench.device import autocast_context
 from sngm_bench.errors import Interrupted, UserError
 from sngm_bench.models import build_model
 from sngm_bench.optim import build_optimizer
+from sngm_bench.progress import Progress, is_readout
 from sngm_bench.run_folder import FolderLock, Plan, clear_run, plan_run
 from sngm_bench.schedule import build_scheduler, peak_lr
 
@@ -102,11 +102,13 @@ def train_step(forward, optimizer, x, y, micro_batch_size: int, autocast, no_syn
     return loss_sum, correct
 
 
-def evaluate(forward, images, batch_size: int, autocast, procs) -> tuple[float, float]:
+def evaluate(forward, images, batch_size: int, autocast, procs, progress: Progress) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over `images`, each process taking a contiguous shard."""
     totals = torch.zeros(2, dtype=torch.float64, device=procs.device)  # loss sum, correct
+    batches = progress.evaluating(images.eval_batches(batch_size, procs.rank, procs.world_size),
+                                  -(-len(images) // procs.world_size), batch_size)
     with torch.no_grad():
-        for x, y in images.eval_batches(batch_size, procs.rank, procs.world_size):
+        for x, y in batches:
             with autocast:
                 logits = forward(x)
             totals[0] += F.cross_entropy(logits.float(), y, reduction="sum")
@@ -215,8 +217,7 @@ class Trainer:
                      cfg.optimizer.name, self.summary["device_name"], procs.world_size, procs.device.type,
                      self.steps_per_epoch, cfg.batch_size, self.micro_batch, self.lr)
         done = (self.epoch - 1) * self.steps_per_epoch + self.step
-        with tqdm(total=cfg.epochs * self.steps_per_epoch, initial=done, unit="step", dynamic_ncols=True,
-                  disable=None if procs.is_main else True) as progress:
+        with Progress(cfg.epochs * self.steps_per_epoch, done, procs.is_main) as progress:
             while self.epoch <= cfg.epochs:
                 outcome = self.train_epoch(stop, progress)
                 if outcome is not None:
@@ -239,7 +240,7 @@ class Trainer:
         """This process's slice of every global batch."""
         return slice(self.procs.rank * self.local_batch, (self.procs.rank + 1) * self.local_batch)
 
-    def train_epoch(self, stop: StopRequest, progress) -> dict | None:
+    def train_epoch(self, stop: StopRequest, progress: Progress) -> dict | None:
         """Train and evaluate epoch `self.epoch` from step `self.step`; a dict ends the run early."""
         cfg, procs, data = self.cfg, self.procs, self.data
         epoch, start = self.epoch, time.perf_counter()
@@ -256,16 +257,15 @@ class Trainer:
         batches = data.train.train_batches(cfg.seed, epoch, cfg.batch_size, self.shard(), self.step)
         for self.step, (x, y) in enumerate(batches, self.step + 1):
             lr = self.train_batch(x, y, totals)
-            progress.update()
-            at_check = self.step % cfg.log_every == 0 or self.step == self.steps_per_epoch
+            progress.step()
+            at_check = is_readout(self.step, cfg.log_every, self.steps_per_epoch)
             if at_check:
                 loss_sum, correct_sum, nonfinite = totals.tolist()
                 if procs.any(nonfinite > 0):
                     return self.diverged("non-finite training loss")
                 seen = self.step * self.local_batch
-                progress.set_description(f"epoch {epoch}/{cfg.epochs}", refresh=False)
-                progress.set_postfix(loss=f"{loss_sum / self.step:.3f}", acc=f"{correct_sum / seen:.3f}",
-                                     lr=f"{lr:.3g}", img_s=f"{seen * procs.world_size / (time.perf_counter() - start):.0f}")
+                progress.show(epoch, cfg.epochs, loss_sum / self.step, correct_sum / seen, lr,
+                              seen * procs.world_size / (time.perf_counter() - start))
             if (stop.signum is not None) if procs.world_size == 1 else (at_check and procs.any(stop.signum is not None)):
                 stopping = True
                 if self.step < self.steps_per_epoch:
@@ -280,7 +280,8 @@ class Trainer:
         train_seconds = seconds_before + time.perf_counter() - start
         if not _parameters_finite(self.model):
             return self.diverged("non-finite parameters")
-        test_loss, test_acc = evaluate(self.eval_forward, data.test, cfg.eval_batch_size, self.autocast, procs)
+        test_loss, test_acc = evaluate(self.eval_forward, data.test, cfg.eval_batch_size, self.autocast, procs,
+                                       progress)
         row = {
             "epoch": epoch, "lr": lr, "train_loss": loss_sum / (self.steps_per_epoch * procs.world_size),
             "train_acc": correct_sum / (self.steps_per_epoch * cfg.batch_size), "test_loss": test_loss,

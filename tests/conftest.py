@@ -10,6 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT.parent / "shared" / "data" / "build_cifar10.py"
+# Real ImageNet photos: ../shared/data/imagenet-sample here, .device/imagenet-sample on the GPU machine.
+IMAGENET_SAMPLE = next((p for p in (ROOT.parent / "shared" / "data" / "imagenet-sample",
+                                    ROOT / ".device" / "imagenet-sample") if p.is_dir()), None)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ def test_bench_reports_the_product_step_and_the_reference(cifar_root, monkeypatc
     cfg = compose_config(["experiment=smoke", "model.width=4", "dataset.subset=200", "batch_size=32", "device=cpu"])
     result = bench_train(cfg, steps=2, warmup=1, compare_reference=True)
     assert result["model"] == "resnet8" and result["batch_size"] == 32 and result["micro_batch_size"] == 32
+    assert result["dataset"] == "cifar10" and result["image_size"] == 32
     assert result["images_per_second"] > 0 and result["reference_images_per_second"] > 0
     assert result["throughput_vs_reference"] > 0 and result["step_ms"] > 0
     for key in ("data_fraction", "optimizer_fraction", "forward_backward_fraction"):

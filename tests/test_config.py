@@ -83,6 +83,9 @@ def test_data_root_defaults_to_env(monkeypatch):
     (["batch_size=[1,"], False, "cannot parse the overrides"),
     (["-m", "optimizer=sngm,msgd", "optimizer.nesterov=true"], True,
      "unknown key 'optimizer.nesterov'"),
+    (["optimizer.momentun=0.5"], False, "; did you mean 'optimizer.momentum'?"),
+    (["lr=0.5"], False, "; did you mean 'optimizer.lr'?"),
+    (["optimizer=msdg"], False, "choose one of lamb, lars, msgd, sngm; did you mean 'msgd'?"),
 ])
 def test_bad_overrides_name_key_and_allowed_values(overrides, multirun, expected):
     overrides = [o for o in overrides if o != "-m"]
@@ -116,3 +119,28 @@ def test_value_errors_found_at_run_time_are_one_line_too(tmp_path, cifar_root):
     assert result.returncode == 2
     assert "CIFAR-10 not found" in result.stderr and "dataset.download=true" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_is_the_tools_own(tmp_path):
+    """--help describes the tool, lists the groups a user picks (not schema/*), examples and results."""
+    result = run_cli(["--help"], cwd=tmp_path)
+    assert result.returncode == 0
+    out = result.stdout
+    assert out.startswith("sngm-bench: train ResNets") and "powered by Hydra" not in out
+    for group in ["dataset", "experiment", "model", "optimizer", "schedule"]:
+        options = sorted(p.stem for p in (ROOT / "configs" / group).glob("*.yaml"))
+        assert f"  {group}: {', '.join(options)}\n" in out
+    assert "schema" not in out
+    examples = [line for line in out.splitlines() if line.startswith("  sngm-bench ")]
+    assert len(examples) == 5
+    assert "multirun/<experiment name>/<overrides>" in out and "sngm-bench-report" in out
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_version_names_sngm_bench_torch_and_hydra(tmp_path):
+    from importlib import metadata
+
+    result = run_cli(["--version"], cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.strip() == (f"sngm-bench {metadata.version('sngm-bench')} (torch "
+                                     f"{metadata.version('torch')}, hydra-core {metadata.version('hydra-core')})")

@@ -11,10 +11,9 @@ from sngm_bench.config import compose_config
 from sngm_bench.data import build_data
 from sngm_bench.data.imagenet import MEAN, STD, find_images
 from sngm_bench.errors import UserError
-from conftest import ROOT, run_cli
+from conftest import IMAGENET_SAMPLE as SAMPLE, run_cli
 
-SAMPLE = ROOT.parent / "shared" / "data" / "imagenet-sample"
-pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"needs the real ImageNet sample at {SAMPLE}")
+pytestmark = pytest.mark.skipif(SAMPLE is None, reason="needs the real ImageNet sample (../shared/data/imagenet-sample)")
 
 
 def data(*overrides):
@@ -92,11 +91,3 @@ def test_wrong_layout_from_the_command_line(tmp_path):
         f"sngm-bench: error: ImageNet layout not found: no train/ under {tmp_path}; expected {tmp_path}/train/"
         "<wnid>/*.JPEG (train/ and val/ class folders under dataset.root)"]
 
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU JPEG decoding needs a CUDA GPU")
-def test_gpu_decode_matches_the_cpu_pipeline_shapes():
-    cfg = compose_config(["dataset=imagenet", f"dataset.root={SAMPLE}", "dataset.gpu_decode=true",
-                          "dataset.image_size=64", "dataset.workers=2"])
-    val = build_data(cfg.dataset, torch.device("cuda")).test
-    x, y = next(val.eval_batches(20))
-    assert x.shape == (20, 3, 64, 64) and x.is_cuda and y.is_cuda

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
@@ -128,3 +129,56 @@ def test_cli_on_an_empty_or_wrong_folder_fails_in_one_line(tmp_path, folder):
     assert result.returncode != 0
     assert result.stderr.startswith("sngm-bench-report: error: ") and result.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+TINIEST = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]
+
+
+def test_folders_holding_the_same_run_count_once_and_epochs_keep_their_lr(tmp_path, cifar_root):
+    """`optimizer.lr=0.1` is msgd's default: the second command trains the same run in another folder."""
+    for extra in [[], ["optimizer.lr=0.1"]]:
+        result = run_cli(["-m", *TINIEST, "optimizer=msgd", *extra, f"hydra.sweep.dir={tmp_path / 'runs'}"],
+                         cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+        assert result.returncode == 0, result.stderr
+    folders = sorted(p.parent for p in (tmp_path / "runs").rglob("summary.json"))
+    assert len(folders) == 2
+    out = tmp_path / "report"
+    result = subprocess.run([REPORT_CLI, str(tmp_path / "runs"), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| msgd | " in result.stdout and "(1) |" in result.stdout
+    warning = [line for line in result.stderr.splitlines() if "hold the same run" in line]
+    assert len(warning) == 1 and all(str(folder) in warning[0] for folder in folders)
+    assert pd.read_csv(out / "aggregate.csv")["n"].tolist() == [1]
+    assert len(pd.read_csv(out / "runs.csv")) == 1
+
+    epochs = pd.read_csv(out / "epochs.csv")
+    metrics = pd.read_csv(Path(epochs["run_dir"][0]) / "metrics.csv")
+    assert epochs["lr"].tolist() == metrics["lr"].tolist()  # each epoch's LR, not the base LR
+    assert epochs["lr"].tolist() != [0.1]
+    assert epochs["base_lr"].tolist() == [0.1]
+
+    # A completed copy wins over one that is not: mark the copy kept above as still running.
+    kept = Path(epochs["run_dir"][0])
+    summary = json.loads((kept / "summary.json").read_text())
+    (kept / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    assert report.collect_runs([tmp_path / "runs"])["run_dir"].tolist() == [str(f) for f in folders if f != kept]
+
+
+def test_figures_that_leave_something_out_say_so(tmp_path, cifar_root):
+    """Batch 100 and 200 on 400 images: 4 and 2 steps per epoch, so no step count has both."""
+    result = run_cli(["-m", *TINIEST[:-1], "optimizer=msgd", "batch_size=100,200", f"hydra.sweep.dir={tmp_path}/runs"],
+                     cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0, result.stderr
+
+    def report_warnings(*args):
+        result = subprocess.run([REPORT_CLI, str(tmp_path / "runs"), "--out", str(tmp_path / "report"), *args],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stderr.splitlines() if line.startswith("sngm-bench-report: warning: ")]
+
+    warnings = report_warnings("--target-acc", "0.99")
+    assert any("time_to_target has nothing to plot: no run reached 99 % test accuracy" in w for w in warnings)
+    assert any("gradient_budget's equal-steps panel (4 steps) leaves out msgd at batch 200" in w for w in warnings)
+    # The default target is one that every series reached: its figure leaves nothing out.
+    assert not any("time_to_target" in w for w in report_warnings())

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The GPU check of issue 12 in one command: `bash scripts/gpu_check.sh OUT_DIR [--dry-run]`.
+#
+# On the GPU machine, from the project root, after `source .device/bootstrap.sh` (docs/gpu.md):
+# the gpu-marked tests, a short real training run, the training-step benchmark against the
+# hand-written reference, and the optimizer-step benchmark. Everything lands in OUT_DIR as at
+# most 8 flat files, ready for results/bench/:
+#   summary.md (device, every step's status and seconds, the headline figures), log.txt (all
+#   output), pytest.xml (junit), train_metrics.csv + train_summary.json (the training run),
+#   bench_train.csv (scripts/bench_train.py rows), bench_optim.csv (scripts/bench_optim.py rows).
+# Each step has its own time limit and a failed step does not stop the others; all of them share
+# BUDGET_S (default 330 s, so that with bootstrap's ~20 s the command ends within 6 minutes). The
+# exit code is 1 if any step failed.
+#
+# `--dry-run` (or DEVICE=cpu) runs every step's command line on the CPU with tiny sizes: the same
+# scripts, overrides, CSV writers and checks, to catch a typo before GPU time is spent on it.
+#
+# Budget of a real run, estimated (no GPU has run it yet; each step's limit in brackets): pytest -m
+# gpu 75 s [120] (two torch.compiles, short CLI runs, in 4 processes), optimizer benchmark 15 s [30],
+# training 70 s [100] (compiling training and evaluation ~50 s, 36 steps, 3 evaluations), ResNet-20
+# and ResNet-56 in bf16 + compile 60 s each [70] (a compile per new batch shape), in fp32 20 s [30]
+# and 30 s [40], ResNet-50 50 s [60]: about 380 s, over the 330 s budget, so the steps run in order
+# of importance and the last ones get what is left, or are recorded as skipped; `ONLY='fp32|resnet50'`
+# then runs just those in a later call.
+
+OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR [--dry-run]}
+MODE=gpu
+if [ "${2:-}" = "--dry-run" ] || [ "${DEVICE:-cuda}" = "cpu" ]; then MODE=dry-run; fi
+TITLE="GPU check (scripts/gpu_check.sh)"
+BUDGET_S=${BUDGET_S:-$([ "$MODE" = gpu ] && echo 330 || echo 1800)}
+source "$(dirname "$0")/gpu_lib.sh"
+ROOT=$PWD
+export SNGM_DATA=${SNGM_DATA:-$HOME/.cache/sngm-bench/data}
+SAMPLE=$ROOT/.device/imagenet-sample
+[ -d "$SAMPLE" ] || SAMPLE=$(cd "$ROOT/.." && pwd)/shared/data/imagenet-sample
+FAST="precision=bf16 channels_last=true compile=true"
+
+if [ "$MODE" = gpu ]; then
+    DEVICE=cuda
+    TRAIN="epochs=3 batch_size=4096"
+    BENCH="--steps 20 --warmup 5 --batch-sizes 512 4096 8192"
+    CIFAR_SIZE=""
+    IMAGENET="batch_size=100 dataset.workers=8"
+    OPTIM="--steps 50"
+else  # tiny sizes, the same command lines
+    DEVICE=cpu
+    TRAIN="epochs=2 batch_size=100 dataset.subset=1000 model.width=8 eval_batch_size=2000"
+    BENCH="--steps 2 --warmup 1 --batch-sizes 16 32"
+    CIFAR_SIZE="model.width=4 dataset.subset=500"
+    IMAGENET="batch_size=50 dataset.workers=2 dataset.image_size=64"
+    OPTIM="--steps 2 --warmup 1 --threads 1"
+    FAST="precision=bf16 channels_last=true compile=${DRY_COMPILE:-false}"  # CPU compiles take minutes here
+    LIMIT_SCALE=${LIMIT_SCALE:-6}  # a shared 2-core CPU: bf16 there is slow
+fi
+echo "GPU check: mode $MODE, results in $OUT, scratch in $WORK; $ENVIRONMENT"
+write_summary
+
+# 1. Every CUDA path (tests/test_gpu.py); on the CPU they all skip. pytest-xdist, where installed (the
+#    GPU machine has it), runs them in 4 processes: the compile and resume tests then overlap.
+XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 4")
+step "pytest -m gpu" 120 "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider $XDIST --junitxml="$OUT/pytest.xml" tests
+
+# 2. The optimizer step on CUDA: ratios to fused and foreach SGD, on ResNet-50's and ResNet-20's parameters.
+step "bench_optim" 30 "$PY" scripts/bench_optim.py --device $DEVICE $OPTIM --csv "$OUT/bench_optim.csv"
+
+# 3. A real training run: above chance, images/s.
+step "train paper_cifar10 (fast path)" 100 \
+    bash -c "cd '$WORK' && '$PY' -m sngm_bench experiment=paper_cifar10 $TRAIN $FAST device=$DEVICE"
+step "check the training run" 20 "$PY" "$ROOT/scripts/gpu_report.py" train "$WORK/outputs/paper_cifar10" "$OUT"
+
+# 4. The product's training step against the hand-written reference (scripts/bench_train.py).
+bench() {
+    step "bench_train $1" "$2" "$PY" scripts/bench_train.py --compare-reference $BENCH --csv "$OUT/bench_train.csv" \
+        device=$DEVICE "${@:3}"
+}
+bench "resnet20 bf16+cl+compile" 70 model=resnet20 $CIFAR_SIZE $FAST
+bench "resnet56 bf16+cl+compile" 70 model=resnet56 $CIFAR_SIZE $FAST
+bench "resnet20 fp32" 30 model=resnet20 $CIFAR_SIZE
+bench "resnet56 fp32" 40 model=resnet56 $CIFAR_SIZE
+step "bench_train resnet50 imagenet-sample 224px bf16+cl+compile" 60 "$PY" scripts/bench_train.py --compare-reference \
+    ${BENCH%%--batch-sizes*} --csv "$OUT/bench_train.csv" device=$DEVICE dataset=imagenet model=resnet50 \
+    "dataset.root=$SAMPLE" $IMAGENET $FAST
+
+"$PY" scripts/gpu_report.py tables "$OUT" >"$WORK/tables.md" 2>>"$LOG" && note "$(cat "$WORK/tables.md")"
+echo "GPU check done in $(( $(date +%s) - START_S )) s; failures: $FAILED; see $OUT/summary.md"
+cat "$OUT/summary.md"
+exit $FAILED

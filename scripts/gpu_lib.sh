@@ -1,0 +1,82 @@
+# Sourced by scripts/gpu_check.sh and scripts/gpu_campaign.sh: time-boxed steps that record their
+# outcome and never stop the script, and the summary.md they fill in.
+#
+# The caller sets OUT (results folder), BUDGET_S (seconds for all steps together), TITLE, MODE and
+# LIMIT_SCALE (a factor on every step's limit, for slow dry runs), then calls `step NAME LIMIT_S
+# COMMAND...`. Each step runs under `timeout` with the smaller of its own limit and what is left of
+# the budget (ONLY=REGEX runs just the steps whose name matches; KILL_AFTER_S, default 20, is the
+# grace between the SIGTERM at the limit and a SIGKILL), its output goes to $OUT/log.txt, and its status, seconds
+# and command go to the table of $OUT/summary.md, rewritten after every step so that a killed
+# script still leaves one. `note TEXT` adds a line under the table.
+
+set -u
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+LOG=$OUT/log.txt
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sngm-gpu.XXXXXX")  # run folders and scratch, outside $OUT
+START_S=$(date +%s)
+ROWS=()
+NOTES=()
+FAILED=0
+if [ -z "${PY:-}" ]; then
+    if [ -x .venv/bin/python ]; then PY=$PWD/.venv/bin/python; else PY=$(command -v python3); fi
+fi
+: >"$LOG"
+
+environment() {
+    "$PY" - <<'EOF'
+import platform, subprocess, torch
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+print(f"device: {gpu}; torch {torch.__version__} (CUDA {torch.version.cuda}); Python {platform.python_version()}; "
+      f"commit {commit or 'unknown'}")
+EOF
+}
+ENVIRONMENT=$(environment 2>&1 | tail -1)
+
+write_summary() {
+    {
+        echo "# $TITLE"
+        echo
+        echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $ENVIRONMENT; mode: $MODE; budget ${BUDGET_S} s, used $(( $(date +%s) - START_S )) s"
+        echo
+        echo "| step | status | seconds | limit (s) | command |"
+        echo "|---|---|---|---|---|"
+        printf '%s\n' "${ROWS[@]}"
+        if [ ${#NOTES[@]} -gt 0 ]; then echo; printf '%s\n\n' "${NOTES[@]}"; fi
+    } >"$OUT/summary.md"
+}
+
+note() {
+    NOTES+=("$*")
+    write_summary
+}
+
+step() {
+    local name=$1 limit=$(( $2 * ${LIMIT_SCALE:-1} )) left status rc begin seconds
+    shift 2
+    if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return 0; fi
+    left=$(( START_S + BUDGET_S - $(date +%s) ))
+    if [ "$left" -lt "$limit" ]; then limit=$left; fi
+    if [ "$limit" -lt 10 ]; then
+        ROWS+=("| $name | skipped: budget spent | 0 | $limit | \`$*\` |")
+        FAILED=1
+        write_summary
+        return 1
+    fi
+    echo "=== $name (limit ${limit} s): $*" | tee -a "$LOG"
+    begin=$(date +%s)
+    timeout --signal=TERM --kill-after="${KILL_AFTER_S:-20}" "$limit" "$@" >>"$LOG" 2>&1
+    rc=$?
+    seconds=$(( $(date +%s) - begin ))
+    case $rc in
+        0) status=ok ;;
+        124 | 137) status="TIMEOUT" ;;
+        *) status="FAILED (exit $rc)" ;;
+    esac
+    [ "$rc" -eq 0 ] || FAILED=1
+    echo "=== $name: $status after ${seconds} s" | tee -a "$LOG"
+    ROWS+=("| $name | $status | $seconds | $limit | \`$*\` |")
+    write_summary
+    return $rc
+}

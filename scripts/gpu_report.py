@@ -1,0 +1,74 @@
+"""Results of scripts/gpu_check.sh and gpu_campaign.sh, checked and summarized.
+
+`python scripts/gpu_report.py train RUNS OUT` checks the training run under RUNS (completed, test
+accuracy above chance), prints its images/s and copies its metrics.csv and summary.json into OUT;
+`... tables OUT` prints Markdown tables of that run and of OUT's bench_train.csv and bench_optim.csv;
+`... unfinished RUNS` lists the checkpoints of the runs under RUNS that have not finished.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+CHANCE = 0.1  # CIFAR-10: ten classes
+
+
+def check_training(runs: Path, out: Path) -> int:
+    (summary_file,) = runs.glob("*/summary.json")
+    summary = json.loads(summary_file.read_text())
+    shutil.copy(summary_file, out / "train_summary.json")
+    shutil.copy(summary_file.parent / "metrics.csv", out / "train_metrics.csv")
+    metrics = pd.read_csv(summary_file.parent / "metrics.csv")
+    print(f"status {summary['status']}, final test accuracy {summary.get('final_test_acc')}, "
+          f"images/s by epoch {[round(v) for v in metrics['images_per_second']]} on {summary['device_name']}")
+    above = summary["status"] == "completed" and summary["final_test_acc"] > CHANCE
+    print("above chance" if above else f"NOT above chance ({CHANCE}) or not completed")
+    return 0 if above else 1
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    cells = frame.apply(lambda column: column.map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)))
+    return "\n".join(["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns),
+                      *("| " + " | ".join(row) + " |" for row in cells.itertuples(index=False))])
+
+
+def tables(out: Path) -> str:
+    parts = []
+    if (out / "train_summary.json").exists():
+        summary = json.loads((out / "train_summary.json").read_text())
+        metrics = pd.read_csv(out / "train_metrics.csv")
+        parts.append(f"**Training run** (`experiment=paper_cifar10`, batch {summary['batch_size']}): "
+                     f"{summary['status']}, final test accuracy {summary.get('final_test_acc')}, images/s by epoch "
+                     f"{', '.join(f'{v:.0f}' for v in metrics['images_per_second'])} (epoch 1 includes compilation), "
+                     f"{summary['wall_seconds']:.0f} s in all.")
+    if (out / "bench_train.csv").exists():
+        rows = pd.read_csv(out / "bench_train.csv")
+        columns = ["dataset", "image_size", "model", "batch_size", "precision", "channels_last", "compile", "images_per_second",
+                   "reference_images_per_second", "throughput_vs_reference", "data_fraction", "optimizer_fraction",
+                   "mfu", "peak_memory_gib"]
+        parts.append("**Training step** (scripts/bench_train.py --compare-reference)\n\n" + markdown(rows[columns]))
+    if (out / "bench_optim.csv").exists():
+        rows = pd.read_csv(out / "bench_optim.csv")
+        columns = ["parameter_set", "optimizer", "median_ms", *[c for c in rows.columns if c.startswith("vs_")]]
+        parts.append("**Optimizer step** (scripts/bench_optim.py)\n\n" + markdown(rows[columns]))
+    return "\n\n".join(parts)
+
+
+def unfinished(runs: Path) -> list[Path]:
+    """Checkpoints of the runs under `runs` that neither completed nor diverged."""
+    return [path.with_name("checkpoint.pt") for path in sorted(runs.glob("*/summary.json"))
+            if json.loads(path.read_text())["status"] not in ("completed", "diverged")
+            and path.with_name("checkpoint.pt").exists()]
+
+
+if __name__ == "__main__":
+    command, *paths = sys.argv[1:]
+    if command == "train":
+        sys.exit(check_training(Path(paths[0]), Path(paths[1])))
+    elif command == "tables":
+        print(tables(Path(paths[0])))
+    else:
+        print("\n".join(str(path) for path in unfinished(Path(paths[0]))))

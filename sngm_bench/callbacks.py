@@ -1,0 +1,149 @@
+"""What the user sees between runs, as a Hydra callback (`hydra.callbacks` in configs/config.yaml):
+one summary line at the end of each run; in a sweep, which run of how many is starting, how many
+have completed, failed or diverged, and an ETA; at the end of a sweep, a table of its runs and
+the report command to run next.
+
+Hydra calls `on_multirun_*` in the launching process and `on_job_*` in the process that runs the
+job (the same one for the basic launcher, a worker for joblib or submitit), so the sweep's state
+is read from its run folders, not kept in memory: a run of this sweep is a folder whose
+`.hydra/overrides.yaml` Hydra wrote after the sweep started, and its state is its summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from sngm_bench.records import SUMMARY_FILE
+
+log = logging.getLogger("sngm_bench")
+
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+ENDED = ("completed", "failed", "diverged")
+
+
+def sweep_size(config: DictConfig) -> int | None:
+    """How many runs the sweep launches: the product of its swept values, as the basic sweeper
+    counts them (`hydra.sweeper.params`, then the command line); None if that cannot be told."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    overrides = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    try:
+        return len(BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0])
+    except Exception:  # e.g. a sweep that only its own sweeper plugin can expand
+        return None
+
+
+def read_summary(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def percent(value: Any) -> str:
+    return f"{100 * value:.2f} %" if isinstance(value, (int, float)) else "–"
+
+
+def run_line(summary: dict, run_dir: Path) -> str:
+    """The one line that ends a run: status, accuracy, time, throughput and where its files are."""
+    status = summary.get("status", "unknown")
+    if status == "failed":
+        return f"failed: {summary.get('error', 'see train.log')}; run folder {shown(run_dir)}"
+    parts = [status]
+    if status == "diverged":
+        parts.append(f"at epoch {summary.get('diverged_epoch')}, step {summary.get('diverged_step')} "
+                     f"({summary.get('diverged_reason')})")
+    parts.append(f"final test accuracy {percent(summary.get('final_test_acc'))} "
+                 f"(best {percent(summary.get('best_test_acc'))})")
+    if summary.get("wall_seconds") is not None:
+        parts.append(f"{summary['wall_seconds']:.0f} s")
+    if summary.get("images_per_second") is not None:
+        parts.append(f"{summary['images_per_second']:.0f} images/s")
+    return f"{', '.join(parts)}; run folder {shown(run_dir)}"
+
+
+def duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+class RunReport(Callback):
+    """The end-of-run line, the sweep's progress and its closing table (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.sweep_start: float | None = None
+        self.sweep_runs: int | None = None
+        self.job_start = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweep_start, self.sweep_runs = time.time(), sweep_size(config)
+
+    def this_sweeps_runs(self, sweep_dir: Path) -> list[Path]:
+        """Run folders under `sweep_dir` that this sweep has started so far."""
+        return sorted(p.parents[1] for p in sweep_dir.glob(f"**/{OVERRIDES_FILE}")
+                      if p.stat().st_mtime >= self.sweep_start)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.job_start = time.time()
+        if self.sweep_start is None or int(os.environ.get("RANK", "0")) > 0:
+            return
+        here = Path(config.hydra.runtime.output_dir)
+        others = [d for d in self.this_sweeps_runs(Path(config.hydra.sweep.dir)) if d.resolve() != here.resolve()]
+        summaries = {d: read_summary(d) for d in others}
+        statuses = [s.get("status") for s in summaries.values()]
+        ended = sum(status in ENDED for status in statuses)
+        counts = ", ".join(f"{statuses.count(status)} {status}" for status in ENDED)
+        total = self.sweep_runs
+        # Runs that ended without training in this sweep (finished earlier) do not count towards the pace.
+        trained = sum(s.get("status") in ENDED and (d / SUMMARY_FILE).stat().st_mtime >= self.sweep_start
+                      for d, s in summaries.items())
+        eta = ""
+        if total and trained:
+            eta = f"; ETA {duration((time.time() - self.sweep_start) / trained * (total - ended))}"
+        log.info("sweep: run %d of %s (%s so far%s)", config.hydra.job.num + 1, total or "?", counts, eta)
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        if int(os.environ.get("RANK", "0")) > 0:
+            return
+        run_dir = Path(config.hydra.runtime.output_dir)
+        summary = read_summary(run_dir)
+        if not summary:
+            return
+        line = run_line(summary, run_dir)
+        if (run_dir / SUMMARY_FILE).stat().st_mtime < self.job_start:
+            line += " (finished earlier: nothing trained)"
+        log.log(logging.INFO if summary.get("status") == "completed" else logging.WARNING, line)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        runs = self.this_sweeps_runs(sweep_dir)
+        if not runs:
+            return
+        rows = [(read_summary(d).get("status", "unknown"), percent(read_summary(d).get("final_test_acc")),
+                 str(d.relative_to(sweep_dir))) for d in runs]
+        width = max(len(status) for status, _, _ in rows)
+        print(f"\nsweep of {len(runs)} runs in {shown(sweep_dir)} "
+              f"({duration(time.time() - self.sweep_start)}):")
+        print(f"  {'status':<{width}}  {'test acc':>8}  run")
+        for status, acc, name in rows:
+            print(f"  {status:<{width}}  {acc:>8}  {name}")
+        print(f"next: sngm-bench-report {shown(sweep_dir)}")

@@ -1,0 +1,87 @@
+"""What a user reads on the console: the end-of-run line, a sweep's progress and closing table,
+and when the loss is read (real CLI, tiny runs on real CIFAR-10)."""
+
+import json
+import re
+
+from conftest import run_cli
+from sngm_bench.progress import EARLY_READOUT, is_readout
+
+TINIEST = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1"]
+
+
+def test_a_sweep_shows_its_progress_each_runs_result_and_what_to_do_next(tmp_path, cifar_root):
+    args = ["-m", *TINIEST, "optimizer=msgd", "batch_size=0,100"]  # batch 0 fails at once
+    result = run_cli(args, cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 2  # a failed run makes the sweep exit non-zero
+    out = result.stdout
+    assert "sweep: run 1 of 2 (0 completed, 0 failed, 0 diverged so far)" in out
+    assert re.search(r"sweep: run 2 of 2 \(0 completed, 1 failed, 0 diverged so far; ETA \d+ s\)", out)
+
+    folder = "multirun/smoke/batch_size=100,dataset.subset=400,epochs=1,model.width=4,optimizer=msgd"
+    summary = json.loads((tmp_path / folder / "summary.json").read_text())
+    line = (f"completed, final test accuracy {100 * summary['final_test_acc']:.2f} % "
+            f"(best {100 * summary['best_test_acc']:.2f} %), {summary['wall_seconds']:.0f} s, "
+            f"{summary['images_per_second']:.0f} images/s; run folder {folder}")
+    assert line in out
+    assert "failed: batch_size=0 must be a positive integer; run folder multirun/smoke/batch_size=0," in out
+
+    table = out[out.index("sweep of 2 runs in multirun/smoke"):].splitlines()
+    assert table[1].split() == ["status", "test", "acc", "run"]
+    assert table[2].split() == ["failed", "–", folder.replace("batch_size=100", "batch_size=0").split("/")[-1]]
+    assert table[3].split() == ["completed", f"{100 * summary['final_test_acc']:.2f}", "%", folder.split("/")[-1]]
+    assert table[4] == "next: sngm-bench-report multirun/smoke"
+    # The end-of-run line is in the run's log too.
+    assert line.split("; run folder")[0] in (tmp_path / folder / "train.log").read_text()
+
+    # The same command again: the finished run is not trained, and says so.
+    again = run_cli(args, cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)}).stdout
+    assert f"{line} (finished earlier: nothing trained)" in again
+    assert "sweep: run 2 of 2 (0 completed, 1 failed, 0 diverged so far" in again  # the failed run was retried
+
+
+def test_the_loss_is_read_early_in_each_epoch_whatever_log_every_is():
+    steps_per_epoch, log_every = 40, 1000
+    readouts = [step for step in range(1, steps_per_epoch + 1) if is_readout(step, log_every, steps_per_epoch)]
+    assert readouts == [EARLY_READOUT, steps_per_epoch]  # one host sync more per epoch, no more
+    assert [s for s in range(1, 41) if is_readout(s, 10, 40)] == [EARLY_READOUT, 10, 20, 30, 40]
+
+
+def run_in_terminal(args, cwd, env_extra, timeout=600) -> str:
+    """`python -m sngm_bench ARGS` on a pseudo-terminal 150 columns wide (so tqdm draws its bars);
+    returns everything it printed."""
+    import fcntl
+    import os
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "sngm_bench", *args], cwd=cwd, stdout=slave, stderr=slave,
+                               env={**os.environ, **env_extra})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(timeout=timeout) == 0
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_log_lines_are_printed_above_the_bar_not_onto_it(tmp_path, cifar_root):
+    out = run_in_terminal([*TINIEST, "dataset.subset=1000", "batch_size=100", "log_every=1000"], tmp_path,
+                          {"SNGM_DATA": str(cifar_root)})
+    assert "step/s" in out or "s/step" in out  # the bar was drawn
+    assert "evaluating:" in out  # and the evaluation's bar
+    assert f"| {EARLY_READOUT}/10 [" in out and "loss=" in out  # a loss before the epoch's end
+    log_lines = [m.start() for m in re.finditer(r"\[\d{4}-\d\d-\d\d [\d:,]+\]\[sngm_bench", out)]
+    assert len(log_lines) >= 4
+    assert all(out[i - 1] in "\r\n" for i in log_lines), [out[i - 40:i + 20] for i in log_lines]

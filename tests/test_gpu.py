@@ -1,0 +1,206 @@
+"""The CUDA paths on a real GPU: `pytest -m gpu` (skipped without CUDA; `scripts/gpu_check.sh` runs
+them first on the GPU machine). Optimizer steps on CUDA against the float64 references of
+test_optimizers, fused SGD for MSGD, the bf16 + channels_last + compile training path, DDP over
+nccl, GPU JPEG decoding, and a checkpoint written on the GPU and resumed."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from sngm_bench.config import compose_config
+from sngm_bench.data import build_data
+from sngm_bench.models.cifar_resnet import CifarResNet
+from sngm_bench.optim import build_optimizer
+from sngm_bench.train import train_step
+from conftest import IMAGENET_SAMPLE, run_cli
+from test_optimizers import CASES, factory_optimizer, make_problem, options_per_tensor, run, small_model
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+CUDA = torch.device("cuda")
+TINY = ["experiment=smoke", "model.width=8", "dataset.subset=4000", "device=cuda"]
+
+
+def one_run(root):
+    (run_dir,) = root.iterdir()
+    return run_dir, json.loads((run_dir / "summary.json").read_text()), pd.read_csv(run_dir / "metrics.csv")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("case", CASES)
+def test_optimizer_step_on_cuda_matches_float64_reference(case, dtype):
+    # On CUDA, foreach ops are fused multi-tensor kernels, and our optimizers take the branches
+    # for them (momentum_update_'s lerp form, 0-dim device scalars): the same equations must hold.
+    cls, defaults, group_options, reference = CASES[case]
+    weights, grad_steps = make_problem(steps=7 if dtype == torch.float64 else 3, dtype=dtype)  # as on the CPU
+    on_gpu = lambda tensors: [t.to(CUDA) for t in tensors]  # noqa: E731
+    params, optimizer = run(lambda groups: cls(groups, **defaults), on_gpu(weights),
+                            [on_gpu(grads) for grads in grad_steps], group_options)
+    assert all(p.is_cuda and p.dtype == dtype for p in params)
+    assert all(s.is_cuda for p in params for s in optimizer.state[p].values() if torch.is_tensor(s) and s.ndim)
+    expected = reference([w.double() for w in weights], [[g.double() for g in gs] for gs in grad_steps],
+                         options_per_tensor(defaults, group_options))
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for param, want in zip(params, expected):
+        torch.testing.assert_close(param.detach().cpu().double(), want, **tol)
+
+
+def test_msgd_is_fused_sgd_on_cuda_and_steps_like_foreach_on_cpu():
+    cpu_model = small_model()
+    gpu_model = copy.deepcopy(cpu_model).to(CUDA)
+    on_cpu, _ = factory_optimizer("msgd", cpu_model)
+    on_gpu, _ = factory_optimizer("msgd", gpu_model)
+    assert on_gpu.defaults["fused"] and not on_gpu.defaults["foreach"]
+    assert on_cpu.defaults["foreach"] and not on_cpu.defaults["fused"]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        for p, q in zip(cpu_model.parameters(), gpu_model.parameters()):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.to(CUDA)
+        on_cpu.step()
+        on_gpu.step()
+    for p, q in zip(cpu_model.parameters(), gpu_model.parameters()):
+        torch.testing.assert_close(q.detach().cpu(), p.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_channels_last_compile_run_learns_on_cuda(tmp_path, cifar_root):
+    # The fast path end to end: bf16 autocast, channels_last data and model, torch.compile of the
+    # training and evaluation forward passes, fp32 master weights in the checkpoint.
+    result = run_cli([*TINY, "epochs=3", "batch_size=100", "precision=bf16", "channels_last=true", "compile=true"],
+                     cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir, summary, _ = one_run(tmp_path / "outputs" / "smoke")
+    assert summary["status"] == "completed" and summary["device_name"] == torch.cuda.get_device_name(0)
+    assert summary["final_test_acc"] > 0.2  # chance is 0.10; test_train's fp32 CPU run of this config clears 0.22
+    model = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    assert all(t.dtype in (torch.float32, torch.int64) for t in model.values())
+
+
+def test_ddp_over_nccl_with_one_process_equals_plain_training(tmp_path):
+    # One GPU cannot hold two nccl ranks, so the product's DDP path (world_size > 1) is exercised
+    # here with a one-process nccl group: DDP's all-reduce, its no_sync on accumulation
+    # micro-batches and the product's train_step give the step of the plain model.
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = CifarResNet(8, width=8).to(CUDA)
+        replica = copy.deepcopy(model)
+        ddp = DistributedDataParallel(replica, device_ids=[torch.cuda.current_device()])
+        cfg = compose_config(["optimizer=sngm"]).optimizer
+        plain_opt, ddp_opt = build_optimizer(cfg, model, 0.05), build_optimizer(cfg, replica, 0.05)
+        x, y = torch.randn(64, 3, 32, 32, device=CUDA), torch.randint(0, 10, (64,), device=CUDA)
+        for _ in range(3):
+            plain_loss, _ = train_step(model, plain_opt, x, y, 16, nullcontext())
+            ddp_loss, _ = train_step(ddp, ddp_opt, x, y, 16, nullcontext(), ddp.no_sync)
+        for a, b in zip(model.parameters(), replica.parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ddp_loss, plain_loss, rtol=1e-4, atol=1e-5)
+        total = torch.full((3,), 2.0, device=CUDA)
+        dist.all_reduce(total)
+        assert total.tolist() == [2.0, 2.0, 2.0]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_torchrun_one_process_trains_on_cuda(tmp_path, cifar_root):
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+                             "-m", "sngm_bench", *TINY, "epochs=1", "batch_size=200"], cwd=tmp_path,
+                            env={**os.environ, "SNGM_DATA": str(cifar_root)}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, summary, _ = one_run(tmp_path / "outputs" / "smoke")
+    assert summary["status"] == "completed" and summary["world_size"] == 1 and summary["device"] == "cuda"
+
+
+needs_sample = pytest.mark.skipif(IMAGENET_SAMPLE is None, reason="needs the ImageNet sample (../shared/data or .device)")
+
+
+@needs_sample
+def test_gpu_decode_gives_the_cpu_pipeline_images():
+    def batches(device, gpu_decode):
+        cfg = compose_config(["dataset=imagenet", f"dataset.root={IMAGENET_SAMPLE}", "dataset.workers=2",
+                              f"dataset.gpu_decode={gpu_decode}"])
+        return list(build_data(cfg.dataset, torch.device(device)).test.eval_batches(50))
+
+    on_cpu, on_gpu = batches("cpu", False), batches("cuda", True)
+    assert all(x.is_cuda and y.is_cuda and x.shape == (50, 3, 224, 224) for x, y in on_gpu)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255  # back to pixel levels
+    for (x_cpu, y_cpu), (x_gpu, y_gpu) in zip(on_cpu, on_gpu):
+        assert torch.equal(y_gpu.cpu(), y_cpu)
+        # nvJPEG and libjpeg round differently, and resizing differs by a level here and there.
+        assert ((x_gpu.cpu() - x_cpu) * std).abs().mean() < 3.0
+
+
+@needs_sample
+def test_resnet50_trains_with_gpu_decode(tmp_path):
+    result = run_cli(["dataset=imagenet", "model=resnet50", f"dataset.root={IMAGENET_SAMPLE}", "dataset.image_size=64",
+                      "dataset.workers=2", "dataset.gpu_decode=true", "batch_size=100", "epochs=2",
+                      "eval_batch_size=50", "device=cuda", "precision=bf16", "channels_last=true"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, summary, metrics = one_run(tmp_path / "outputs" / "default")
+    assert summary["status"] == "completed" and summary["steps_per_epoch"] == 2 and len(metrics) == 2
+    assert metrics["train_loss"].notna().all() and metrics["test_loss"].notna().all()
+
+
+# A run stopped mid-epoch and continued from its checkpoint equals an uninterrupted run, bit for
+# bit, when CUDA is asked for deterministic kernels (cuDNN picks nondeterministic convolution
+# algorithms otherwise, and two uninterrupted runs differ too).
+DETERMINISTIC = """import runpy, sys, torch
+torch.use_deterministic_algorithms(True, warn_only=True)
+sys.argv[0] = "sngm-bench"
+runpy.run_module("sngm_bench", run_name="__main__")
+"""
+RESUMABLE = ["experiment=smoke", "model.width=4", "dataset.subset=2000", "epochs=2", "batch_size=10", "log_every=5",
+             "device=cuda"]
+
+
+def test_checkpoint_written_on_gpu_resumes_to_the_uninterrupted_run(tmp_path, cifar_root):
+    (tmp_path / "deterministic.py").write_text(DETERMINISTIC)
+    env = {**os.environ, "SNGM_DATA": str(cifar_root), "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+
+    def start(folder):
+        folder.mkdir(exist_ok=True)
+        return subprocess.Popen([sys.executable, str(tmp_path / "deterministic.py"), *RESUMABLE], cwd=folder,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    straight, stopped = start(tmp_path / "straight"), start(tmp_path / "stopped")  # the GPU holds both
+    runs = tmp_path / "stopped" / "outputs" / "smoke"
+    deadline = time.time() + 300
+    while not (len(list(runs.glob("*/metrics.csv"))) == 1 and len(pd.read_csv(next(runs.glob("*/metrics.csv")))) == 1):
+        assert stopped.poll() is None, stopped.communicate()[1][-3000:]
+        assert time.time() < deadline, "epoch 1 never ended"
+        time.sleep(0.01)
+    stopped.send_signal(signal.SIGTERM)  # epoch 1 is written: the signal lands in epoch 2
+    _, stderr = stopped.communicate(timeout=120)
+    assert stopped.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    _, stderr = straight.communicate(timeout=300)
+    assert straight.returncode == 0, stderr[-3000:]
+    (run_dir,) = runs.iterdir()
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 2 and 0 < state["step"] < 200, "the signal should land mid-epoch"
+    assert all(t.is_cuda for t in torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"].values())
+
+    resumed = start(tmp_path / "stopped")
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-3000:]
+    (straight_dir,) = (tmp_path / "straight" / "outputs" / "smoke").iterdir()
+    compared = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
+    pd.testing.assert_frame_equal(pd.read_csv(straight_dir / "metrics.csv")[compared],
+                                  pd.read_csv(run_dir / "metrics.csv")[compared], check_exact=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_at"]
+    final = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    reference = torch.load(straight_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    for key, value in reference.items():
+        assert torch.equal(value, final[key]), key
