@@ -85,7 +85,7 @@ def test_data_root_defaults_to_env(monkeypatch):
      "unknown key 'optimizer.nesterov'"),
     (["optimizer.momentun=0.5"], False, "; did you mean 'optimizer.momentum'?"),
     (["lr=0.5"], False, "; did you mean 'optimizer.lr'?"),
-    (["optimizer=msdg"], False, "choose one of lamb, lars, msgd, sngm; did you mean 'msgd'?"),
+    (["optimizer=msdg"], False, "choose one of lamb, lars, msgd, sngm, sngm_layer; did you mean 'msgd'?"),
 ])
 def test_bad_overrides_name_key_and_allowed_values(overrides, multirun, expected):
     overrides = [o for o in overrides if o != "-m"]
