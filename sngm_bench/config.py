@@ -162,6 +162,7 @@ class Config:
     micro_batch_size: Optional[int] = None  # images per forward pass per process; null: see below
     max_micro_batch_size: Optional[int] = None  # null micro_batch_size: largest divisor up to this
     sync_batch_norm: bool = False  # BatchNorm statistics over all processes' micro-batches
+    noise_scale_every: Optional[int] = None  # steps between gradient-noise-scale measurements; null: off
     # Run folder: an unfinished run always continues from its checkpoint.
     resume: bool = False  # a folder holding a finished run is kept (nothing to do) instead of refused
     overwrite: bool = False  # train from scratch, replacing whatever the folder holds
@@ -172,7 +173,7 @@ def check_values(cfg: DictConfig) -> None:
     for key in ("batch_size", "epochs", "eval_batch_size", "log_every"):
         if cfg[key] <= 0:
             raise UserError(f"{key}={cfg[key]} must be a positive integer")
-    for key in ("micro_batch_size", "max_micro_batch_size"):
+    for key in ("micro_batch_size", "max_micro_batch_size", "noise_scale_every"):
         if cfg[key] is not None and cfg[key] <= 0:
             raise UserError(f"{key}={cfg[key]} must be a positive integer or null")
     if cfg.seed < 0:

@@ -1,5 +1,5 @@
-"""The figures of a report, as PNG and PDF: accuracy vs batch size, learning curves, time to a
-target accuracy, and the gradient-budget view (equal samples processed next to equal optimizer
+"""The figures of a report, as PNG and PDF: accuracy vs batch size, learning curves, time and
+optimizer steps to a target accuracy, and the gradient-budget view (equal samples processed next to equal optimizer
 steps).
 
 Input is the per-epoch frame (`report.collect_epochs`) of the completed runs at the selected
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,13 @@ def learning_curves(epochs: pd.DataFrame, colors: dict, out: Path) -> None:
 
 
 def time_to_target(epochs: pd.DataFrame, target_acc: float) -> pd.DataFrame:
-    """Per run, the first epoch with test accuracy >= target and the training seconds up to it
-    (evaluation excluded); NaN for a run that never got there."""
+    """Per run, the first epoch with test accuracy >= target, the optimizer steps and training
+    seconds up to it (evaluation excluded) and the noise scale measured then; NaN for a run that
+    never got there."""
     reached = epochs[epochs["test_acc"] >= target_acc].sort_values("epoch").groupby("run_dir").head(1)
     runs = epochs[["run_dir", "series", "batch_size"]].drop_duplicates()
-    return runs.merge(reached[["run_dir", "epoch", "train_seconds"]], on="run_dir", how="left")
+    columns = ["run_dir", "epoch", "step", "train_seconds", "noise_scale"]
+    return runs.merge(reached.reindex(columns=columns), on="run_dir", how="left")
 
 
 def default_target(epochs: pd.DataFrame) -> float:
@@ -145,6 +147,40 @@ def time_to_target_figure(epochs: pd.DataFrame, colors: dict, out: Path, target_
     figure.suptitle(f"{reached} of {len(times)} runs reached {100 * target_acc:g} % test accuracy "
                     "(k/n: mean over the k of n seeds that did)")
     save(figure, out, "time_to_target")
+
+
+def steps_to_target_figure(epochs: pd.DataFrame, colors: dict, out: Path, target_acc: float) -> None:
+    """Optimizer steps to `target_acc` against batch size, log-log (Shallue et al. 2018): per series
+    the mean over the seeds that got there, a dashed perfect-scaling line (steps ∝ 1/batch) through
+    its smallest batch, and a dotted mark on the batch axis at the measured B_simple (the noise
+    scale when the target was reached, mean over those runs; `noise_scale_every` turns it on)."""
+    times = time_to_target(epochs, target_acc)
+    reached = times[times["step"].notna()]
+    if reached.empty:
+        log.warning("no run reached %g %% test accuracy: steps_to_target not drawn (see --target-acc)",
+                    100 * target_acc)
+        return
+    figure, axes = new_figure(1)
+    ax = axes[0][0]
+    plot_vs_batch(ax, times.assign(value=times["step"]), colors, "Optimizer steps (log scale)",
+                  f"Steps to {100 * target_acc:g} % test accuracy")
+    ax.set_yscale("log")
+    for axis_ticks in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis_ticks(FuncFormatter(lambda value, _: f"{value:g}"))
+    batch_sizes = pd.Series(sorted(times["batch_size"].unique()), dtype=float)
+    low, high = ax.get_xlim()
+    for series, runs in reached.groupby("series"):
+        steps = runs.groupby("batch_size")["step"].mean()
+        ax.plot(batch_sizes, steps.iloc[0] * steps.index[0] / batch_sizes, linestyle="--", color=colors[series],
+                alpha=0.5)
+        noise_scale = runs["noise_scale"].mean()
+        if pd.notna(noise_scale):
+            ax.axvline(noise_scale, linestyle=":", color=colors[series], label=f"B_simple {noise_scale:.0f}: {series}")
+            low, high = min(low, noise_scale / 1.5), max(high, noise_scale * 1.5)
+    ax.plot([], [], linestyle="--", color="gray", label="perfect scaling (steps ∝ 1/batch)")
+    ax.set_xlim(low, high)
+    add_legend(ax)
+    save(figure, out, "steps_to_target")
 
 
 def nearest_to_steps(epochs: pd.DataFrame, steps: int) -> pd.DataFrame:
@@ -190,4 +226,5 @@ def write_all(epochs: pd.DataFrame, out: Path, target_acc: float | None, steps: 
     accuracy_vs_batch(epochs, colors, out)
     learning_curves(epochs, colors, out)
     time_to_target_figure(epochs, colors, out, target_acc)
+    steps_to_target_figure(epochs, colors, out, target_acc)
     gradient_budget(epochs, colors, out, steps)

@@ -21,6 +21,7 @@ METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 METRIC_COLUMNS = [
     "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", "images_per_second",
+    "noise_scale",  # B_simple (sngm_bench.noise_scale); empty when not measured
 ]
 
 
@@ -42,16 +43,20 @@ def read_summary(run_dir: Path) -> dict:
 
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
-    """The whole per-epoch table, rewritten after each epoch (it is small)."""
+    """The whole per-epoch table, rewritten after each epoch (it is small); None is written empty."""
+    def text(value) -> str:
+        return "" if value is None else repr(value) if isinstance(value, float) else str(value)
+
     lines = [",".join(METRIC_COLUMNS)]
     for row in rows:
-        lines.append(",".join(repr(row[c]) if isinstance(row[c], float) else str(row[c]) for c in METRIC_COLUMNS))
+        lines.append(",".join(text(row.get(c)) for c in METRIC_COLUMNS))
     write_atomic(run_dir / METRICS_FILE, "\n".join(lines) + "\n")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     with open(run_dir / METRICS_FILE) as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: (int(v) if k == "epoch" else float(v) if v else None) for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def _git(*args: str) -> str | None:

@@ -46,14 +46,16 @@ CONFIG_COLUMNS = {
     "momentum": "optimizer.momentum", "weight_decay": "optimizer.weight_decay", "schedule": "schedule.decay",
     "warmup_epochs": "schedule.warmup_epochs", "scaling": ("optimizer.scaling", "schedule.scaling"),
     "base_batch_size": ("optimizer.base_batch_size", "schedule.base_batch_size"), "batch_size": "batch_size",
-    "epochs_planned": "epochs", "seed": "seed", "precision": "precision",
+    "epochs_planned": "epochs", "seed": "seed", "precision": "precision", "norm": "optimizer.norm",
 }
 DEFAULTS = {"lr_factor": 1.0}  # the value of a column that records from before its key lack
 REQUIRED_COLUMNS = ["optimizer", "lr", "batch_size", "seed"]
 LR_KEYS = ["lr", "lr_factor"]  # together they set a run's LR; a sweep over either is an LR grid
 # Settings that, when they differ between runs, tell the table's rows (series) apart.
 SETTING_COLUMNS = ["dataset", "subset", "model", "width", "epochs_planned", "schedule", "scaling", "momentum",
-                   "weight_decay", "precision"]
+                   "weight_decay", "precision", "norm"]
+# Settings only some optimizers have (SNGM's norm): named only where set, and only when the set values differ.
+OPTIONAL_SETTINGS = {"norm"}
 # --select-by: summary value averaged over seeds -> whether larger is better.
 SELECTION_RULES = {"final_test_acc": True, "best_test_acc": True, "final_train_loss": False}
 UNREADABLE = (OSError, ValueError, TypeError, KeyError, yaml.YAMLError, OmegaConfBaseException)
@@ -129,8 +131,10 @@ def series_labels(runs: pd.DataFrame) -> pd.Series:
     (settings that are an optimizer's own, like its scaling rule or LAMB's weight decay, do not)."""
     labels = runs["optimizer"].astype(str)
     for column in SETTING_COLUMNS:
-        varies = runs.groupby("optimizer")[column].transform(lambda values: values.nunique(dropna=False) > 1)
-        labels = labels.where(~varies, labels + f" {column}=" + runs[column].astype(str))
+        optional = column in OPTIONAL_SETTINGS
+        varies = runs.groupby("optimizer")[column].transform(lambda values: values.nunique(dropna=optional) > 1)
+        named = labels.where(~varies, labels + f" {column}=" + runs[column].astype(str))
+        labels = named.where(runs[column].notna(), labels) if optional else named
     return labels
 
 
@@ -305,9 +309,9 @@ def provenance(runs: pd.DataFrame) -> str:
 
 
 def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = None,
-                 select_by: str = "final_test_acc", steps: int | None = None) -> str:
-    """Read the runs under `paths`, write tables, CSVs and figures into `out`; return the Markdown table."""
-    from sngm_bench import figures  # matplotlib is imported only when figures are drawn
+                 select_by: str = "final_test_acc", steps: int | None = None, within: float = 1.0) -> str:
+    """Read the runs under `paths`, write tables, CSVs, claims.md and figures into `out`; return the Markdown table."""
+    from sngm_bench import claims, figures  # matplotlib is imported only when figures are drawn
 
     runs = collect_runs(paths)
     epochs = collect_epochs(runs)
@@ -321,6 +325,7 @@ def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = No
     table.to_csv(out / "table.csv")
     (out / "table.md").write_text(markdown)
     (out / "table.tex").write_text(to_latex(table))
+    (out / "claims.md").write_text(claims.verdict(runs, cells, select_by, within))
     keys = ["series", "batch_size", "base_lr", "lr_factor"]
     chosen = cells.loc[cells["selected"], ["series", "batch_size", *LR_KEYS]].rename(columns={"lr": "base_lr"})
     selected_epochs = epochs[epochs["status"] == COMPLETED].merge(chosen, on=keys)
@@ -340,6 +345,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="per optimizer and batch size, keep the LR with the best mean of this over seeds")
     parser.add_argument("--steps", type=int, help="optimizer steps of the equal-steps view (default: the step "
                         "count at which the most optimizer/batch-size pairs have an evaluation)")
+    parser.add_argument("--within", type=float, default=1.0, help="claims.md: points of test accuracy within which "
+                        "a batch size keeps an optimizer's best accuracy (default: 1)")
     return parser.parse_args(argv)
 
 
@@ -347,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(format="sngm-bench-report: warning: %(message)s", level=logging.WARNING)
     try:
-        markdown = write_report(args.paths, args.out, args.target_acc, args.select_by, args.steps)
+        markdown = write_report(args.paths, args.out, args.target_acc, args.select_by, args.steps, args.within)
     except UserError as err:
         print(f"sngm-bench-report: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -31,6 +31,7 @@ from sngm_bench.data import build_data
 from sngm_bench.device import autocast_context
 from sngm_bench.errors import Interrupted, UserError
 from sngm_bench.models import build_model
+from sngm_bench.noise_scale import NoiseScale
 from sngm_bench.optim import build_optimizer
 from sngm_bench.progress import Progress, is_readout
 from sngm_bench.run_folder import FolderLock, Plan, clear_run, plan_run
@@ -77,15 +78,19 @@ def micro_batch_size(cfg: DictConfig, local_batch: int, world_size: int) -> int:
     return cfg.micro_batch_size
 
 
-def train_step(forward, optimizer, x, y, micro_batch_size: int, autocast, no_sync=nullcontext):
+def train_step(forward, optimizer, x, y, micro_batch_size: int, autocast, no_sync=nullcontext, probe=None):
     """One optimizer step on this process's batch (x, y), in micro-batches.
 
     Each micro-batch's mean loss is weighted by its share of the batch, so the accumulated
     gradient is the batch mean; under DDP, gradients are averaged over processes on the last
-    micro-batch only (`no_sync` for the others). Returns the batch's mean loss and its number
-    of correct predictions, as device tensors.
+    micro-batch only (`no_sync` for the others). A `probe` (`noise_scale.NoiseScale`, on steps
+    that measure the gradient noise scale) sees the gradient after the first micro-batch and
+    after the last. Returns the batch's mean loss and its number of correct predictions, as
+    device tensors.
     """
     optimizer.zero_grad(set_to_none=True)
+    if probe is not None:
+        micro_batch_size = probe.micro_batch_size(len(y), micro_batch_size)
     chunks = list(zip(x.split(micro_batch_size), y.split(micro_batch_size)))
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), dtype=torch.long, device=x.device)
@@ -96,8 +101,12 @@ def train_step(forward, optimizer, x, y, micro_batch_size: int, autocast, no_syn
                 logits = forward(xm)
                 loss = F.cross_entropy(logits, ym)
             (loss if share == 1 else loss * share).backward()
+        if probe is not None and i == 0:
+            probe.small(len(ym), share)
         loss_sum += loss.detach().float() * share
         correct += (logits.detach().argmax(1) == ym).sum()
+    if probe is not None:
+        probe.big()
     optimizer.step()
     return loss_sum, correct
 
@@ -148,6 +157,8 @@ class Trainer:
         self.lr = peak_lr(cfg.optimizer, cfg.batch_size, cfg.lr_factor)
         self.optimizer = build_optimizer(cfg.optimizer, model, self.lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs)
+        self.noise_scale = NoiseScale(cfg.noise_scale_every, cfg.batch_size, self.local_batch, model.parameters(),
+                                      device)
         compile_ = torch.compile if cfg.compile else (lambda module: module)
         self.eval_forward = compile_(model)
         if procs.world_size > 1:
@@ -190,7 +201,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rows": self.rows, "rng": checkpoint.capture_rng(),
             "seconds": self.seconds_before + time.perf_counter() - self.session_start,
-            "resumed_at": self.summary["resumed_at"],
+            "resumed_at": self.summary["resumed_at"], "noise_scale": self.noise_scale.state_dict(),
         })
 
     def load_checkpoint(self) -> None:
@@ -199,6 +210,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.restore_rng(state["rng"])
+        self.noise_scale.load_state_dict(state.get("noise_scale"))
         self.rows, self.epoch, self.step = state["rows"], state["epoch"], state["step"]
         self.carried, self.seconds_before = state["carried"], state["seconds"]
         self.summary["resumed_at"] = [*state["resumed_at"], {"epoch": self.epoch, "step": self.step}]
@@ -228,8 +240,9 @@ class Trainer:
         """One optimizer step on this process's share (x, y) of a global batch; adds loss,
         correct count and a non-finite flag to `totals`; returns the step's LR."""
         lr = self.optimizer.param_groups[0]["lr"]
+        probe = self.noise_scale.probe((self.epoch - 1) * self.steps_per_epoch + self.step)
         loss, correct = train_step(self.train_forward, self.optimizer, x, y, self.micro_batch, self.autocast,
-                                   self.no_sync)
+                                   self.no_sync, probe)
         self.scheduler.step()
         totals[0] += loss
         totals[1] += correct
@@ -287,6 +300,7 @@ class Trainer:
             "train_acc": correct_sum / (self.steps_per_epoch * cfg.batch_size), "test_loss": test_loss,
             "test_acc": test_acc, "epoch_seconds": seconds_before + time.perf_counter() - start,
             "images_per_second": self.steps_per_epoch * cfg.batch_size / train_seconds,
+            "noise_scale": self.noise_scale.read(procs),
         }
         self.rows.append(row)
         self.epoch, self.step = epoch + 1, 0
@@ -314,6 +328,7 @@ class Trainer:
             "best_test_acc": max((r["test_acc"] for r in rows), default=None),
             "best_epoch": max(rows, key=lambda r: r["test_acc"])["epoch"] if rows else None,
             "final_train_loss": rows[-1]["train_loss"] if rows else None,
+            "noise_scale": rows[-1].get("noise_scale") if rows else None,
             "wall_seconds": self.seconds_before + time.perf_counter() - self.session_start,
             "images_per_second": sum(r["images_per_second"] for r in rows) / len(rows) if rows else None,
         })

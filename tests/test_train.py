@@ -25,7 +25,7 @@ def test_tiny_run_learns_and_records_everything(tmp_path, cifar_root):
     config, summary, metrics = read_run(run_dir)
     assert config["optimizer"]["name"] == "sngm" and config["batch_size"] == 100
     assert list(metrics.columns) == ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                                     "epoch_seconds", "images_per_second"]
+                                     "epoch_seconds", "images_per_second", "noise_scale"]
     assert metrics["epoch"].tolist() == [1, 2, 3]
     assert summary["status"] == "completed" and summary["epochs"] == 3
     assert summary["final_test_acc"] == metrics["test_acc"].iloc[-1]

@@ -1,0 +1,300 @@
+"""The written verdict of a report, `claims.md`: per batch size the best optimizer and its margins,
+and whether the SNGM paper's claims hold on this run set (Zhao et al., arXiv 2007.13985).
+
+Every comparison uses, per optimizer and batch size, the completed seeds of the LR the report
+selected, and their final test accuracy. A margin is a difference of means over seeds with a
+two-sided 95 % Welch t interval; it is "not resolved" with fewer than two seeds on either side.
+Runs that differ in a protocol setting (dataset, model, epochs, schedule, ...) are judged
+separately, one section per protocol. The claims:
+
+1. At the same large batch (the largest batch size at which SNGM and another optimizer both
+   completed), SNGM reaches a better test accuracy than each other optimizer: supported when every
+   interval of SNGM − other lies wholly above 0, not supported when one lies wholly at or below 0.
+2. At the same number of gradient computations (equal epochs), SNGM can use a larger batch than
+   MSGD: per optimizer, the largest batch size (of those both ran) whose mean accuracy is within
+   `within` points of that optimizer's own best; supported when SNGM's is larger, not resolved when
+   both reach the largest batch run.
+3. Block-wise normalization (`optimizer.norm=layer`) does not help SNGM: not supported when some
+   interval of layer − global lies wholly above 0, supported when every one lies wholly below
+   +`within` points.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from dataclasses import dataclass
+
+import pandas as pd
+
+from sngm_bench.report import COMPLETED
+
+CONFIDENCE = 0.95
+# Run settings that define a protocol: only runs that share them are compared.
+PROTOCOL_COLUMNS = ["dataset", "subset", "model", "width", "epochs_planned", "schedule", "warmup_epochs", "scaling",
+                    "base_batch_size", "precision"]
+SUPPORTED, NOT_SUPPORTED, NOT_RESOLVED = "supported", "not supported", "not resolved"
+
+
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """Lentz's continued fraction of the regularized incomplete beta function (Numerical Recipes 6.4)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - front * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The p-quantile (p > 0.5) of Student's t with `df` (real) degrees of freedom, by bisection on
+    the two-sided tail P(|T| > t) = I_{df/(df+t²)}(df/2, 1/2) (no SciPy needed)."""
+    low, high = 0.0, 1e7
+    for _ in range(200):
+        mid = (low + high) / 2
+        if incomplete_beta(df / 2, 0.5, df / (df + mid * mid)) > 2 * (1 - p):
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+@dataclass
+class Margin:
+    """Mean of `a` − mean of `b` (points) with its Welch interval; low/high None when not resolved."""
+
+    diff: float
+    n_a: int
+    n_b: int
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def resolved(self) -> bool:
+        return self.low is not None
+
+    def __str__(self) -> str:
+        if not self.resolved:
+            seeds = f"{self.n_a} seed" if self.n_a == self.n_b == 1 else f"{self.n_a} and {self.n_b} seeds"
+            return f"{self.diff:+.2f}, not resolved with {seeds}"
+        return f"{self.diff:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
+
+
+def welch(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> Margin:
+    """mean(a) − mean(b) with its two-sided Welch t interval (none with fewer than 2 values a side)."""
+    margin = Margin(statistics.mean(a) - statistics.mean(b), len(a), len(b))
+    if len(a) < 2 or len(b) < 2:
+        return margin
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:  # identical seeds on both sides: the difference is exact
+        margin.low = margin.high = margin.diff
+        return margin
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = t_quantile(0.5 + confidence / 2, df) * math.sqrt(va + vb)
+    margin.low, margin.high = margin.diff - half, margin.diff + half
+    return margin
+
+
+@dataclass
+class Cell:
+    """One series at one batch size: the selected LR's completed seeds."""
+
+    series: str
+    optimizer: str
+    norm: str | None
+    batch_size: int
+    lr: float
+    accs: list[float]  # final test accuracy of each seed, points
+    run_dirs: list[str]
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.accs)
+
+    def __str__(self) -> str:
+        return f"{self.series} {self.mean:.2f} (n={len(self.accs)})"
+
+
+# Which optimizer a Cell (or a run row, which has the same attributes) is.
+def is_sngm(cell) -> bool:
+    return cell.optimizer == "sngm" and cell.norm != "layer"
+
+
+def is_sngm_layer(cell) -> bool:
+    return cell.optimizer == "sngm" and cell.norm == "layer"
+
+
+def is_msgd(cell) -> bool:
+    return cell.optimizer == "msgd"
+
+
+def selected_cells(runs: pd.DataFrame, cells: pd.DataFrame) -> list[Cell]:
+    """A Cell per (series, batch size) with completed runs at its selected LR."""
+    keys = ["series", "batch_size", "lr", "lr_factor"]  # the selected LR is optimizer.lr x lr_factor
+    done = runs[runs["status"] == COMPLETED].merge(cells.loc[cells["selected"], keys], on=keys)
+    return [Cell(series, first["optimizer"], first["norm"], int(batch_size), float(first["lr"] * first["lr_factor"]),
+                 [100 * acc for acc in group["final_test_acc"]], list(group["run_dir"]))
+            for (series, batch_size), group in done.groupby(["series", "batch_size"])
+            for first in [group.iloc[0]]]
+
+
+def best(cells: list[Cell], batch_size: int, which) -> Cell | None:
+    """The cell with the best mean accuracy at `batch_size` among those `which` accepts (several series of one
+    optimizer, e.g. two weight decays, count as one optimizer tuned over them)."""
+    found = [c for c in cells if c.batch_size == batch_size and which(c)]
+    return max(found, key=lambda c: c.mean, default=None)
+
+
+def per_batch(cells: list[Cell]) -> list[str]:
+    lines = ["| batch | best | runner-up | best − runner-up | best − MSGD |", "|---|---|---|---|---|"]
+    for batch_size in sorted({c.batch_size for c in cells}):
+        ranked = sorted((c for c in cells if c.batch_size == batch_size), key=lambda c: c.mean, reverse=True)
+        top = ranked[0]
+        second = ranked[1] if len(ranked) > 1 else None
+        msgd = best(ranked, batch_size, is_msgd)
+        over_second = str(welch(top.accs, second.accs)) if second else "–"
+        over_msgd = "–" if msgd is None else "(best)" if msgd is top else str(welch(top.accs, msgd.accs))
+        lines.append(f"| {batch_size} | {top} | {second or '–'} | {over_second} | {over_msgd} |")
+    return lines
+
+
+def claim_large_batch(cells: list[Cell]) -> tuple[str, list[str]]:
+    """Claim 1: at the same large batch, SNGM beats MSGD and every other large-batch method."""
+    others = [c for c in cells if c.optimizer != "sngm"]
+    common = {c.batch_size for c in cells if is_sngm(c)} & {c.batch_size for c in others}
+    if not common:
+        return NOT_RESOLVED, ["No batch size has completed runs of both SNGM and another optimizer."]
+    batch_size = max(common)
+    sngm = best(cells, batch_size, is_sngm)
+    names = sorted({c.optimizer for c in others if c.batch_size == batch_size})
+    rivals = [best(cells, batch_size, lambda c, name=name: c.optimizer == name) for name in names]
+    margins = [(rival, welch(sngm.accs, rival.accs)) for rival in rivals]
+    lines = [f"At batch {batch_size}, the largest run by SNGM and another optimizer: {sngm}."]
+    lines += [f"- SNGM − {rival.series} ({rival.mean:.2f}, n={len(rival.accs)}): {m}" for rival, m in margins]
+    beaten = [rival.series for rival, m in margins if m.resolved and m.high <= 0]
+    if beaten:
+        lines.append(f"The claim fails: at batch {batch_size}, SNGM is not better than {', '.join(beaten)}.")
+        return NOT_SUPPORTED, lines
+    if all(m.resolved and m.low > 0 for _, m in margins):
+        return SUPPORTED, lines
+    return NOT_RESOLVED, lines + ["The intervals include 0 or too few seeds ran: more seeds are needed."]
+
+
+def largest_within(cells: list[Cell], which, batch_sizes: list[int], within: float) -> tuple[int | None, float]:
+    """The largest of `batch_sizes` whose mean is within `within` points of the best mean over them;
+    a batch size without completed runs is not within."""
+    means = {b: cell.mean for b in batch_sizes if (cell := best(cells, b, which)) is not None}
+    if not means:
+        return None, math.nan
+    top = max(means.values())
+    return max(b for b, mean in means.items() if mean >= top - within), top
+
+
+def claim_larger_batch(cells: list[Cell], runs: pd.DataFrame, within: float) -> tuple[str, list[str]]:
+    """Claim 2: at equal gradient computations (equal epochs), SNGM keeps its accuracy to a larger batch than
+    MSGD. The batch sizes compared are those both ran, whatever became of the runs."""
+    tried = [{run.batch_size for run in runs.itertuples() if which(run)} for which in (is_sngm, is_msgd)]
+    batch_sizes = sorted(tried[0] & tried[1])
+    if len(batch_sizes) < 2:
+        return NOT_RESOLVED, ["SNGM and MSGD need at least two batch sizes in common (they have "
+                              f"{', '.join(map(str, batch_sizes)) or 'none'})."]
+    sngm, sngm_best = largest_within(cells, is_sngm, batch_sizes, within)
+    msgd, msgd_best = largest_within(cells, is_msgd, batch_sizes, within)
+    lines = [f"Batch sizes run by both, at equal epochs: {', '.join(map(str, batch_sizes))}. Largest batch within "
+             f"{within:g} point(s) of the optimizer's own best mean: SNGM {sngm} (best {sngm_best:.2f}), "
+             f"MSGD {msgd} (best {msgd_best:.2f}). Means over seeds; seed noise is not in this comparison."]
+    if sngm is None or msgd is None:
+        return NOT_RESOLVED, lines + ["One of them has no completed run at these batch sizes."]
+    if sngm == msgd == batch_sizes[-1]:
+        return NOT_RESOLVED, lines + [f"Both stay within {within:g} point(s) up to the largest batch run "
+                                      f"({batch_sizes[-1]}); larger batches are needed to tell them apart."]
+    if sngm > msgd:
+        return SUPPORTED, lines
+    return NOT_SUPPORTED, lines + [f"The claim fails: SNGM keeps its accuracy up to batch {sngm}, MSGD up to {msgd}."]
+
+
+def claim_block_wise(cells: list[Cell], within: float) -> tuple[str, list[str]]:
+    """Claim 3: block-wise (per-tensor) normalization does not help SNGM."""
+    batch_sizes = sorted({c.batch_size for c in cells if is_sngm_layer(c)}
+                         & {c.batch_size for c in cells if is_sngm(c)})
+    if not batch_sizes:
+        return NOT_RESOLVED, ["No batch size has completed runs of SNGM with both optimizer.norm=layer and global."]
+    margins = {b: welch(best(cells, b, is_sngm_layer).accs, best(cells, b, is_sngm).accs) for b in batch_sizes}
+    lines = [f"- batch {b}: layer − global {m}" for b, m in margins.items()]
+    helps = [b for b, m in margins.items() if m.resolved and m.low > 0]
+    if helps:
+        return NOT_SUPPORTED, lines + [f"The claim fails: block-wise normalization helps at batch "
+                                       f"{', '.join(map(str, helps))}."]
+    if all(m.resolved and m.high < within for m in margins.values()):
+        return SUPPORTED, lines + [f"At every batch size the interval excludes a gain of {within:g} point(s) or more."]
+    return NOT_RESOLVED, lines + ["Some intervals are too wide or too few seeds ran: more seeds are needed."]
+
+
+def protocol_line(runs: pd.DataFrame) -> str:
+    first = runs.iloc[0]
+    return ", ".join(f"{column}={first[column]}" for column in PROTOCOL_COLUMNS if column in runs)
+
+
+def run_list(cells: list[Cell]) -> list[str]:
+    dirs = [d for c in cells for d in c.run_dirs]
+    root = os.path.commonpath(dirs) if len(dirs) > 1 else os.path.dirname(dirs[0])
+    lines = [f"Run folders, under `{root}`:", "", "| series | batch | lr | folders |", "|---|---|---|---|"]
+    for c in sorted(cells, key=lambda c: (c.series, c.batch_size)):
+        folders = ", ".join(f"`{os.path.relpath(d, root)}`" for d in c.run_dirs)
+        lines.append(f"| {c.series} | {c.batch_size} | {c.lr:g} | {folders} |")
+    return lines
+
+
+def protocol_section(runs: pd.DataFrame, cells: pd.DataFrame, select_by: str, within: float) -> list[str]:
+    chosen = selected_cells(runs, cells)
+    lines = [f"## Protocol: {protocol_line(runs)}", ""]
+    if not chosen:
+        return lines + ["No completed runs: nothing to judge.", ""]
+    excluded = (runs["status"] != COMPLETED).sum()
+    lines += [f"{len(runs)} runs, {excluded} of them not completed (left out). Final test accuracy (%) at the last "
+              f"epoch; per optimizer and batch size the LR with the best mean {select_by} over seeds; margins are "
+              f"differences of means in points with a two-sided {100 * CONFIDENCE:g} % Welch t interval over seeds.",
+              "", "### Best optimizer per batch size", "", *per_batch(chosen), ""]
+    claims = [
+        ("At the same large batch, SNGM reaches a better test accuracy than MSGD and other large-batch methods",
+         claim_large_batch(chosen)),
+        ("At the same number of gradient computations, SNGM can use a larger batch than MSGD",
+         claim_larger_batch(chosen, runs, within)),
+        ("Block-wise normalization does not help (SNGM optimizer.norm=layer against global)",
+         claim_block_wise(chosen, within)),
+    ]
+    lines += ["### The paper's claims", ""]
+    for number, (claim, (verdict, evidence)) in enumerate(claims, 1):
+        lines += [f"{number}. **{claim}: {verdict}.**", "", *(f"   {line}" for line in evidence), ""]
+    return lines + ["### Runs", "", *run_list(chosen), ""]
+
+
+def verdict(runs: pd.DataFrame, cells: pd.DataFrame, select_by: str, within: float = 1.0) -> str:
+    """claims.md: one section per protocol among `runs` (the report's runs and aggregate cells)."""
+    lines = ["# Claims of the SNGM paper on this run set", "",
+             "Zhao, Shi, Xie, Li, \"Stochastic normalized gradient descent with momentum for large-batch training\" "
+             "(arXiv 2007.13985). Verdicts: supported, not supported, or not resolved on these runs.", ""]
+    columns = [c for c in PROTOCOL_COLUMNS if c in runs]
+    for _, group in runs.groupby(columns, dropna=False, sort=True):
+        lines += protocol_section(group, cells[cells["series"].isin(group["series"])], select_by, within)
+    return "\n".join(lines)

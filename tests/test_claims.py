@@ -1,0 +1,131 @@
+"""claims.md and the steps-to-target figure: the verdict logic on hand-made run folders whose answer
+is known, its statistics against tables, and a real tiny sweep's report."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_cli
+from sngm_bench import claims, report
+
+REPORT_CLI = str(Path(sys.executable).with_name("sngm-bench-report"))
+
+
+@pytest.mark.parametrize("p, df, expected", [(0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 10, 2.2281),
+                                             (0.95, 5, 2.0150), (0.975, 1e6, 1.9600)])
+def test_t_quantiles_match_the_tables(p, df, expected):
+    assert claims.t_quantile(p, df) == pytest.approx(expected, abs=2e-4)
+
+
+def test_t_quantile_at_real_degrees_of_freedom_integrates_to_its_level():
+    # Welch's df are real: the density of t(2.5) integrated (Simpson) over +-t_0.975 is 0.95.
+    df = 2.5
+    q = claims.t_quantile(0.975, df)
+    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    def density(t):
+        return scale * (1 + t * t / df) ** (-(df + 1) / 2)
+    n = 2000
+    h = 2 * q / n
+    total = density(-q) + density(q) + sum((4 if i % 2 else 2) * density(-q + i * h) for i in range(1, n))
+    assert total * h / 3 == pytest.approx(0.95, abs=1e-6)
+
+
+def test_welch_interval_by_hand():
+    margin = claims.welch([3.0, 5.0], [1.0, 2.0, 3.0])  # means 4 and 2; s^2 = 2 and 1
+    se2 = 2 / 2 + 1 / 3
+    df = se2**2 / ((2 / 2) ** 2 / 1 + (1 / 3) ** 2 / 2)
+    half = claims.t_quantile(0.975, df) * se2**0.5
+    assert (margin.diff, margin.low, margin.high) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
+    assert str(claims.welch([3.0], [1.0, 2.0])) == "+1.50, not resolved with 1 and 2 seeds"
+
+
+def make_run(root: Path, optimizer: str, batch_size: int, accs: list[float], norm: str | None = None) -> None:
+    """One folder per seed, as sngm-bench writes them (config and summary only), final accuracy in %."""
+    for seed, acc in enumerate(accs):
+        run_dir = root / f"{optimizer}-{norm}-{batch_size}-{seed}"
+        (run_dir / ".hydra").mkdir(parents=True)
+        optim = {"name": optimizer, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+        config = {"name": "hand", "dataset": {"name": "cifar10", "subset": None}, "model": {"name": "resnet20"},
+                  "optimizer": {**optim, **({"norm": norm} if optimizer == "sngm" else {})},
+                  "schedule": {"decay": "poly"}, "batch_size": batch_size, "epochs": 200, "seed": seed}
+        (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        (run_dir / "summary.json").write_text(json.dumps(
+            {"status": "completed", "final_test_acc": acc / 100, "best_test_acc": acc / 100, "final_train_loss": 0.1}))
+
+
+def seeds(mean: float) -> list[float]:
+    return [mean - 0.1, mean, mean + 0.1]
+
+
+def verdicts(root: Path) -> list[str]:
+    runs = report.collect_runs([root])
+    text = claims.verdict(runs, report.aggregate(runs), "final_test_acc", within=1.0)
+    return re.findall(r"^\d\. \*\*.*: (supported|not supported|not resolved)\.\*\*$", text, re.M), text
+
+
+def test_claims_that_hold(tmp_path):
+    # SNGM wins clearly at the largest batch, keeps its accuracy to 1024 where MSGD's drops after
+    # 128, and per-tensor normalization is 2 points worse everywhere.
+    for batch_size, sngm, msgd, layer in [(128, 92.0, 92.2, 90.0), (1024, 91.5, 89.0, 89.5), (4096, 85.0, 80.0, 83.0)]:
+        make_run(tmp_path, "sngm", batch_size, seeds(sngm), "global")
+        make_run(tmp_path, "sngm", batch_size, seeds(layer), "layer")
+        make_run(tmp_path, "msgd", batch_size, seeds(msgd))
+    found, text = verdicts(tmp_path)
+    assert found == ["supported"] * 3, text
+    assert "| 128 | msgd 92.20 (n=3) | sngm norm=global 92.00 (n=3) | +0.20 [" in text
+    assert "| 128 |" in text and "(best) |" in text
+    assert "SNGM 1024 (best 92.00), MSGD 128 (best 92.20)" in text
+    assert "sngm norm=layer" in text and "`sngm-layer-4096-2`" in text
+
+
+def test_claims_that_fail_are_said_to_fail(tmp_path):
+    for batch_size, sngm, msgd, layer in [(128, 92.0, 92.2, 90.0), (1024, 89.0, 91.5, 89.5), (4096, 80.0, 85.0, 83.0)]:
+        make_run(tmp_path, "sngm", batch_size, seeds(sngm), "global")
+        make_run(tmp_path, "sngm", batch_size, seeds(layer), "layer")
+        make_run(tmp_path, "msgd", batch_size, seeds(msgd))
+    found, text = verdicts(tmp_path)
+    assert found == ["not supported"] * 3, text
+    assert "The claim fails: at batch 4096, SNGM is not better than msgd." in text
+    assert "The claim fails: SNGM keeps its accuracy up to batch 128, MSGD up to 1024." in text
+    assert "The claim fails: block-wise normalization helps at batch 1024, 4096." in text
+
+
+def test_claims_without_enough_runs_are_not_resolved(tmp_path):
+    # One seed per cell; both optimizers within 1 point up to the largest batch; no norm=layer runs.
+    for batch_size, sngm, msgd in [(128, 92.0, 91.0), (1024, 91.5, 90.5)]:
+        make_run(tmp_path, "sngm", batch_size, [sngm], "global")
+        make_run(tmp_path, "msgd", batch_size, [msgd])
+    found, text = verdicts(tmp_path)
+    assert found == ["not resolved"] * 3, text
+    assert "SNGM − msgd (90.50, n=1): +1.00, not resolved with 1 seed" in text
+    assert "larger batches are needed" in text
+    assert "No batch size has completed runs of SNGM with both optimizer.norm=layer and global." in text
+
+
+def test_tiny_sweep_report_holds_claims_and_steps_to_target(tmp_path, cifar_root, caplog):
+    result = run_cli(["-m", "experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1",
+                      "batch_size=100,200", "optimizer=sngm,msgd", "noise_scale_every=1",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "report"
+    # A target of 5 %, half of chance, which every run reaches in its one epoch.
+    result = subprocess.run([REPORT_CLI, str(tmp_path / "sweep"), "--out", str(out), "--target-acc", "0.05"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    text = (out / "claims.md").read_text()
+    assert "## Protocol: dataset=cifar10, subset=400, model=resnet8, width=4, epochs_planned=1" in text
+    assert "| 100 |" in text and "| 200 |" in text and text.count("**") == 6
+    for run_dir in (tmp_path / "sweep").glob("batch_size=*"):
+        assert f"`{run_dir.name}`" in text
+    assert (out / "steps_to_target.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "steps_to_target.pdf").read_bytes().startswith(b"%PDF")
+    # Nothing reaches 100 %: no figure, and a warning says why.
+    report.write_report([tmp_path / "sweep"], tmp_path / "none", target_acc=1.0)
+    assert "no run reached 100 % test accuracy: steps_to_target not drawn" in caplog.text
+    assert not (tmp_path / "none" / "steps_to_target.png").exists()
