@@ -31,9 +31,10 @@ import pandas as pd
 from sngm_bench.report import COMPLETED
 
 CONFIDENCE = 0.95
-# Run settings that define a protocol: only runs that share them are compared.
-PROTOCOL_COLUMNS = ["dataset", "subset", "model", "width", "epochs_planned", "schedule", "warmup_epochs", "scaling",
-                    "base_batch_size", "precision"]
+# Run settings that define a protocol: only runs that share them are compared. The LR, its batch-size
+# scaling rule and base batch size are each optimizer's own (tuned per cell), not the protocol's.
+PROTOCOL_COLUMNS = ["dataset", "subset", "model", "width", "epochs_planned", "schedule", "warmup_epochs",
+                    "precision"]
 SUPPORTED, NOT_SUPPORTED, NOT_RESOLVED = "supported", "not supported", "not resolved"
 
 
