@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # A slice of the real CIFAR-10 table on the GPU, time-boxed: `bash scripts/gpu_campaign.sh OUT_DIR [--dry-run]`.
 #
-# ResNet-20, SNGM against MSGD at batch 4096, each over the same grid of base LRs (optimizer.lr at
-# batch 128, linearly scaled), at a SHORT protocol: experiment=paper_cifar10 with epochs=$EPOCHS
+# ResNet-20, SNGM against MSGD at batch 4096, each over the same lr_factor grid around its own LR
+# (optimizer.lr at batch 128, scaled to the batch by its own rule: SNGM sqrt, MSGD linear), at a SHORT protocol: experiment=paper_cifar10 with epochs=$EPOCHS
 # (default 15 instead of 200; warmup and poly decay as in the paper protocol, the decay ending at
 # the last epoch), bf16 + channels_last + compile, seed 0. One Hydra sweep in one process, in
 # $WORK/multirun/$NAME; its order puts batch sizes outermost and the LRs before the optimizers, so
 # a cut-off sweep still pairs SNGM and MSGD at every LR it reached, the middle of the grid first.
 #
-# The sweep stops at BUDGET_S (default 240 s) with SIGTERM: the run in progress checkpoints and
-# the rest wait. Into OUT_DIR (at most 7 files): summary.md, log.txt, table.md, .csv and .tex
+# The sweep stops itself 30 s before BUDGET_S (default 240 s; max_minutes, a shared deadline): the
+# run in progress checkpoints and the rest wait; SIGTERM at BUDGET_S is the fallback. Into OUT_DIR (at most 7 files): summary.md, log.txt, table.md, .csv and .tex
 # (sngm-bench-report), runs.tar.gz (every run folder without its checkpoint, for results/) and,
 # when a run was cut off, checkpoints.tar.gz (its checkpoint). CONTINUE_FROM=DIR (a folder holding
 # those two archives from an earlier call) unpacks them first, so the same command trains only
@@ -32,14 +32,15 @@ EPOCHS=${EPOCHS:-$([ "$MODE" = gpu ] && echo 15 || echo 2)}
 NAME=${NAME:-cifar10_short_${EPOCHS}ep}
 
 if [ "$MODE" = gpu ]; then
-    GRID="batch_size=${BATCHES:-4096} optimizer.lr=${LRS:-0.05,0.025,0.1,0.0125} optimizer=sngm,msgd"
+    GRID="batch_size=${BATCHES:-4096} lr_factor=${LR_FACTORS:-1,0.5,2,0.25} optimizer=sngm,msgd"
     EXTRA="device=cuda precision=bf16 channels_last=true compile=true"
 else  # tiny sizes, the same command line
-    GRID="batch_size=${BATCHES:-200} optimizer.lr=${LRS:-0.05,0.1} optimizer=sngm,msgd"
+    GRID="batch_size=${BATCHES:-200} lr_factor=${LR_FACTORS:-1,0.5} optimizer=sngm,msgd"
     EXTRA="device=cpu precision=bf16 channels_last=true compile=false dataset.subset=1000 model.width=4 eval_batch_size=2000"
     LIMIT_SCALE=${LIMIT_SCALE:-5}
 fi
-SWEEP="-m experiment=paper_cifar10 name=$NAME epochs=$EPOCHS $GRID $EXTRA"
+MAX_MINUTES=$(awk "BEGIN { print ($BUDGET_S - 30) / 60 }")
+SWEEP="-m experiment=paper_cifar10 name=$NAME epochs=$EPOCHS max_minutes=$MAX_MINUTES $GRID $EXTRA"
 echo "GPU campaign: mode $MODE, results in $OUT, runs in $WORK/multirun/$NAME; $ENVIRONMENT"
 note "Sweep (short protocol: paper_cifar10 at $EPOCHS epochs, not the paper's 200): \`sngm-bench $SWEEP\`"
 
@@ -56,7 +57,7 @@ BUDGET_S=$(( $(date +%s) - START_S + 60 ))  # the packing steps run after the ti
 
 REPORT="from sngm_bench.report import main; main()"
 step "report" 40 bash -c "cd '$WORK' && '$PY' -c '$REPORT' multirun/$NAME --out report --target-acc 0.8 && cp report/table.* '$OUT/'"
-step "archive runs" 20 tar -czf "$OUT/runs.tar.gz" -C "$WORK" --exclude=checkpoint.pt --exclude=.lock --exclude=train.log "multirun/$NAME"
+step "archive runs" 20 tar -czf "$OUT/runs.tar.gz" -C "$WORK" --exclude=checkpoint.pt --exclude=checkpoint.prev.pt --exclude=.lock --exclude=train.log "multirun/$NAME"
 UNFINISHED=$(cd "$WORK" && "$PY" "$ROOT/scripts/gpu_report.py" unfinished "multirun/$NAME")
 if [ -n "$UNFINISHED" ]; then
     step "archive checkpoints of unfinished runs" 20 tar -czf "$OUT/checkpoints.tar.gz" -C "$WORK" $UNFINISHED

@@ -31,9 +31,10 @@ import pandas as pd
 from sngm_bench.report import COMPLETED
 
 CONFIDENCE = 0.95
-# Run settings that define a protocol: only runs that share them are compared.
-PROTOCOL_COLUMNS = ["dataset", "subset", "model", "width", "epochs_planned", "schedule", "warmup_epochs", "scaling",
-                    "base_batch_size", "precision"]
+# Run settings that define a protocol: only runs that share them are compared. The LR, its batch-size
+# scaling rule and base batch size are each optimizer's own (tuned per cell), not the protocol's.
+PROTOCOL_COLUMNS = ["dataset", "subset", "model", "width", "epochs_planned", "schedule", "warmup_epochs",
+                    "precision"]
 SUPPORTED, NOT_SUPPORTED, NOT_RESOLVED = "supported", "not supported", "not resolved"
 
 
@@ -150,9 +151,9 @@ def is_msgd(cell) -> bool:
 
 def selected_cells(runs: pd.DataFrame, cells: pd.DataFrame) -> list[Cell]:
     """A Cell per (series, batch size) with completed runs at its selected LR."""
-    chosen = cells.loc[cells["selected"], ["series", "batch_size", "lr"]]
-    done = runs[runs["status"] == COMPLETED].merge(chosen, on=["series", "batch_size", "lr"])
-    return [Cell(series, first["optimizer"], first["norm"], int(batch_size), float(first["lr"]),
+    keys = ["series", "batch_size", "lr", "lr_factor"]  # the selected LR is optimizer.lr x lr_factor
+    done = runs[runs["status"] == COMPLETED].merge(cells.loc[cells["selected"], keys], on=keys)
+    return [Cell(series, first["optimizer"], first["norm"], int(batch_size), float(first["lr"] * first["lr_factor"]),
                  [100 * acc for acc in group["final_test_acc"]], list(group["run_dir"]))
             for (series, batch_size), group in done.groupby(["series", "batch_size"])
             for first in [group.iloc[0]]]

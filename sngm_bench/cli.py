@@ -89,6 +89,20 @@ def _composition_error(err: Exception, overrides: list[str]) -> UserError:
     return UserError(_first_line(err))
 
 
+def sweep_combinations(overrides: list[str]) -> list[list[str]]:
+    """The overrides of each run that `sngm-bench -m OVERRIDES` launches, expanded as Hydra's basic
+    sweeper does: the grid of the config's `hydra.sweeper.params` (set by a `+sweep=NAME` preset),
+    where a command-line value of the same key wins. Call it inside `initialize_config_module`."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    try:
+        params = compose("config", overrides=fixed, return_hydra_config=True).hydra.sweeper.params or {}
+    except (HydraException, OmegaConfBaseException) as err:
+        raise _composition_error(err, fixed) from None
+    grid = [f"{key}={value}" for key, value in params.items()]
+    return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(grid + overrides), None)[0]
+
+
 def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
     """Compose every combination the overrides describe; raise UserError on the first that fails.
     Returns the run folder (the sweep folders with -m) they will write to."""
@@ -99,8 +113,13 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise UserError(f"{sweeps[0]} is a sweep: add -m (--multirun) to run every combination")
-    combinations = BasicSweeper.split_arguments(parsed, None)[0] if sweeps else [overrides]
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        combinations = sweep_combinations(overrides)
+        if not multirun:
+            if len(combinations) > 1:
+                raise UserError("the config sweeps a grid (hydra.sweeper.params, e.g. of a +sweep preset): "
+                                "add -m (--multirun) to run it")
+            combinations = [overrides]
         folders = set()
         for combination in combinations:
             try:

@@ -90,7 +90,10 @@ class OptimizerConfig:
     """What every optimizer config has."""
 
     name: str = MISSING
-    lr: float = MISSING  # peak LR at schedule.base_batch_size
+    lr: float = MISSING  # peak LR at base_batch_size
+    # The batch-size scaling rule of lr: each optimizer config states its rule and why.
+    base_batch_size: int = 128  # lr is the peak LR at this batch size
+    scaling: Scaling = Scaling.linear  # peak LR = lr * lr_factor * scale(batch_size / base_batch_size)
     weight_decay: float = 5e-4
     decay_norm_and_bias: bool = False  # false: no weight decay on biases and normalization parameters
 
@@ -143,8 +146,6 @@ class LAMBConfig(OptimizerConfig):
 class ScheduleConfig:
     decay: Decay = Decay.poly
     warmup_epochs: float = 5.0
-    base_batch_size: int = 128  # optimizer.lr is the peak LR at this batch size
-    scaling: Scaling = Scaling.linear  # peak LR = optimizer.lr * scale(batch_size / base_batch_size)
     power: float = 2.0  # poly: (1 - progress) ** power
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of training
     gamma: float = 0.1  # step: LR factor at each milestone
@@ -159,6 +160,7 @@ class Config:
     name: str = "default"  # names the output folder; experiments set their own
     batch_size: int = 128  # global: images per optimizer step
     epochs: int = 200
+    lr_factor: float = 1.0  # multiplies optimizer.lr: one relative LR grid serves every optimizer
     seed: int = 0
     device: Device = Device.auto
     precision: Precision = Precision.fp32
@@ -192,6 +194,8 @@ def check_values(cfg: DictConfig) -> None:
     lr = optimizer_settings(cfg.optimizer).lr
     if lr <= 0:  # the other hyperparameters are checked by the optimizers themselves
         raise UserError(f"optimizer.lr={lr} must be positive")
+    if cfg.lr_factor <= 0:
+        raise UserError(f"lr_factor={cfg.lr_factor} must be positive")
 
 
 def optimizer_settings(optimizer: DictConfig) -> DictConfig:

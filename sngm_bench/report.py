@@ -40,15 +40,19 @@ CONFIG_FILE = Path(".hydra") / "config.yaml"
 HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 COMPLETED = "completed"
 
-# Report column -> key of the resolved run config.
+# Report column -> key of the resolved run config (or keys, the first found: records written before
+# the batch-size scaling rule moved from the schedule to each optimizer keep it under schedule).
 CONFIG_COLUMNS = {
     "name": "name", "dataset": "dataset.name", "subset": "dataset.subset", "model": "model.name",
-    "width": "model.width", "optimizer": "optimizer.name", "lr": "optimizer.lr", "momentum": "optimizer.momentum",
-    "weight_decay": "optimizer.weight_decay", "schedule": "schedule.decay", "warmup_epochs": "schedule.warmup_epochs",
-    "scaling": "schedule.scaling", "base_batch_size": "schedule.base_batch_size", "batch_size": "batch_size",
+    "width": "model.width", "optimizer": "optimizer.name", "lr": "optimizer.lr", "lr_factor": "lr_factor",
+    "momentum": "optimizer.momentum", "weight_decay": "optimizer.weight_decay", "schedule": "schedule.decay",
+    "warmup_epochs": "schedule.warmup_epochs", "scaling": ("optimizer.scaling", "schedule.scaling"),
+    "base_batch_size": ("optimizer.base_batch_size", "schedule.base_batch_size"), "batch_size": "batch_size",
     "epochs_planned": "epochs", "seed": "seed", "precision": "precision", "norm": "optimizer.norm",
 }
+DEFAULTS = {"lr_factor": 1.0}  # the value of a column that records from before its key lack
 REQUIRED_COLUMNS = ["optimizer", "lr", "batch_size", "seed"]
+LR_KEYS = ["lr", "lr_factor"]  # together they set a run's LR; a sweep over either is an LR grid
 # Settings that, when they differ between runs, tell the table's rows (series) apart.
 SETTING_COLUMNS = ["dataset", "subset", "model", "width", "epochs_planned", "schedule", "scaling", "momentum",
                    "weight_decay", "precision", "norm"]
@@ -76,7 +80,7 @@ def read_run(run_dir: Path) -> tuple[dict, str]:
     identity: the JSON text of what its config trains."""
     config = OmegaConf.load(run_dir / CONFIG_FILE)
     identity = json.dumps(training_config(config), sort_keys=True, default=str)
-    row = {column: OmegaConf.select(config, key, default=None) for column, key in CONFIG_COLUMNS.items()}
+    row = {column: select(config, keys, DEFAULTS.get(column)) for column, keys in CONFIG_COLUMNS.items()}
     if row["optimizer"] is None and OmegaConf.select(config, "optimizer._target_"):
         row["optimizer"] = optimizer_choice(run_dir) or config.optimizer._target_
     missing = [c for c in REQUIRED_COLUMNS if row[c] is None]
@@ -113,6 +117,14 @@ def optimizer_choice(run_dir: Path) -> str | None:
         return None
 
 
+def select(config, keys: str | tuple[str, ...], default=None):
+    """The value of the first of `keys` that `config` has, else `default`."""
+    for key in (keys,) if isinstance(keys, str) else keys:
+        if (value := OmegaConf.select(config, key, default=None)) is not None:
+            return value
+    return default
+
+
 def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:
     """One row per run found under `paths`; unreadable folders are skipped with a warning."""
     paths = list(paths)
@@ -125,19 +137,21 @@ def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:
     rows = one_row_per_run(read)
     if not rows:
         raise UserError(f"no readable sngm-bench run folders under {', '.join(map(str, paths))}")
-    runs = pd.DataFrame(rows).sort_values(["optimizer", "batch_size", "lr", "seed"], ignore_index=True)
+    runs = pd.DataFrame(rows).sort_values(["optimizer", "batch_size", "lr", "lr_factor", "seed"], ignore_index=True)
     return runs.assign(series=series_labels(runs))
 
 
 def series_labels(runs: pd.DataFrame) -> pd.Series:
-    """The optimizer, plus `key=value` for each setting that differs between the runs. (`map(str)`,
-    because `astype(str)` keeps a missing value missing in pandas 3, and with it the whole label.)"""
+    """The optimizer, plus `key=value` for each setting that differs between runs of that optimizer
+    (settings that are an optimizer's own, like its scaling rule or LAMB's weight decay, do not).
+    (`map(str)`, because `astype(str)` keeps a missing value missing in pandas 3, and with it the
+    whole label.)"""
     labels = runs["optimizer"].map(str)
     for column in SETTING_COLUMNS:
         optional = column in OPTIONAL_SETTINGS
-        if runs[column].nunique(dropna=optional) > 1:
-            named = labels + f" {column}=" + runs[column].map(str)
-            labels = named.where(runs[column].notna(), labels) if optional else named
+        varies = runs.groupby("optimizer")[column].transform(lambda values: values.nunique(dropna=optional) > 1)
+        named = labels.where(~varies, labels + f" {column}=" + runs[column].map(str))
+        labels = named.where(runs[column].notna(), labels) if optional else named
     return labels
 
 
@@ -162,7 +176,7 @@ def read_metrics(run: pd.Series) -> pd.DataFrame | None:
 def collect_epochs(runs: pd.DataFrame) -> pd.DataFrame:
     """The long per-epoch table: every row of every run's metrics.csv (`lr`: that epoch's last LR),
     with the run's identity (`base_lr`: the run's `optimizer.lr`)."""
-    identity = ["run_dir", "series", "optimizer", "batch_size", "base_lr", "seed", "status"]
+    identity = ["run_dir", "series", "optimizer", "batch_size", "base_lr", "lr_factor", "seed", "status"]
     frames = [m.assign(**run.rename({"lr": "base_lr"})[identity]) for _, run in runs.iterrows()
               if (m := read_metrics(run)) is not None]
     if not frames:
@@ -178,8 +192,9 @@ def status_counts(statuses: pd.Series) -> str:
 
 def aggregate(runs: pd.DataFrame, select_by: str = "final_test_acc") -> pd.DataFrame:
     """One row per (series, batch size, LR): statistics over the completed seeds, the other runs'
-    statuses, and `selected`, true for the LR that `select_by` picks in each (series, batch size)."""
-    keys = ["series", "batch_size", "lr"]
+    statuses, `selected`, true for the LR that `select_by` picks in each (series, batch size), and
+    `grid_edge`, true where that LR is the smallest or largest tried there."""
+    keys = ["series", "batch_size", *LR_KEYS]
     completed = runs[runs["status"] == COMPLETED].reindex(columns=[*keys, "seed", *SELECTION_RULES, "peak_lr",
                                                                    "wall_seconds", "images_per_second"])
     stats = completed.groupby(keys).agg(
@@ -189,7 +204,8 @@ def aggregate(runs: pd.DataFrame, select_by: str = "final_test_acc") -> pd.DataF
         mean_images_per_second=("images_per_second", "mean"))
     cells = runs.groupby(keys).agg(runs=("status", "size"), not_completed=("status", status_counts)).join(stats)
     cells = cells.reset_index().fillna({"n": 0}).astype({"n": int})
-    return cells.assign(selected=cells.index.isin(selected_lrs(cells, select_by)))
+    cells = cells.assign(selected=cells.index.isin(selected_lrs(cells, select_by)))
+    return cells.assign(grid_edge=grid_edges(cells))
 
 
 def selected_lrs(cells: pd.DataFrame, select_by: str) -> pd.Index:
@@ -199,13 +215,29 @@ def selected_lrs(cells: pd.DataFrame, select_by: str) -> pd.Index:
     return ranked.groupby(["series", "batch_size"]).head(1).index
 
 
+def grid_edges(cells: pd.DataFrame) -> pd.Series:
+    """Whether each selected LR (optimizer.lr x lr_factor) is the smallest or largest of several tried
+    for its (series, batch size): the grid did not bracket the best LR there, so widen it."""
+    run_lr = cells["lr"] * cells["lr_factor"]
+    tried = run_lr.groupby([cells["series"], cells["batch_size"]])
+    at_edge = (run_lr == tried.transform("min")) | (run_lr == tried.transform("max"))
+    return cells["selected"] & (tried.transform("nunique") > 1) & at_edge
+
+
+def swept_lr_keys(frame: pd.DataFrame) -> list[str]:
+    """Those of optimizer.lr and lr_factor that took several values for some (series, batch size)."""
+    counts = frame.groupby(["series", "batch_size"])[LR_KEYS].nunique().max()
+    return [key for key in LR_KEYS if counts[key] > 1]
+
+
 def lr_was_swept(frame: pd.DataFrame) -> bool:
     """Whether any (series, batch size) ran more than one learning rate."""
-    return frame.groupby(["series", "batch_size"])["lr"].nunique().max() > 1
+    return bool(swept_lr_keys(frame))
 
 
-def format_cell(cell: pd.Series, show_lr: bool) -> str:
-    """'72.31 ± 0.42 (2)', then any runs that did not complete, then the chosen LR if LRs were swept."""
+def format_cell(cell: pd.Series, show_lr: list[str]) -> str:
+    """'72.31 ± 0.42 (2)', then any runs that did not complete, then the chosen value of each swept
+    LR key (`show_lr`), marked '(grid edge)' where it is the smallest or largest tried."""
     parts = []
     if cell["n"]:
         spread = f" ± {100 * cell['std_final_test_acc']:.2f}" if cell["n"] > 1 else ""
@@ -213,14 +245,15 @@ def format_cell(cell: pd.Series, show_lr: bool) -> str:
     if cell["not_completed"]:
         parts.append(cell["not_completed"])
     if show_lr:
-        parts.append(f"lr {cell['lr']:g}")
+        edge = " (grid edge)" if cell["grid_edge"] else ""
+        parts.append(" ".join(f"{key} {cell[key]:g}" for key in show_lr) + edge)
     return "; ".join(parts)
 
 
 def accuracy_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Series (rows) x batch size (columns) of the selected LRs' formatted cells; '–' where nothing ran."""
     chosen = cells[cells["selected"]]
-    text = chosen.assign(text=chosen.apply(format_cell, axis=1, show_lr=lr_was_swept(cells)))
+    text = chosen.assign(text=chosen.apply(format_cell, axis=1, show_lr=swept_lr_keys(cells)))
     table = text.pivot(index="series", columns="batch_size", values="text").fillna("–")
     table.columns = [f"batch {b}" for b in table.columns]
     table.index.name = "optimizer"
@@ -260,10 +293,36 @@ def to_latex(table: pd.DataFrame) -> str:
                       r"\end{tabular}"]) + "\n"
 
 
-def caption(runs: pd.DataFrame, select_by: str) -> str:
+def caption(runs: pd.DataFrame, cells: pd.DataFrame, select_by: str) -> str:
     rule = f"; LR chosen per cell by the best mean {select_by} over seeds" if lr_was_swept(runs) else ""
+    edge = ("; (grid edge): the chosen LR is the smallest or largest tried, so the grid may not hold the best LR"
+            if cells["grid_edge"].any() else "")
     return (f"Final test accuracy (%), mean ± std over seeds (n completed runs), {len(runs)} runs; "
-            f"runs that did not complete are counted by status{rule}.")
+            f"runs that did not complete are counted by status{rule}{edge}.")
+
+
+def distinct(runs: pd.DataFrame, column: str) -> str:
+    """The column's distinct recorded values, sorted, joined by ', ' ('?' where none is recorded)."""
+    if column not in runs:
+        return "?"
+    values = runs[column].dropna().unique()
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(values)) or "?"
+
+
+def provenance(runs: pd.DataFrame) -> str:
+    """Where the runs' numbers come from, read from their records: protocol, seeds, LR grid, hardware, code."""
+    subset = f" ({distinct(runs, 'subset')}-image training subset)" if runs["subset"].notna().any() else ""
+    protocol = (f"{distinct(runs, 'dataset')}{subset}, {distinct(runs, 'model')} width {distinct(runs, 'width')}, "
+                f"{distinct(runs, 'epochs_planned')} epochs, {distinct(runs, 'schedule')} decay after "
+                f"{distinct(runs, 'warmup_epochs')} warmup epochs, {distinct(runs, 'precision')}")
+    grids = "; ".join(
+        f"{optimizer} lr {distinct(group, 'lr')} at batch {distinct(group, 'base_batch_size')}, scaled "
+        f"{distinct(group, 'scaling')}, x lr_factor {distinct(group, 'lr_factor')}"
+        for optimizer, group in runs.groupby("series"))
+    hardware = (f"{distinct(runs, 'device_name')} x {distinct(runs, 'world_size')} process(es), "
+                f"torch {distinct(runs, 'torch_version')}")
+    return (f"Protocol: {protocol}. Seeds: {distinct(runs, 'seed')}. LR grid: {grids}. "
+            f"Hardware: {hardware}. Code: {distinct(runs, 'git_commit')}.")
 
 
 def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = None,
@@ -275,7 +334,7 @@ def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = No
     epochs = collect_epochs(runs)
     cells = aggregate(runs, select_by)
     table = accuracy_table(cells)
-    markdown = f"{caption(runs, select_by)}\n\n{to_markdown(table)}"
+    markdown = f"{caption(runs, cells, select_by)}\n\n{to_markdown(table)}"
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "runs.csv", index=False)
     epochs.to_csv(out / "epochs.csv", index=False)
@@ -284,8 +343,9 @@ def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = No
     (out / "table.md").write_text(markdown)
     (out / "table.tex").write_text(to_latex(table))
     (out / "claims.md").write_text(claims.verdict(runs, cells, select_by, within))
-    chosen = cells.loc[cells["selected"], ["series", "batch_size", "lr"]].rename(columns={"lr": "base_lr"})
-    selected_epochs = epochs[epochs["status"] == COMPLETED].merge(chosen, on=["series", "batch_size", "base_lr"])
+    keys = ["series", "batch_size", "base_lr", "lr_factor"]
+    chosen = cells.loc[cells["selected"], ["series", "batch_size", *LR_KEYS]].rename(columns={"lr": "base_lr"})
+    selected_epochs = epochs[epochs["status"] == COMPLETED].merge(chosen, on=keys)
     figures.write_all(selected_epochs, out, target_acc, steps)
     return markdown
 

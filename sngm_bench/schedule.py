@@ -1,4 +1,4 @@
-"""Learning-rate schedule: batch-size scaling of the peak LR, linear warmup, then a decay.
+"""Learning-rate schedule: the peak LR (batch-size scaling by the optimizer's rule), linear warmup, then a decay.
 
 The schedule is a `torch.optim.lr_scheduler.LambdaLR` stepped once per optimizer step, so it
 checkpoints with the standard `state_dict`.
@@ -15,15 +15,17 @@ from sngm_bench.config import Decay, Scaling
 from sngm_bench.errors import UserError
 
 
-def peak_lr(base_lr: float, batch_size: int, cfg) -> float:
-    """`base_lr` at `cfg.base_batch_size` scaled to `batch_size`: linear (Goyal et al. 2017),
-    square root (Krizhevsky 2014) or none."""
-    ratio = batch_size / cfg.base_batch_size
-    scale = {Scaling.none: 1.0, Scaling.linear: ratio, Scaling.sqrt: math.sqrt(ratio)}[Scaling(cfg.scaling)]
-    return base_lr * scale
+def peak_lr(optimizer_cfg, batch_size: int, lr_factor: float = 1.0) -> float:
+    """The optimizer's `lr` (at its `base_batch_size`) times `lr_factor`, scaled to `batch_size` by
+    the optimizer's own rule: linear (Goyal et al. 2017), square root (Krizhevsky 2014) or none."""
+    if optimizer_cfg.base_batch_size <= 0:
+        raise UserError(f"optimizer.base_batch_size={optimizer_cfg.base_batch_size} must be positive")
+    ratio = batch_size / optimizer_cfg.base_batch_size
+    scale = {Scaling.none: 1.0, Scaling.linear: ratio, Scaling.sqrt: math.sqrt(ratio)}[Scaling(optimizer_cfg.scaling)]
+    return optimizer_cfg.lr * lr_factor * scale
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg) -> float:
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int, cfg) -> float:
     """Multiplier of the peak LR at optimizer step `step` (0-based) of `total_steps`."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -42,8 +44,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg) -> float:
 def build_scheduler(optimizer: Optimizer, cfg, steps_per_epoch: int, epochs: int) -> LambdaLR:
     if cfg.warmup_epochs < 0:
         raise UserError(f"schedule.warmup_epochs={cfg.warmup_epochs} must be non-negative")
-    if cfg.base_batch_size <= 0:
-        raise UserError(f"schedule.base_batch_size={cfg.base_batch_size} must be positive")
     total = steps_per_epoch * epochs
     warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
-    return LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, cfg))
+    return LambdaLR(optimizer, lambda step: lr_multiplier(step, total, warmup, cfg))

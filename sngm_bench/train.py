@@ -133,7 +133,7 @@ class Trainer:
         if cfg.sync_batch_norm and procs.world_size > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
-        self.lr = peak_lr(cfg.optimizer.lr, cfg.batch_size, cfg.schedule)
+        self.lr = peak_lr(optimizer_settings(cfg.optimizer), cfg.batch_size, cfg.lr_factor)
         self.optimizer = build_optimizer(cfg.optimizer, model, self.lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs)
         self.noise_scale = NoiseScale(cfg.noise_scale_every, cfg.batch_size, self.local_batch, model.parameters(),
@@ -159,12 +159,13 @@ class Trainer:
             "world_size": procs.world_size,
             "micro_batch_size": self.micro_batch,
             "bn_batch_size": self.micro_batch * (procs.world_size if cfg.sync_batch_norm else 1),
+            "lr_factor": cfg.lr_factor,
             "peak_lr": self.lr,
             "steps_per_epoch": self.steps_per_epoch,
             "train_images": len(self.data.train),
             "test_images": len(self.data.test),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
+            "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True, enum_to_str=True),
             "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),  # what reruns compare
             "resumed_at": [],
             **records.environment(device),

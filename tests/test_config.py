@@ -39,9 +39,11 @@ def test_every_group_combination_composes_and_resolves():
     combinations = [[f"{g}={c}" for g, c in zip(groups, choice)]
                      for choice in itertools.product(*(options(g) for g in groups))]
     count = 0
+    variants = {"sngm_layer": "sngm"}  # option -> the optimizer it configures
     for overrides, cfg in compose_all(combinations):
+        dataset, optimizer, schedule = (o.split("=")[1] for o in (overrides[0], overrides[2], overrides[3]))
         assert [cfg.dataset.name, cfg.optimizer.name, cfg.schedule.decay.value] == [
-            o.split("=")[1] for o in (overrides[0], overrides[2], overrides[3])]
+            dataset, variants.get(optimizer, optimizer), schedule]
         assert cfg.optimizer.lr > 0 and cfg.batch_size > 0 and cfg.epochs > 0
         count += 1
     assert count == 2 * 6 * len(options("optimizer")) * 4
@@ -83,7 +85,7 @@ def test_data_root_defaults_to_env(monkeypatch):
      "unknown key 'optimizer.nesterov'"),
     (["optimizer.momentun=0.5"], False, "; did you mean 'optimizer.momentum'?"),
     (["lr=0.5"], False, "; did you mean 'optimizer.lr'?"),
-    (["optimizer=msdg"], False, "choose one of adamw, lamb, lars, msgd, nesterov, sngm; did you mean 'msgd'?"),
+    (["optimizer=msdg"], False, "choose one of adamw, lamb, lars, msgd, nesterov, sngm, sngm_layer; did you mean 'msgd'?"),
 ])
 def test_bad_overrides_name_key_and_allowed_values(overrides, multirun, expected):
     overrides = [o for o in overrides if o != "-m"]

@@ -9,7 +9,7 @@ from conftest import ROOT
 
 def test_folder_names_leave_out_exactly_the_untrained_keys():
     config = OmegaConf.load(ROOT / "configs" / "config.yaml")
-    assert list(config.hydra.job.config.override_dirname.exclude_keys) == ["experiment", *UNTRAINED_KEYS]
+    assert list(config.hydra.job.config.override_dirname.exclude_keys) == ["experiment", "sweep", *UNTRAINED_KEYS]
 
 
 def test_training_config_ignores_paths_and_logging_but_not_what_is_trained():

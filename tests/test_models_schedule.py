@@ -9,7 +9,7 @@ from torch import nn
 from sngm_bench.config import compose_config
 from sngm_bench.models import build_model
 from sngm_bench.models.cifar_resnet import BasicBlock, CifarResNet
-from sngm_bench.schedule import build_scheduler, lr_factor, peak_lr
+from sngm_bench.schedule import build_scheduler, lr_multiplier, peak_lr
 
 
 @pytest.mark.parametrize("depth, params", [(20, 269_722), (32, 464_154), (56, 853_018)])
@@ -42,20 +42,30 @@ def schedule_cfg(*overrides):
 
 def test_warmup_is_linear_then_each_decay_has_its_shape():
     poly = schedule_cfg("decay=poly", "power=2")
-    factors = [lr_factor(s, total_steps=110, warmup_steps=10, cfg=poly) for s in range(110)]
+    factors = [lr_multiplier(s, total_steps=110, warmup_steps=10, cfg=poly) for s in range(110)]
     assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
     assert factors[10] == 1.0 and factors[60] == pytest.approx(0.25)
     cosine = schedule_cfg("decay=cosine")
-    assert lr_factor(60, 110, 10, cosine) == pytest.approx(0.5)
-    assert lr_factor(10, 110, 10, schedule_cfg("decay=constant")) == lr_factor(109, 110, 10, schedule_cfg("decay=constant")) == 1
+    assert lr_multiplier(60, 110, 10, cosine) == pytest.approx(0.5)
+    assert lr_multiplier(10, 110, 10, schedule_cfg("decay=constant")) == lr_multiplier(109, 110, 10, schedule_cfg("decay=constant")) == 1
     step = schedule_cfg("decay=step", "milestones=[0.5,0.75]", "gamma=0.1")
-    assert [lr_factor(s, 100, 0, step) for s in (49, 50, 74, 75)] == pytest.approx([1, 0.1, 0.1, 0.01])
+    assert [lr_multiplier(s, 100, 0, step) for s in (49, 50, 74, 75)] == pytest.approx([1, 0.1, 0.1, 0.01])
+
+
+def optimizer_cfg(*overrides):
+    return compose_config(["optimizer=msgd", "optimizer.lr=0.1", *(f"optimizer.{o}" for o in overrides)]).optimizer
 
 
 def test_peak_lr_scaling_rules():
-    assert peak_lr(0.1, 1024, schedule_cfg("scaling=linear", "base_batch_size=128")) == pytest.approx(0.8)
-    assert peak_lr(0.1, 512, schedule_cfg("scaling=sqrt", "base_batch_size=128")) == pytest.approx(0.2)
-    assert peak_lr(0.1, 8192, schedule_cfg("scaling=none")) == 0.1
+    assert peak_lr(optimizer_cfg("scaling=linear", "base_batch_size=128"), 1024) == pytest.approx(0.8)
+    assert peak_lr(optimizer_cfg("scaling=sqrt", "base_batch_size=128"), 512) == pytest.approx(0.2)
+    assert peak_lr(optimizer_cfg("scaling=none"), 8192) == 0.1
+    assert peak_lr(optimizer_cfg("scaling=sqrt", "base_batch_size=128"), 512, lr_factor=0.5) == pytest.approx(0.1)
+
+
+def test_each_optimizer_states_its_own_scaling_rule():
+    rules = {name: compose_config([f"optimizer={name}"]).optimizer.scaling.name for name in ("msgd", "sngm", "lars", "lamb")}
+    assert rules == {"msgd": "linear", "sngm": "sqrt", "lars": "linear", "lamb": "sqrt"}
 
 
 def test_scheduler_steps_the_optimizer_lr_per_step():

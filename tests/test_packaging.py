@@ -14,7 +14,7 @@ def test_wheel_carries_configs_and_composes_outside_the_checkout(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("sngm_bench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for path in ["configs/config.yaml", "configs/experiment/smoke.yaml", "configs/optimizer/sngm.yaml",
-                 "configs/model/resnet50.yaml", "configs/schedule/poly.yaml", "cli.py", "__main__.py"]:
+                 "configs/model/resnet50.yaml", "configs/schedule/poly.yaml", "configs/sweep/smoke.yaml", "cli.py", "__main__.py"]:
         assert f"sngm_bench/{path}" in names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],

@@ -2,9 +2,9 @@
 
 A file `configs/optimizer/NAME.yaml` (or in a folder on `hydra.searchpath`) that holds `_target_`
 has no schema; its keys split in two. The benchmark's own keys, the fields of
-`config.OptimizerConfig` (`lr`, `weight_decay`, `decay_norm_and_bias`, optionally `name`), are
-typed here and used as for every optimizer: `lr` is the peak LR at `schedule.base_batch_size`,
-scaled and scheduled; `weight_decay` goes into the parameter groups, biases and normalization
+`config.OptimizerConfig` (`lr`, `base_batch_size`, `scaling`, `weight_decay`,
+`decay_norm_and_bias`, optionally `name`), are typed here and used as for every optimizer: `lr`
+is the peak LR at `base_batch_size`, scaled by the `scaling` rule and scheduled; `weight_decay` goes into the parameter groups, biases and normalization
 parameters excluded unless `decay_norm_and_bias`. Every other key is a keyword argument of the
 class, checked against its signature before anything is built, so a typo is one line, not a
 traceback.
@@ -84,7 +84,7 @@ def resolve(cfg: DictConfig) -> TargetOptimizer:
         raise UserError(f"bad value for 'optimizer.{err.key}': {str(err).splitlines()[0]}") from None
     if OmegaConf.is_missing(settings, "lr"):
         raise UserError("optimizer.lr is missing: a _target_ optimizer needs lr, the peak LR at "
-                        "schedule.base_batch_size")
+                        "optimizer.base_batch_size")
     cls = _import_class(str(items[TARGET]))
     _check_kwargs(cls, kwargs, settings.weight_decay)
     return TargetOptimizer(cls, settings, kwargs)
