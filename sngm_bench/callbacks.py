@@ -11,7 +11,6 @@ is read from its run folders, not kept in memory: a run of this sweep is a folde
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sngm_bench.records import SUMMARY_FILE
+from sngm_bench.run_folder import read_summary
 
 log = logging.getLogger("sngm_bench")
 
@@ -41,13 +41,6 @@ def sweep_size(config: DictConfig) -> int | None:
         return len(BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0])
     except Exception:  # e.g. a sweep that only its own sweeper plugin can expand
         return None
-
-
-def read_summary(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def shown(path: Path) -> str:
