@@ -58,7 +58,7 @@ def test_each_preset_composes_its_grid_at_its_protocol(preset):
 
 def test_the_command_line_wins_over_the_preset_grid():
     runs = grid(["+sweep=cifar10_paper", "seed=0,1,2", "batch_size=512"])
-    assert len(runs) == 5 * 5 * 3
+    assert len(runs) == len(CIFAR10_GRID["optimizer"]) * len(CIFAR10_GRID["lr_factor"]) * 3
     assert {run["batch_size"] for run in runs} == {"512"} and {run["seed"] for run in runs} == {"0", "1", "2"}
 
 
