@@ -246,7 +246,7 @@ class Trainer:
         """One optimizer step on this process's share (x, y) of a global batch; adds loss,
         correct count and a non-finite flag to `totals`; returns the step's LR."""
         lr = self.optimizer.param_groups[0]["lr"]
-        probe = self.noise_scale.probe((self.epoch - 1) * self.steps_per_epoch + self.step)
+        probe = self.noise_scale.probe(self.global_step)
         loss, correct = train_step(self.train_forward, self.optimizer, x, y, self.micro_batch, self.autocast,
                                    self.no_sync, probe)
         self.scheduler.step()
