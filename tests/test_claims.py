@@ -69,13 +69,18 @@ def verdicts(root: Path) -> list[str]:
     return re.findall(r"^\d\. \*\*.*: (supported|not supported|not resolved)\.\*\*$", text, re.M), text
 
 
+def make_three_arms(root: Path, cells: list[tuple[int, float, float, float]]) -> None:
+    """Runs of SNGM (global norm), SNGM (layer norm) and MSGD: (batch size, sngm, msgd, layer) mean accuracies."""
+    for batch_size, sngm, msgd, layer in cells:
+        make_run(root, "sngm", batch_size, seeds(sngm), "global")
+        make_run(root, "sngm", batch_size, seeds(layer), "layer")
+        make_run(root, "msgd", batch_size, seeds(msgd))
+
+
 def test_claims_that_hold(tmp_path):
     # SNGM wins clearly at the largest batch, keeps its accuracy to 1024 where MSGD's drops after
     # 128, and per-tensor normalization is 2 points worse everywhere.
-    for batch_size, sngm, msgd, layer in [(128, 92.0, 92.2, 90.0), (1024, 91.5, 89.0, 89.5), (4096, 85.0, 80.0, 83.0)]:
-        make_run(tmp_path, "sngm", batch_size, seeds(sngm), "global")
-        make_run(tmp_path, "sngm", batch_size, seeds(layer), "layer")
-        make_run(tmp_path, "msgd", batch_size, seeds(msgd))
+    make_three_arms(tmp_path, [(128, 92.0, 92.2, 90.0), (1024, 91.5, 89.0, 89.5), (4096, 85.0, 80.0, 83.0)])
     found, text = verdicts(tmp_path)
     assert found == ["supported"] * 3, text
     assert "| 128 | msgd 92.20 (n=3) | sngm norm=global 92.00 (n=3) | +0.20 [" in text
@@ -85,10 +90,7 @@ def test_claims_that_hold(tmp_path):
 
 
 def test_claims_that_fail_are_said_to_fail(tmp_path):
-    for batch_size, sngm, msgd, layer in [(128, 92.0, 92.2, 90.0), (1024, 89.0, 91.5, 89.5), (4096, 80.0, 85.0, 83.0)]:
-        make_run(tmp_path, "sngm", batch_size, seeds(sngm), "global")
-        make_run(tmp_path, "sngm", batch_size, seeds(layer), "layer")
-        make_run(tmp_path, "msgd", batch_size, seeds(msgd))
+    make_three_arms(tmp_path, [(128, 92.0, 92.2, 90.0), (1024, 89.0, 91.5, 89.5), (4096, 80.0, 85.0, 83.0)])
     found, text = verdicts(tmp_path)
     assert found == ["not supported"] * 3, text
     assert "The claim fails: at batch 4096, SNGM is not better than msgd." in text
