@@ -20,14 +20,9 @@
 # run of start and evaluation, the 8 runs x 15 epochs take 3-5 minutes: the time box decides how
 # much of the grid one call covers, and the same command continues the rest.
 
-OUT=${1:?usage: scripts/gpu_campaign.sh OUT_DIR [--dry-run]}
-MODE=gpu
-if [ "${2:-}" = "--dry-run" ] || [ "${DEVICE:-cuda}" = "cpu" ]; then MODE=dry-run; fi
 TITLE="GPU campaign slice (scripts/gpu_campaign.sh)"
-BUDGET_S=${BUDGET_S:-$([ "$MODE" = gpu ] && echo 240 || echo 900)}
-source "$(dirname "$0")/gpu_lib.sh"
-ROOT=$PWD
-export SNGM_DATA=${SNGM_DATA:-$HOME/.cache/sngm-bench/data}
+GPU_BUDGET_S=240 DRY_BUDGET_S=900
+source "$(dirname "$0")/gpu_lib.sh"  # reads OUT_DIR [--dry-run] from this script's arguments
 EPOCHS=${EPOCHS:-$([ "$MODE" = gpu ] && echo 15 || echo 2)}
 NAME=${NAME:-cifar10_short_${EPOCHS}ep}
 

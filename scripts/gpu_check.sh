@@ -23,14 +23,9 @@
 # of importance and the last ones get what is left, or are recorded as skipped; `ONLY='fp32|resnet50'`
 # then runs just those in a later call.
 
-OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR [--dry-run]}
-MODE=gpu
-if [ "${2:-}" = "--dry-run" ] || [ "${DEVICE:-cuda}" = "cpu" ]; then MODE=dry-run; fi
 TITLE="GPU check (scripts/gpu_check.sh)"
-BUDGET_S=${BUDGET_S:-$([ "$MODE" = gpu ] && echo 330 || echo 1800)}
-source "$(dirname "$0")/gpu_lib.sh"
-ROOT=$PWD
-export SNGM_DATA=${SNGM_DATA:-$HOME/.cache/sngm-bench/data}
+GPU_BUDGET_S=330 DRY_BUDGET_S=1800
+source "$(dirname "$0")/gpu_lib.sh"  # reads OUT_DIR [--dry-run] from this script's arguments
 SAMPLE=$ROOT/.device/imagenet-sample
 [ -d "$SAMPLE" ] || SAMPLE=$(cd "$ROOT/.." && pwd)/shared/data/imagenet-sample
 FAST="precision=bf16 channels_last=true compile=true"

@@ -1,8 +1,10 @@
 # Sourced by scripts/gpu_check.sh and scripts/gpu_campaign.sh: time-boxed steps that record their
 # outcome and never stop the script, and the summary.md they fill in.
 #
-# The caller sets OUT (results folder), BUDGET_S (seconds for all steps together), TITLE, MODE and
-# LIMIT_SCALE (a factor on every step's limit, for slow dry runs), then calls `step NAME LIMIT_S
+# The caller sets TITLE and GPU_BUDGET_S / DRY_BUDGET_S (seconds for all steps together on the GPU /
+# in a CPU dry run; BUDGET_S in the environment wins), then sources this file with the script's own
+# arguments `OUT_DIR [--dry-run]` (DEVICE=cpu also means a dry run), which sets OUT, MODE, BUDGET_S,
+# ROOT and SNGM_DATA. LIMIT_SCALE is a factor on every step's limit, for slow dry runs. Then it calls `step NAME LIMIT_S
 # COMMAND...`. Each step runs under `timeout` with the smaller of its own limit and what is left of
 # the budget (ONLY=REGEX runs just the steps whose name matches; KILL_AFTER_S, default 20, is the
 # grace between the SIGTERM at the limit and a SIGKILL), its output goes to $OUT/log.txt, and its status, seconds
@@ -10,6 +12,12 @@
 # script still leaves one. `note TEXT` adds a line under the table.
 
 set -u
+OUT=${1:?usage: $0 OUT_DIR [--dry-run]}
+MODE=gpu
+if [ "${2:-}" = "--dry-run" ] || [ "${DEVICE:-cuda}" = "cpu" ]; then MODE=dry-run; fi
+BUDGET_S=${BUDGET_S:-$([ "$MODE" = gpu ] && echo "$GPU_BUDGET_S" || echo "$DRY_BUDGET_S")}
+ROOT=$PWD
+export SNGM_DATA=${SNGM_DATA:-$HOME/.cache/sngm-bench/data}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 LOG=$OUT/log.txt
