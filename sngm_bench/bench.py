@@ -92,7 +92,12 @@ def reference_step(cfg: DictConfig, trainer: Trainer):
 
 
 def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_reference: bool = False) -> dict:
-    """Median step time of the product's step (and its parts, and the reference's) on this device."""
+    """Median step time of the product's step (and its parts, and the reference's) on this device.
+
+    torch.compile's caches are cleared first, so each call compiles for its own batch size as a
+    fresh run would: otherwise a second batch size in one process recompiles the model with a
+    symbolic batch dimension (automatic dynamic shapes), whose kernels a real run never uses."""
+    torch._dynamo.reset()
     procs = distributed.setup(Device(cfg.device))
     device = procs.device
     with tempfile.TemporaryDirectory() as scratch:
