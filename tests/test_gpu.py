@@ -169,31 +169,36 @@ def test_checkpoint_written_on_gpu_resumes_to_the_uninterrupted_run(tmp_path, ci
     (tmp_path / "deterministic.py").write_text(DETERMINISTIC)
     env = {**os.environ, "SNGM_DATA": str(cifar_root), "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 
-    def start(folder):
+    def start(folder):  # output to a file: a pipe nobody reads until the end can fill and block the run
         folder.mkdir(exist_ok=True)
-        return subprocess.Popen([sys.executable, str(tmp_path / "deterministic.py"), *RESUMABLE], cwd=folder,
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with open(folder / "output.txt", "a") as output:
+            return subprocess.Popen([sys.executable, str(tmp_path / "deterministic.py"), *RESUMABLE], cwd=folder,
+                                    env=env, stdout=output, stderr=subprocess.STDOUT)
+
+    def finish(process, folder, timeout=300):
+        process.wait(timeout=timeout)
+        return (folder / "output.txt").read_text()[-3000:]
 
     straight, stopped = start(tmp_path / "straight"), start(tmp_path / "stopped")  # the GPU holds both
     runs = tmp_path / "stopped" / "outputs" / "smoke"
     deadline = time.time() + 300
     while not (len(list(runs.glob("*/metrics.csv"))) == 1 and len(pd.read_csv(next(runs.glob("*/metrics.csv")))) == 1):
-        assert stopped.poll() is None, stopped.communicate()[1][-3000:]
+        assert stopped.poll() is None, finish(stopped, tmp_path / "stopped")
         assert time.time() < deadline, "epoch 1 never ended"
         time.sleep(0.01)
     stopped.send_signal(signal.SIGTERM)  # epoch 1 is written: the signal lands in epoch 2
-    _, stderr = stopped.communicate(timeout=120)
-    assert stopped.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    _, stderr = straight.communicate(timeout=300)
-    assert straight.returncode == 0, stderr[-3000:]
+    output = finish(stopped, tmp_path / "stopped", timeout=120)
+    assert stopped.returncode == 128 + signal.SIGTERM, output
+    output = finish(straight, tmp_path / "straight")
+    assert straight.returncode == 0, output
     (run_dir,) = runs.iterdir()
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 2 and 0 < state["step"] < 200, "the signal should land mid-epoch"
     assert all(t.is_cuda for t in torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"].values())
 
     resumed = start(tmp_path / "stopped")
-    _, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr[-3000:]
+    output = finish(resumed, tmp_path / "stopped")
+    assert resumed.returncode == 0, output
     (straight_dir,) = (tmp_path / "straight" / "outputs" / "smoke").iterdir()
     compared = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
     pd.testing.assert_frame_equal(pd.read_csv(straight_dir / "metrics.csv")[compared],
