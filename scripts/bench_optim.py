@@ -3,6 +3,7 @@
 Times one step() of MSGD, SNGM, LARS and LAMB (as their configs build them) and of
 torch.optim.SGD(momentum=0.9, foreach=True) (and fused=True on CUDA) on the ResNet-50 and
 ResNet-20 parameter sets; prints the device, the torch version, and each median and ratio.
+`--compile` adds SNGM, LARS and LAMB with their step compiled by torch.compile.
 """
 
 import argparse
@@ -21,12 +22,14 @@ parser.add_argument("--weight-decay", type=float, default=0.0,
 parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 parser.add_argument("--threads", type=int,
                     help="CPU threads (default: torch's); 1 gives steady numbers on a shared machine")
+parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                    help="also time our optimizers' steps compiled by torch.compile (default backend: inductor)")
 parser.add_argument("--csv", help="also write the rows to this CSV file")
 args = parser.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
 
-rows = bench_optimizers(args.sets, args.steps, args.warmup, args.weight_decay, args.device)
+rows = bench_optimizers(args.sets, args.steps, args.warmup, args.weight_decay, args.device, args.compile)
 print(format_table(rows))
 if args.csv:
     write_csv(rows, args.csv)

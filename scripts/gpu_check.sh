@@ -7,7 +7,8 @@
 # most 8 flat files, ready for results/bench/:
 #   summary.md (device, every step's status and seconds, the headline figures), log.txt (all
 #   output), pytest.xml (junit), train_metrics.csv + train_summary.json (the training run),
-#   bench_train.csv (scripts/bench_train.py rows), bench_optim.csv (scripts/bench_optim.py rows).
+#   bench_train.csv (scripts/bench_train.py rows), bench_optim.csv and bench_optim_compile.csv
+#   (scripts/bench_optim.py rows, eager and with our optimizers compiled).
 # Each step has its own time limit and a failed step does not stop the others; all of them share
 # BUDGET_S (default 480 s: with bootstrap's ~20 s, within 8.5 minutes). The
 # exit code is 1 if any step failed.
@@ -18,8 +19,8 @@
 # Budget, from the first GPU run (an H200, 2026-11-27, results/bench/h200-2026-11-27): pytest -m gpu
 # had 2 tests unfinished after 240 s (now each test has a 150 s limit) [200], optimizer benchmark
 # 15 s [40], ResNet-20 in bf16 + compile 70 s for three batch sizes (a compile each) [110],
-# ResNet-56 ~40 s per batch size [130], ResNet-50 [100], training 59 s [100], fp32 [40] each: about
-# 760 s, over the 480 s budget, so the steps run in order of importance and the last ones get what is
+# ResNet-56 ~40 s per batch size [130], compiled optimizer steps [150], ResNet-50 [100], training 59 s [100], fp32 [40] each: about
+# 910 s, over the 480 s budget, so the steps run in order of importance and the last ones get what is
 # left, or are recorded as skipped; `ONLY='fp32|train'` then runs just those in a later call.
 
 TITLE="GPU check (scripts/gpu_check.sh)"
@@ -36,6 +37,7 @@ if [ "$MODE" = gpu ]; then
     CIFAR_SIZE=""
     IMAGENET="batch_size=100 dataset.workers=8"
     OPTIM="--steps 50"
+    OPTIM_BACKEND=inductor
 else  # tiny sizes, the same command lines
     DEVICE=cpu
     TRAIN="epochs=2 batch_size=100 dataset.subset=1000 model.width=8 eval_batch_size=2000"
@@ -43,6 +45,7 @@ else  # tiny sizes, the same command lines
     CIFAR_SIZE="model.width=4 dataset.subset=500"
     IMAGENET="batch_size=50 dataset.workers=2 dataset.image_size=64"
     OPTIM="--steps 2 --warmup 1 --threads 1"
+    OPTIM_BACKEND=aot_eager  # inductor's CPU compile of these steps takes minutes here
     FAST="precision=bf16 channels_last=true compile=${DRY_COMPILE:-false}"  # CPU compiles take minutes here
     LIMIT_SCALE=${LIMIT_SCALE:-6}  # a shared 2-core CPU: bf16 there is slow
 fi
@@ -68,6 +71,10 @@ bench() {
 }
 bench "resnet20 bf16+cl+compile" 110 model=resnet20 $CIFAR_SIZE $FAST
 bench "resnet56 bf16+cl+compile" 130 model=resnet56 $CIFAR_SIZE $FAST
+
+# 3b. Our optimizers' steps compiled by torch.compile: their cost, and the compile time in warmup_ms.
+step "bench_optim +compile" 150 "$PY" scripts/bench_optim.py --device $DEVICE $OPTIM --sets resnet50 \
+    --compile $OPTIM_BACKEND --csv "$OUT/bench_optim_compile.csv"
 step "bench_train resnet50 imagenet-sample 224px bf16+cl+compile" 100 "$PY" scripts/bench_train.py --compare-reference \
     ${BENCH%%--batch-sizes*} --csv "$OUT/bench_train.csv" device=$DEVICE dataset=imagenet model=resnet50 \
     "dataset.root=$SAMPLE" $IMAGENET $FAST

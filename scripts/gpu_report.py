@@ -2,7 +2,7 @@
 
 `python scripts/gpu_report.py train RUNS OUT` checks the training run under RUNS (completed, test
 accuracy above chance), prints its images/s and copies its metrics.csv and summary.json into OUT;
-`... tables OUT` prints Markdown tables of that run and of OUT's bench_train.csv and bench_optim.csv;
+`... tables OUT` prints Markdown tables of that run and of OUT's bench_train.csv, bench_optim.csv and bench_optim_compile.csv;
 `... unfinished RUNS` lists the checkpoints of the runs under RUNS that have not finished.
 """
 
@@ -50,10 +50,13 @@ def tables(out: Path) -> str:
                    "reference_images_per_second", "throughput_vs_reference", "data_fraction", "optimizer_fraction",
                    "mfu", "peak_memory_gib"]
         parts.append("**Training step** (scripts/bench_train.py --compare-reference)\n\n" + markdown(rows[columns]))
-    if (out / "bench_optim.csv").exists():
-        rows = pd.read_csv(out / "bench_optim.csv")
-        columns = ["parameter_set", "optimizer", "median_ms", *[c for c in rows.columns if c.startswith("vs_")]]
-        parts.append("**Optimizer step** (scripts/bench_optim.py)\n\n" + markdown(rows[columns]))
+    for name, title in (("bench_optim", "**Optimizer step** (scripts/bench_optim.py)"),
+                        ("bench_optim_compile", "**Optimizer step, compiled** (scripts/bench_optim.py --compile)")):
+        if (out / f"{name}.csv").exists():
+            rows = pd.read_csv(out / f"{name}.csv")
+            columns = ["parameter_set", "optimizer", "median_ms", *[c for c in rows.columns if c.startswith("vs_")],
+                       *[c for c in ("warmup_ms",) if c in rows.columns]]
+            parts.append(f"{title}\n\n" + markdown(rows[columns]))
     return "\n\n".join(parts)
 
 

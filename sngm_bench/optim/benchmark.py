@@ -9,6 +9,12 @@ not different amounts of work. Steps run round-robin over the optimizers, so a b
 machine slows them alike, and each time is the median over the steps after warm-up. Before each
 step a 256 MiB write evicts the caches, as the forward and backward passes do between the steps
 of training; otherwise the order within a round would decide who finds its tensors in cache.
+
+With `compile_backend`, SNGM, LARS and LAMB are timed a second time with their step compiled by
+torch.compile (rows `sngm+compile`, ...): what a fused step could cost, and, in `warmup_ms`,
+what compiling it costs once per run. Their eager steps on CUDA are launch-bound (many
+multi-tensor kernels, per-tensor ones for LARS and LAMB), so this is the measurement that decides
+whether runs should compile the optimizer.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from sngm_bench.optim import build_optimizer
 
 PARAMETER_SETS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: torchvision.models.resnet50(),  # 25.6 M parameters in 161 tensors
-    "resnet20": lambda: CifarResNet(20),  # 0.27 M parameters in 59 tensors
+    "resnet20": lambda: CifarResNet(20),  # 0.27 M parameters in 65 tensors
 }
 OPTIMIZERS = ("msgd", "sngm", "lars", "lamb")
+COMPILABLE = ("sngm", "lars", "lamb")  # ours; MSGD is torch's fused SGD already
 CACHE_EVICTION_BYTES = 256 * 2**20  # more than any CPU's last-level cache or GPU's L2
 
 
@@ -50,52 +57,65 @@ def model_with_gradients(name: str, device: torch.device) -> nn.Module:
     return model
 
 
-def optimizers_to_compare(model: nn.Module, weight_decay: float) -> dict[str, torch.optim.Optimizer]:
+def optimizers_to_compare(model: nn.Module, weight_decay: float,
+                          compile_backend: str | None = None) -> dict[str, torch.optim.Optimizer]:
     params = list(model.parameters())
     sgd = dict(lr=0.1, momentum=0.9, weight_decay=weight_decay)
     optimizers = {"sgd_foreach": torch.optim.SGD(params, **sgd, foreach=True)}
     if params[0].is_cuda:
         optimizers["sgd_fused"] = torch.optim.SGD(params, **sgd, fused=True)
-    for name in OPTIMIZERS:
+
+    def build(name):
         cfg = compose_config([f"optimizer={name}", f"optimizer.weight_decay={weight_decay}"]).optimizer
-        optimizers[name] = build_optimizer(cfg, model, cfg.lr)
+        return build_optimizer(cfg, model, cfg.lr)
+
+    for name in OPTIMIZERS:
+        optimizers[name] = build(name)
+    for name in COMPILABLE if compile_backend else ():
+        optimizer = build(name)
+        optimizer.step = torch.compile(optimizer.step, backend=compile_backend)
+        optimizers[f"{name}+compile"] = optimizer
     return optimizers
 
 
-def median_step_seconds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmup: int,
-                        device: torch.device) -> dict[str, float]:
-    """Median seconds of one step of each optimizer, over `steps` rounds after `warmup` rounds."""
+def step_seconds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmup: int,
+                 device: torch.device) -> dict[str, tuple[float, float]]:
+    """Each optimizer's untimed `warmup` steps together (at least one: state allocation, and
+    compilation for a compiled step) and its median step over the `steps` rounds after them, in
+    seconds."""
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     evict = torch.empty(CACHE_EVICTION_BYTES, dtype=torch.uint8, device=device)
     seconds: dict[str, list[float]] = {name: [] for name in optimizers}
-    for round_ in range(warmup + steps):
+    warmup = max(warmup, 1)
+    for _ in range(warmup + steps):
         for name, optimizer in optimizers.items():
-            evict.fill_(round_ % 256)
+            evict.fill_(len(seconds[name]) % 256)
             synchronize()
             start = time.perf_counter()
             optimizer.step()
             synchronize()
-            if round_ >= warmup:
-                seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in seconds.items()}
+            seconds[name].append(time.perf_counter() - start)
+    return {name: (sum(values[:warmup]), statistics.median(values[warmup:])) for name, values in seconds.items()}
 
 
 def bench_optimizers(parameter_sets=tuple(PARAMETER_SETS), steps: int = 50, warmup: int = 5,
-                     weight_decay: float = 0.0, device: str | None = None) -> list[dict]:
-    """One row per (parameter set, optimizer): median step time and its ratio to each baseline."""
+                     weight_decay: float = 0.0, device: str | None = None,
+                     compile_backend: str | None = None) -> list[dict]:
+    """One row per (parameter set, optimizer): median step time and its ratio to each baseline,
+    and the warm-up steps' time (state allocation, and compilation for the `+compile` rows)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = []
     for set_name in parameter_sets:
         model = model_with_gradients(set_name, device)
-        optimizers = optimizers_to_compare(model, weight_decay)
-        medians = median_step_seconds(optimizers, steps, warmup, device)
-        baselines = [name for name in medians if name.startswith("sgd_")]
-        for name, median in medians.items():
+        optimizers = optimizers_to_compare(model, weight_decay, compile_backend)
+        timed = step_seconds(optimizers, steps, warmup, device)
+        baselines = [name for name in timed if name.startswith("sgd_")]
+        for name, (warmup_seconds, median) in timed.items():
             rows.append({
                 "device": device_name(device), "torch": torch.__version__, "steps": steps, "parameter_set": set_name,
                 "parameters": sum(p.numel() for p in model.parameters()), "tensors": len(list(model.parameters())),
                 "weight_decay": weight_decay, "optimizer": name, "median_ms": 1e3 * median,
-                **{f"vs_{base}": median / medians[base] for base in baselines},
+                **{f"vs_{base}": median / timed[base][1] for base in baselines}, "warmup_ms": 1e3 * warmup_seconds,
             })
         del model, optimizers
     return rows
@@ -105,11 +125,12 @@ def format_table(rows: list[dict]) -> str:
     ratios = [key for key in rows[0] if key.startswith("vs_")]
     lines = [f"device: {rows[0]['device']}   torch {rows[0]['torch']}   weight_decay {rows[0]['weight_decay']}   "
              f"median of {rows[0]['steps']} steps",
-             f"{'parameters':<24}{'optimizer':<13}{'ms/step':>9}" + "".join(f"{key:>16}" for key in ratios)]
+             f"{'parameters':<24}{'optimizer':<15}{'ms/step':>9}" + "".join(f"{key:>16}" for key in ratios)
+             + f"{'warmup ms':>12}"]
     for row in rows:
         where = f"{row['parameter_set']} ({row['parameters'] / 1e6:.2f} M)"
-        lines.append(f"{where:<24}{row['optimizer']:<13}{row['median_ms']:>9.3f}"
-                     + "".join(f"{row[key]:>15.2f}x" for key in ratios))
+        lines.append(f"{where:<24}{row['optimizer']:<15}{row['median_ms']:>9.3f}"
+                     + "".join(f"{row[key]:>15.2f}x" for key in ratios) + f"{row['warmup_ms']:>12.0f}")
     return "\n".join(lines)
 
 
