@@ -7,6 +7,9 @@ Hydra calls `on_multirun_*` in the launching process and `on_job_*` in the proce
 job (the same one for the basic launcher, a worker for joblib or submitit), so the sweep's state
 is read from its run folders, not kept in memory: a run of this sweep is a folder whose
 `.hydra/overrides.yaml` Hydra wrote after the sweep started, and its state is its summary.json.
+Runs that fail are also listed in the sweep folder's `failed_runs.txt` (a run refused because its
+folder holds another run leaves that run's summary alone), which the launching process reads at
+the end for the command's exit code.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +31,15 @@ from sngm_bench.run_folder import read_summary
 log = logging.getLogger("sngm_bench")
 
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+FAILURES_FILE = "failed_runs.txt"
 ENDED = ("completed", "failed", "diverged")
+failed_runs: list[str] = []  # the last sweep's failed run folders, read when it ends
+
+
+def note_failure(run_dir: Path) -> None:
+    """Adds a run of the sweep in progress to its sweep folder's list of failed runs."""
+    with open(Path(HydraConfig.get().sweep.dir) / FAILURES_FILE, "a") as f:
+        f.write(f"{run_dir}\n")
 
 
 def sweep_size(config: DictConfig) -> int | None:
@@ -89,6 +101,7 @@ class RunReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_start, self.sweep_runs = time.time(), sweep_size(config)
+        (Path(config.hydra.sweep.dir) / FAILURES_FILE).unlink(missing_ok=True)  # an earlier sweep's
 
     def this_sweeps_runs(self, sweep_dir: Path) -> list[Path]:
         """Run folders under `sweep_dir` that this sweep has started so far."""
@@ -128,6 +141,8 @@ class RunReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        failures = sweep_dir / FAILURES_FILE
+        failed_runs[:] = failures.read_text().splitlines() if failures.exists() else []
         runs = self.this_sweeps_runs(sweep_dir)
         if not runs:
             return

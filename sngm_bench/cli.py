@@ -29,14 +29,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from sngm_bench import run_folder
+from sngm_bench import callbacks, run_folder
 from sngm_bench.config import CONFIG_MODULE, check_values, optimizer_settings
 from sngm_bench.errors import Interrupted, UserError
 from sngm_bench.identity import flatten
 from sngm_bench.stop import mark_command_start
 
 log = logging.getLogger("sngm_bench")
-_failed_runs: list[str] = []
 _created: dict[Path, Path] = {}  # run folder this command creates -> the deepest folder that existed before
 
 
@@ -173,7 +172,7 @@ def _record_failure(run_dir: Path, cfg: DictConfig, err: UserError) -> None:
 
     summary = {"status": "failed", "error": str(err), "seed": cfg.seed, "batch_size": cfg.batch_size}
     records.write_json(run_dir / records.SUMMARY_FILE, summary)
-    _failed_runs.append(str(run_dir))
+    callbacks.note_failure(run_dir)
 
 
 def train_job(cfg: DictConfig) -> dict:
@@ -205,7 +204,7 @@ def run(cfg: DictConfig) -> None:
             _fail(str(err))  # SystemExit passes through Hydra's error report
         if run_folder.holds_run(run_dir):  # the run recorded its own failure, or the folder holds another run
             log.error("run failed: %s", err)
-            _failed_runs.append(str(run_dir))
+            callbacks.note_failure(run_dir)
         else:
             _record_failure(run_dir, cfg, err)  # sngm_bench.callbacks logs it as the run's last line
 
@@ -247,5 +246,6 @@ def main() -> None:
         # Every process composes the same config and run folder; only rank 0 writes Hydra's files.
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     run()
-    if _failed_runs:
-        _fail(f"{len(_failed_runs)} run(s) of the sweep failed; see summary.json in {', '.join(_failed_runs)}")
+    if callbacks.failed_runs:
+        _fail(f"{len(callbacks.failed_runs)} run(s) of the sweep failed; see summary.json in "
+              f"{', '.join(callbacks.failed_runs)}")

@@ -102,6 +102,22 @@ def test_the_smoke_preset_runs_in_two_parallel_jobs_as_it_does_one_at_a_time(tmp
         pd.testing.assert_frame_equal(*metrics)
 
 
+def test_a_run_that_fails_in_a_joblib_worker_fails_the_sweep_command(tmp_path, cifar_root):
+    # The failure happens in another process than the one that exits: it must still set the exit code.
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the parallel extra")
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(["-m", "experiment=smoke", "dataset.subset=512", "model.width=4", "epochs=1", "batch_size=64,0",
+                      "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}"],
+                     cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"})
+    (failed,) = sweep_dir.glob("batch_size=0*")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"sngm-bench: error: 1 run(s) of the sweep failed; see summary.json in {failed}")
+    assert json.loads((failed / "summary.json").read_text())["status"] == "failed"
+    (completed,) = sweep_dir.glob("batch_size=64*")
+    assert json.loads((completed / "summary.json").read_text())["status"] == "completed"
+
+
 def write_run(folder: Path, optimizer: str, batch_size: int, lr_factor: float, acc: float):
     """A hand-made run folder: the config keys and summary the report reads."""
     (folder / ".hydra").mkdir(parents=True)
