@@ -93,6 +93,30 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous_one_and_none_readab
     assert summary(run_dir)["status"] == "completed" and summary(run_dir)["resumed_at"] == [{"epoch": 1, "step": 1}]
 
 
+# The command line, with SIGTERM sent to itself when a run's training loop has returned, i.e.
+# after its last step and evaluation: a signal the loop never saw between steps.
+SIGNAL_AFTER_LAST_STEP = """import os, runpy, signal, sys
+from sngm_bench.train import Trainer
+fit = Trainer.fit
+def fit_then_signal(self, *args, **kwargs):
+    summary = fit(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return summary
+Trainer.fit = fit_then_signal
+sys.argv[0] = "sngm-bench"
+runpy.run_module("sngm_bench", run_name="__main__")
+"""
+
+
+def test_a_signal_after_a_runs_last_step_completes_it_and_stops_the_sweep(tmp_path, cifar_root):
+    result = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_LAST_STEP, "-m", *TINY, "seed=0,1"], cwd=tmp_path,
+                            capture_output=True, text=True, env={**os.environ, "SNGM_DATA": str(cifar_root)},
+                            timeout=600)
+    assert "stopped by SIGTERM" in one_line_error(result, code=128 + signal.SIGTERM)
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "multirun" / "smoke").glob("*/summary.json")]
+    assert [(s["seed"], s["status"], s["epochs"]) for s in runs] == [(0, "completed", 1)]  # seed 1 never started
+
+
 def test_a_deadline_mid_sweep_stops_it_and_the_rerun_trains_exactly_the_missing_work(tmp_path, cli):
     sweep_dir = tmp_path / "multirun" / "smoke"
     assert cli("-m", "seed=0").returncode == 0
