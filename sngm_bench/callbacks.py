@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from sngm_bench import grid
 from sngm_bench.records import SUMMARY_FILE
 from sngm_bench.run_folder import read_summary
 
@@ -45,12 +45,8 @@ def note_failure(run_dir: Path) -> None:
 def sweep_size(config: DictConfig) -> int | None:
     """How many runs the sweep launches: the product of its swept values, as the basic sweeper
     counts them (`hydra.sweeper.params`, then the command line); None if that cannot be told."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    overrides = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
     try:
-        return len(BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0])
+        return len(grid.expand(OmegaConf.select(config, "hydra.sweeper.params"), config.hydra.overrides.task))
     except Exception:  # e.g. a sweep that only its own sweeper plugin can expand
         return None
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import hydra
 from hydra import compose, initialize_config_module
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -29,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from sngm_bench import callbacks, run_folder
+from sngm_bench import callbacks, grid, run_folder
 from sngm_bench.config import CONFIG_MODULE, check_values, optimizer_settings
 from sngm_bench.errors import Interrupted, UserError
 from sngm_bench.identity import flatten
@@ -98,8 +97,7 @@ def sweep_combinations(overrides: list[str]) -> list[list[str]]:
         params = compose("config", overrides=fixed, return_hydra_config=True).hydra.sweeper.params or {}
     except (HydraException, OmegaConfBaseException) as err:
         raise _composition_error(err, fixed) from None
-    grid = [f"{key}={value}" for key, value in params.items()]
-    return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(grid + overrides), None)[0]
+    return grid.expand(params, overrides)
 
 
 def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:

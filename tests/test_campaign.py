@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from sngm_bench import report
 from sngm_bench.cli import check_overrides, sweep_combinations
 from sngm_bench.config import CONFIG_MODULE

@@ -13,7 +13,7 @@ from sngm_bench.config import compose_config
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import build_optimizer
 from sngm_bench.train import micro_batch_size, train_step
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 TINY = ["experiment=smoke", "model.width=4", "model.batch_norm=false", "dataset.subset=400", "epochs=1",
         "batch_size=100", "eval_batch_size=2500"]
