@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from sngm_bench.report import to_markdown
+
 CHANCE = 0.1  # CIFAR-10: ten classes
 
 
@@ -30,9 +32,9 @@ def check_training(runs: Path, out: Path) -> int:
 
 
 def markdown(frame: pd.DataFrame) -> str:
+    """The frame as a Markdown table, floats to 3 significant digits."""
     cells = frame.apply(lambda column: column.map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)))
-    return "\n".join(["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns),
-                      *("| " + " | ".join(row) + " |" for row in cells.itertuples(index=False))])
+    return to_markdown(cells.set_index(cells.columns[0])).rstrip("\n")
 
 
 def tables(out: Path) -> str:

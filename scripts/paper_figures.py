@@ -2,15 +2,15 @@
 folders: `python scripts/paper_figures.py`.
 
 Each `results/<name>/` keeps its run records in `runs/`. For every one, this rebuilds the report
-beside them (tables, CSVs, figures) and `caption.md`, which says from the records where the
-numbers come from: protocol, seeds, LR grid, hardware and code. The README's block between the
+beside them (tables, CSVs, figures, and `caption.md`, which says from the records where the
+numbers come from: protocol, seeds, LR grid, hardware and code). The README's block between the
 two results markers is then rewritten: each result's figures (PNG), table and caption.
 """
 
 import os
 from pathlib import Path
 
-from sngm_bench.report import collect_runs, provenance, write_report
+from sngm_bench.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 # results/<name> -> report options other than the defaults (its README states them).
@@ -31,8 +31,7 @@ def main() -> None:
     blocks = []
     for folder in sorted(p.parent for p in Path("results").glob("*/runs")):
         table = write_report([folder / "runs"], folder, **OPTIONS.get(folder.name, {}))
-        caption = provenance(collect_runs([folder / "runs"]))
-        (folder / "caption.md").write_text(caption + "\n")
+        caption = (folder / "caption.md").read_text().strip()
         print(f"## {folder}\n\n{table}\n{caption}\n")
         blocks.append(readme_block(folder, table, caption))
     readme = Path("README.md")

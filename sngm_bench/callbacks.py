@@ -25,8 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sngm_bench import grid
-from sngm_bench.records import SUMMARY_FILE
-from sngm_bench.run_folder import read_summary
+from sngm_bench.records import SUMMARY_FILE, read_summary
 
 log = logging.getLogger("sngm_bench")
 
@@ -142,8 +141,8 @@ class RunReport(Callback):
         runs = self.this_sweeps_runs(sweep_dir)
         if not runs:
             return
-        rows = [(read_summary(d).get("status", "unknown"), percent(read_summary(d).get("final_test_acc")),
-                 str(d.relative_to(sweep_dir))) for d in runs]
+        rows = [(summary.get("status", "unknown"), percent(summary.get("final_test_acc")), str(d.relative_to(sweep_dir)))
+                for d in runs for summary in [read_summary(d)]]
         width = max(len(status) for status, _, _ in rows)
         print(f"\nsweep of {len(runs)} runs in {shown(sweep_dir)} "
               f"({duration(time.time() - self.sweep_start)}):")

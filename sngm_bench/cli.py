@@ -42,9 +42,12 @@ def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def _did_you_mean(word: str, choices, prefix: str = "") -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean '{prefix}{match[0]}'?" if match else ""
+def _did_you_mean(word: str, choices) -> str:
+    """'; did you mean X?' for the choice closest to `word`; `choices` maps a candidate to how it is
+    shown (a list shows each as it is)."""
+    shown = choices if isinstance(choices, dict) else {choice: choice for choice in choices}
+    match = difflib.get_close_matches(word, list(shown), n=1)
+    return f"; did you mean '{shown[match[0]]}'?" if match else ""
 
 
 def _unknown_key_message(key: str, overrides: list[str]) -> str:
@@ -59,11 +62,9 @@ def _unknown_key_message(key: str, overrides: list[str]) -> str:
     except (HydraException, OmegaConfBaseException, AttributeError):
         return f"unknown key '{key}'"
     where = f"'{parent}'" if parent else "the top level"
-    hint = _did_you_mean(name, siblings, f"{parent}.") if parent else ""
+    hint = _did_you_mean(name, {sibling: f"{parent}.{sibling}" for sibling in siblings}) if parent else ""
     if not hint:
-        by_name = {k.rpartition(".")[2]: k for k in flatten(OmegaConf.to_container(config))}
-        match = difflib.get_close_matches(name, list(by_name), n=1)
-        hint = f"; did you mean '{by_name[match[0]]}'?" if match else ""
+        hint = _did_you_mean(name, {k.rpartition(".")[2]: k for k in flatten(OmegaConf.to_container(config))})
     return f"unknown key '{key}': {where} has {', '.join(siblings)}{hint}"
 
 

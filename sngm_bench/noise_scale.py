@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from sngm_bench.errors import UserError
+from sngm_bench.optim.common import norms
 
 EMA_DECAY = 0.99  # per measurement
 
@@ -55,8 +56,7 @@ class NoiseScale:
         return micro_batch if micro_batch < local_batch else (local_batch + 1) // 2
 
     def _squared_norm(self) -> torch.Tensor:
-        grads = [p.grad for p in self.parameters if p.grad is not None]
-        return torch.stack(torch._foreach_norm(grads)).double().square().sum()
+        return norms([p.grad for p in self.parameters if p.grad is not None]).double().square().sum()
 
     def small(self, images: int, share: float) -> None:
         """After the first micro-batch of `images` images, whose loss was weighted by `share`."""

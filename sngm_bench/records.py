@@ -50,7 +50,11 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def read_summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / SUMMARY_FILE).read_text())
+    """The run's summary.json, or {} where there is none yet or it cannot be read."""
+    try:
+        return json.loads((run_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:

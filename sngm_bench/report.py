@@ -230,11 +230,6 @@ def swept_lr_keys(frame: pd.DataFrame) -> list[str]:
     return [key for key in LR_KEYS if counts[key] > 1]
 
 
-def lr_was_swept(frame: pd.DataFrame) -> bool:
-    """Whether any (series, batch size) ran more than one learning rate."""
-    return bool(swept_lr_keys(frame))
-
-
 def format_cell(cell: pd.Series, show_lr: list[str]) -> str:
     """'72.31 ± 0.42 (2)', then any runs that did not complete, then the chosen value of each swept
     LR key (`show_lr`), marked '(grid edge)' where it is the smallest or largest tried."""
@@ -294,7 +289,7 @@ def to_latex(table: pd.DataFrame) -> str:
 
 
 def caption(runs: pd.DataFrame, cells: pd.DataFrame, select_by: str) -> str:
-    rule = f"; LR chosen per cell by the best mean {select_by} over seeds" if lr_was_swept(runs) else ""
+    rule = f"; LR chosen per cell by the best mean {select_by} over seeds" if swept_lr_keys(runs) else ""
     edge = ("; (grid edge): the chosen LR is the smallest or largest tried, so the grid may not hold the best LR"
             if cells["grid_edge"].any() else "")
     return (f"Final test accuracy (%), mean ± std over seeds (n completed runs), {len(runs)} runs; "
@@ -327,7 +322,8 @@ def provenance(runs: pd.DataFrame) -> str:
 
 def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = None,
                  select_by: str = "final_test_acc", steps: int | None = None, within: float = 1.0) -> str:
-    """Read the runs under `paths`, write tables, CSVs, claims.md and figures into `out`; return the Markdown table."""
+    """Read the runs under `paths`, write tables, CSVs, caption.md, claims.md and figures into `out`;
+    return the Markdown table."""
     from sngm_bench import claims, figures  # matplotlib is imported only when figures are drawn
 
     runs = collect_runs(paths)
@@ -342,6 +338,7 @@ def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = No
     table.to_csv(out / "table.csv")
     (out / "table.md").write_text(markdown)
     (out / "table.tex").write_text(to_latex(table))
+    (out / "caption.md").write_text(provenance(runs) + "\n")
     (out / "claims.md").write_text(claims.verdict(runs, cells, select_by, within))
     keys = ["series", "batch_size", "base_lr", "lr_factor"]
     chosen = cells.loc[cells["selected"], ["series", "batch_size", *LR_KEYS]].rename(columns={"lr": "base_lr"})

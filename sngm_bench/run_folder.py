@@ -15,7 +15,6 @@ copy of it (`.hydra/trained/`), and a start that does not train puts that copy b
 from __future__ import annotations
 
 import fcntl
-import json
 import shutil
 from enum import Enum
 from pathlib import Path
@@ -24,7 +23,7 @@ from sngm_bench import checkpoint
 from sngm_bench.errors import UserError
 from sngm_bench.identity import differences, training_config
 from sngm_bench.loggers import EVENT_FILES
-from sngm_bench.records import METRICS_FILE, SUMMARY_FILE
+from sngm_bench.records import METRICS_FILE, SUMMARY_FILE, read_summary
 
 FINISHED = ("completed", "diverged")
 HYDRA_COPY = "trained"  # under Hydra's output subfolder (.hydra)
@@ -35,13 +34,6 @@ class Plan(Enum):
     fresh = "fresh"  # train from the start (earlier files, if any, are replaced)
     resume = "resume"  # continue from the checkpoint
     skip = "skip"  # the folder holds a finished run: nothing to do
-
-
-def read_summary(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def holds_run(run_dir: Path) -> bool:
