@@ -40,8 +40,8 @@ def one_run(root):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("case", CASES)
 def test_optimizer_step_on_cuda_matches_float64_reference(case, dtype):
-    # On CUDA, foreach ops are fused multi-tensor kernels, and our optimizers take the branches
-    # for them (momentum_update_'s lerp form, 0-dim device scalars): the same equations must hold.
+    # On CUDA, foreach ops are fused multi-tensor kernels, and SNGM in float32 takes torch's fused
+    # SGD kernel (float64 keeps foreach ops, so both forms run here): the same equations must hold.
     cls, defaults, group_options, reference = CASES[case]
     weights, grad_steps = make_problem(steps=7 if dtype == torch.float64 else 3, dtype=dtype)  # as on the CPU
     on_gpu = lambda tensors: [t.to(CUDA) for t in tensors]  # noqa: E731

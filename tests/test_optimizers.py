@@ -11,7 +11,8 @@ from torch import nn
 from sngm_bench.config import compose_config
 from sngm_bench.errors import UserError
 from sngm_bench.models.cifar_resnet import CifarResNet
-from sngm_bench.optim import LAMB, LARS, SNGM, build_optimizer, common, parameter_groups
+from sngm_bench.optim import LAMB, LARS, SNGM, build_optimizer, parameter_groups
+from sngm_bench.optim import sngm as sngm_module
 
 SHAPES = [(4, 3), (5,), (2, 3, 3), (1,)]
 GROUPS = [[0, 2], [1, 3]]  # tensor indices of the two parameter groups
@@ -143,15 +144,8 @@ CASES = {
 }
 
 
-@pytest.fixture(params=[False, True], ids=["cpu-form", "fused-form"])
-def multi_tensor_kernels(request, monkeypatch):
-    """Runs a test with each form of the momentum update (see common.momentum_update_): the
-    in-place one used on CPU and the scaled-copy one used where foreach ops are fused (CUDA)."""
-    monkeypatch.setattr(common, "has_multi_tensor_kernels", lambda tensor: request.param)
-
-
 @pytest.mark.parametrize("case", CASES)
-def test_matches_float64_reference_with_two_groups(case, multi_tensor_kernels):
+def test_matches_float64_reference_with_two_groups(case):
     cls, defaults, group_options, reference = CASES[case]
     weights, grad_steps = make_problem(steps=7)
     params, _ = run(lambda groups: cls(groups, **defaults), weights, grad_steps, group_options)
@@ -187,7 +181,8 @@ def test_lamb_max_trust_ratio_clamps():
 
 # Properties shared by all four, each optimizer as the factory's classes with plain arguments.
 OPTIMIZERS = {
-    "sngm": lambda params, lr: SNGM(params, lr=lr, momentum=0.9),
+    "sngm": lambda params, lr: SNGM(params, lr=lr, momentum=0.9),  # torch's fused SGD kernel for float32
+    "sngm-foreach": lambda params, lr: SNGM(params, lr=lr, momentum=0.9, fused=False),
     "msgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=True),
     "lars": lambda params, lr: LARS(params, lr=lr, momentum=0.9, trust_coefficient=0.02),
     "lamb": lambda params, lr: LAMB(params, lr=lr),
@@ -218,7 +213,7 @@ def test_closure_and_descent_on_rosenbrock(name, lr):
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_zero_gradient_and_zero_weights_stay_finite(name, multi_tensor_kernels):
+def test_zero_gradient_and_zero_weights_stay_finite(name):
     params = [nn.Parameter(torch.zeros(3, 3)), nn.Parameter(torch.zeros(3)), nn.Parameter(torch.ones(2))]
     optimizer = OPTIMIZERS[name]([{"params": params, "weight_decay": 0.1}], 0.1)
     for p in params[:2]:
@@ -235,7 +230,7 @@ def test_zero_gradient_and_zero_weights_stay_finite(name, multi_tensor_kernels):
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_state_dict_round_trip_continues_exactly(name):
-    weights, grad_steps = make_problem(steps=8)
+    weights, grad_steps = make_problem(steps=8, dtype=torch.float32)
     make = lambda groups: OPTIMIZERS[name]([{**g, "weight_decay": 0.01} for g in groups], 0.05)  # noqa: E731
     full, _ = run(make, weights, grad_steps)
     first, optimizer = run(make, weights, grad_steps[:4])
@@ -268,7 +263,7 @@ def test_float32_and_bfloat16_parameters(case, dtype):
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_step_reads_nothing_back_to_the_host(name, monkeypatch):
-    weights, grad_steps = make_problem(steps=2)
+    weights, grad_steps = make_problem(steps=2, dtype=torch.float32)
 
     def host_sync(*args):
         raise AssertionError("step() read a tensor value on the host")
@@ -288,18 +283,56 @@ def test_sngm_one_norm_over_all_groups_not_per_group():
     assert float(step.norm()) == pytest.approx(1.0, rel=1e-12)
 
 
-def test_sngm_step_length_never_exceeds_lr_over_one_minus_momentum(multi_tensor_kernels):
-    weights, grad_steps = make_problem(steps=60)
+@pytest.mark.parametrize("case", ["sngm", "sngm-decoupled", "sngm-layer"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_sngm_takes_torchs_fused_sgd_kernel_for_the_global_norm_in_float32_and_below(case, dtype, monkeypatch):
+    calls, fused_sgd = [], sngm_module.sgd
+
+    def counted_sgd(*args, **kwargs):
+        calls.append(kwargs)
+        return fused_sgd(*args, **kwargs)
+
+    monkeypatch.setattr(sngm_module, "sgd", counted_sgd)
+    cls, defaults, group_options, reference = CASES[case]
+    weights, grad_steps = make_problem(steps=3, dtype=dtype)
+    for fused in (True, False):
+        calls.clear()
+        params, _ = run(lambda groups: cls(groups, **defaults, fused=fused), weights, grad_steps, group_options)
+        fusable = fused and defaults["norm"] == "global" and dtype != torch.float64
+        assert len(calls) == (3 * len(GROUPS) if fusable else 0) and all(call["fused"] for call in calls)
+        expected = reference([w.double() for w in weights], [[g.double() for g in gs] for gs in grad_steps],
+                             options_per_tensor(defaults, group_options))
+        tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
+        for p, e in zip(params, expected):
+            torch.testing.assert_close(p.detach().double(), e, rtol=tol, atol=tol)
+
+
+def test_sngm_state_saved_before_the_fused_option_loads_as_fused():
+    weights, grad_steps = make_problem(steps=2, dtype=torch.float32)
+    _, optimizer = run(lambda groups: SNGM(groups, lr=0.1), weights, grad_steps)
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        del group["fused"]
+    params = [nn.Parameter(w.clone()) for w in weights]
+    resumed = SNGM([{"params": [params[i] for i in idx]} for idx in GROUPS], lr=0.1, fused=False)
+    resumed.load_state_dict(state)
+    assert [group["fused"] for group in resumed.param_groups] == [True] * len(GROUPS)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["foreach-form", "fused-form"])
+def test_sngm_step_length_never_exceeds_lr_over_one_minus_momentum(dtype):
+    weights, grad_steps = make_problem(steps=60, dtype=dtype)
     params = [nn.Parameter(w.clone()) for w in weights]
     optimizer = SNGM(params, lr=0.2, momentum=0.9)
     longest = 0.0
     for grads in grad_steps:
-        before = [p.detach().clone() for p in params]
+        before = [p.detach().double().clone() for p in params]
         for p, g in zip(params, grads):
             p.grad = g.clone() * 0.01  # scale-free: the gradient's size must not matter
         optimizer.step()
-        longest = max(longest, math.sqrt(sum(float(((p.detach() - b) ** 2).sum()) for p, b in zip(params, before))))
-    assert longest <= 0.2 / (1 - 0.9) * (1 + 1e-9)
+        longest = max(longest, math.sqrt(sum(float(((p.detach().double() - b) ** 2).sum())
+                                             for p, b in zip(params, before))))
+    assert longest <= 0.2 / (1 - 0.9) * (1 + (1e-9 if dtype == torch.float64 else 1e-5))
     assert longest > 0.2  # momentum does lengthen the step
 
 
@@ -422,7 +455,7 @@ def test_step_benchmark_times_every_optimizer_against_sgd():
     from sngm_bench.optim.benchmark import bench_optimizers
 
     rows = bench_optimizers(["resnet20"], steps=3, warmup=1, device="cpu", compile_backend="aot_eager")
-    assert [r["optimizer"] for r in rows] == ["sgd_foreach", "msgd", "sngm", "lars", "lamb",
+    assert [r["optimizer"] for r in rows] == ["sgd_foreach", "msgd", "sngm", "lars", "lamb", "sngm_foreach",
                                               "sngm+compile", "lars+compile", "lamb+compile"]
     assert rows[0]["vs_sgd_foreach"] == 1.0 and all(r["median_ms"] > 0 and r["warmup_ms"] > 0 for r in rows)
     assert rows[0]["parameters"] == sum(p.numel() for p in CifarResNet(20).parameters()) and rows[0]["torch"]

@@ -38,6 +38,8 @@ PARAMETER_SETS: dict[str, Callable[[], nn.Module]] = {
     "resnet20": lambda: CifarResNet(20),  # 0.27 M parameters in 65 tensors
 }
 OPTIMIZERS = ("msgd", "sngm", "lars", "lamb")
+# Rows of an optimizer with other group settings: SNGM without torch's fused SGD kernel, what the kernel saves.
+VARIANTS = {"sngm_foreach": ("sngm", {"fused": False})}
 COMPILABLE = ("sngm", "lars", "lamb")  # ours; MSGD is torch's fused SGD already
 CACHE_EVICTION_BYTES = 256 * 2**20  # more than any CPU's last-level cache or GPU's L2
 
@@ -71,6 +73,10 @@ def optimizers_to_compare(model: nn.Module, weight_decay: float,
 
     for name in OPTIMIZERS:
         optimizers[name] = build(name)
+    for row, (name, settings) in VARIANTS.items():
+        optimizers[row] = build(name)
+        for group in optimizers[row].param_groups:
+            group.update(settings)
     for name in COMPILABLE if compile_backend else ():
         optimizer = build(name)
         optimizer.step = torch.compile(optimizer.step, backend=compile_backend)

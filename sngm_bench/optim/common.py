@@ -85,29 +85,9 @@ def per_tensor(factors: Tensor) -> list[Tensor]:
     return list(factors.unbind())
 
 
-def has_multi_tensor_kernels(tensor: Tensor) -> bool:
-    """Whether foreach ops on tensors like this one run as fused multi-tensor kernels (CUDA), as
-    long as every operand has the same shapes; elsewhere they loop over the tensors anyway."""
-    return tensor.is_cuda
-
-
-def momentum_update_(buffers: list[Tensor], directions: list[Tensor], momentum: float, scale: Tensor,
-                     directions_are_scratch: bool = False) -> None:
+def momentum_update_(buffers: list[Tensor], directions: list[Tensor], momentum: float, scale: Tensor) -> None:
     """buffers <- momentum * buffers + scale * directions, where `scale` is a 0-dim device tensor
-    (one factor for all tensors) or a vector (one per tensor), never read on the host.
-
-    With one factor and multi-tensor kernels, the directions are scaled by one kernel (in place if
-    they are scratch) and folded in by a lerp: temporaries are cheap with the caching allocator,
-    while per-tensor 0-dim factors would leave the fused path. Otherwise nothing is allocated,
-    because fresh CPU memory costs page faults on every step: buffers *= momentum, then
-    buffers += factor_i * directions_i in one addcmul."""
-    if scale.ndim == 0 and has_multi_tensor_kernels(buffers[0]):
-        scale = scale / (1.0 - momentum)
-        if directions_are_scratch:
-            torch._foreach_mul_(directions, scale)
-        else:
-            directions = torch._foreach_mul(directions, scale)
-        torch._foreach_lerp_(buffers, directions, 1.0 - momentum)
-    else:
-        torch._foreach_mul_(buffers, momentum)
-        torch._foreach_addcmul_(buffers, directions, per_tensor(scale) if scale.ndim else [scale] * len(buffers))
+    (one factor for all tensors) or a vector (one per tensor), never read on the host. In place,
+    since fresh CPU memory costs page faults on every step."""
+    torch._foreach_mul_(buffers, momentum)
+    torch._foreach_addcmul_(buffers, directions, per_tensor(scale) if scale.ndim else [scale] * len(buffers))

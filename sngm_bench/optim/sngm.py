@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch.optim import Optimizer
+from torch.optim.sgd import sgd
 
 from sngm_bench.optim.common import (
     check_choice, check_non_negative, check_positive, check_unit_interval, momentum_update_, norms, run_closure,
@@ -12,6 +13,10 @@ from sngm_bench.optim.common import (
 
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
 NORMS = ("global", "layer")
+# Where torch's fused SGD kernel applies to SNGM: it divides the gradients by a float32 `grad_scale`
+# tensor, which keeps float32, float16 and bfloat16 parameters exact but would round a float64 norm.
+FUSED_DEVICES = ("cpu", "cuda")
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class SNGM(Optimizer):
@@ -33,41 +38,62 @@ class SNGM(Optimizer):
     - `norm="layer"`: each tensor's g_t is divided by its own norm instead of the global one.
 
     `eps` only floors the norm so that an all-zero gradient leaves u unchanged instead of
-    producing NaN. No host synchronization: norms stay device tensors, and the momentum update
-    takes 1 / \|g_t\| as a device tensor (`momentum_update_`).
+    producing NaN. No host synchronization: the norm stays a device tensor.
+
+    With the global norm, the last two lines are momentum SGD on g_t with its gradient divided by
+    \|g_t\|, which is what torch's fused SGD kernel computes when given \|g_t\| as its
+    `grad_scale`: one kernel reads g, u and w once, where separate foreach ops would pass over
+    them several times. `fused` (the default, on CPU and CUDA for float32, float16 and bfloat16
+    parameters) takes that kernel, which leaves each p.grad divided by the norm as torch's
+    fused optimizers leave gradients unscaled; `fused=False` takes foreach ops, as does every
+    other case (float64, `norm="layer"`).
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eps: float = 1e-12,
-                 weight_decay_mode: str = "l2", norm: str = "global"):
+                 weight_decay_mode: str = "l2", norm: str = "global", fused: bool = True):
         check_positive(lr=lr, eps=eps)
         check_unit_interval(momentum=momentum)
         check_non_negative(weight_decay=weight_decay)
         check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
         check_choice("norm", norm, NORMS)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps,
-                                      weight_decay_mode=weight_decay_mode, norm=norm))
+                                      weight_decay_mode=weight_decay_mode, norm=norm, fused=fused))
+
+    def __setstate__(self, state):  # state saved before `fused` existed
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("fused", True)
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = run_closure(closure)
-        groups = []  # (group, params, d, whether d is our scratch copy) of each group with gradients
+        groups = []  # (group, params, d) of each group with gradients
         for group in self.param_groups:
             params, grads = with_grad(group)
             if not params:
                 continue
             if group["weight_decay"] and group["weight_decay_mode"] == "l2":
-                groups.append((group, params, torch._foreach_add(grads, params, alpha=group["weight_decay"]), True))
-            else:
-                groups.append((group, params, grads, False))
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            groups.append((group, params, grads))
 
-        global_directions = [d for group, _, directions, _ in groups if group["norm"] == "global" for d in directions]
+        global_directions = [d for group, _, directions in groups if group["norm"] == "global" for d in directions]
         global_norm = torch.linalg.vector_norm(norms(global_directions)) if global_directions else None
-        for group, params, directions, scratch in groups:
+        for group, params, directions in groups:
             lr, weight_decay = group["lr"], group["weight_decay"]
-            norm = global_norm if group["norm"] == "global" else norms(directions)
+            norm = (global_norm if group["norm"] == "global" else norms(directions)).clamp_min(group["eps"])
             buffers = state_tensors(self, params, "momentum_buffer")
-            momentum_update_(buffers, directions, group["momentum"], 1.0 / norm.clamp_min(group["eps"]), scratch)
             if weight_decay and group["weight_decay_mode"] == "decoupled":
                 torch._foreach_mul_(params, 1.0 - lr * weight_decay)
-            torch._foreach_add_(params, buffers, alpha=-lr)
+            if takes_fused_kernel(group, params):
+                sgd(params, directions, buffers, fused=True, grad_scale=norm, weight_decay=0.0,
+                    momentum=group["momentum"], lr=lr, dampening=0.0, nesterov=False, maximize=False)
+            else:
+                momentum_update_(buffers, directions, group["momentum"], 1.0 / norm)
+                torch._foreach_add_(params, buffers, alpha=-lr)
         return loss
+
+
+def takes_fused_kernel(group: dict, params: list[torch.Tensor]) -> bool:
+    """Whether `group`'s step runs as torch's fused SGD kernel (see SNGM)."""
+    return (group["fused"] and group["norm"] == "global"
+            and all(p.device.type in FUSED_DEVICES and p.dtype in FUSED_DTYPES for p in params))
