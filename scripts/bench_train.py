@@ -2,7 +2,8 @@
 
 Overrides are the `sngm-bench` ones, e.g. `model=resnet56 batch_size=4096 precision=bf16
 channels_last=true compile=true`. Prints images/s, the step-time split (data / forward+backward
-/ optimizer), peak memory, FLOPs and model FLOP utilization; `--compare-reference` adds a
+/ optimizer; the data share both timed alone, an upper bound, and as the time it adds to the step),
+peak memory, FLOPs and model FLOP utilization; `--compare-reference` adds a
 hand-written loop on the same model and flags, and the product's throughput as a fraction of it.
 `--batch-sizes 512 4096 8192` times each batch size in turn in this one process (so torch.compile
 and CUDA start once), appending each result to `--csv` as soon as it is measured.

@@ -49,8 +49,9 @@ def tables(out: Path) -> str:
     if (out / "bench_train.csv").exists():
         rows = pd.read_csv(out / "bench_train.csv")
         columns = ["dataset", "image_size", "model", "batch_size", "precision", "channels_last", "compile", "images_per_second",
-                   "reference_images_per_second", "throughput_vs_reference", "data_fraction", "optimizer_fraction",
-                   "mfu", "peak_memory_gib"]
+                   "reference_images_per_second", "throughput_vs_reference", "data_fraction",
+                   *[c for c in ("data_fraction_in_step",) if c in rows.columns],  # older CSVs lack it
+                   "optimizer_fraction", "mfu", "peak_memory_gib"]
         parts.append("**Training step** (scripts/bench_train.py --compare-reference)\n\n" + markdown(rows[columns]))
     for name, title in (("bench_optim", "**Optimizer step** (scripts/bench_optim.py)"),
                         ("bench_optim_compile", "**Optimizer step, compiled** (scripts/bench_optim.py --compile)")):

@@ -2,7 +2,10 @@
 
 `bench_train` times `Trainer.train_batch` — the exact step `sngm-bench` runs: batch gather and
 augmentation on the device, forward, backward, optimizer, schedule, device-side metrics — and
-splits it into data / forward+backward / optimizer. With `compare_reference`, it times in the
+splits it into data / forward+backward / optimizer. The data share is measured two ways: alone
+(`data_fraction`, an upper bound: in a real step its small kernels are launched asynchronously
+and overlap the rest) and as the time it adds to the step (`data_fraction_in_step`: the step
+against the same step on one fixed batch). With `compare_reference`, it times in the
 same process a minimal loop on the same model, batch and flags whose data already sits on the
 device as a ready float batch and whose optimizer is torch's fused (CUDA) or foreach (CPU) SGD,
 and reports the product's throughput as a fraction of it. FLOPs per image come from
@@ -41,16 +44,18 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(device, fn, steps: int) -> float:
-    """Median over `steps` calls, each timed between device synchronizations."""
-    times = []
+def _median_seconds(device, steps: int, *fns) -> list[float]:
+    """Median seconds of each of `fns`, each call timed between device synchronizations, over
+    `steps` rounds that call them in turn: interleaved, a slowly varying machine affects all alike."""
+    times = [[] for _ in fns]
     for _ in range(steps):
-        _synchronize(device)
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, fn_times in zip(fns, times):
+            _synchronize(device)
+            start = time.perf_counter()
+            fn()
+            _synchronize(device)
+            fn_times.append(time.perf_counter() - start)
+    return [statistics.median(fn_times) for fn_times in times]
 
 
 def flops_per_image(model: torch.nn.Module, image_shape, device, batch: int = 8) -> float:
@@ -96,7 +101,14 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
 
     torch.compile's caches are cleared first, so each call compiles for its own batch size as a
     fresh run would: otherwise a second batch size in one process recompiles the model with a
-    symbolic batch dimension (automatic dynamic shapes), whose kernels a real run never uses."""
+    symbolic batch dimension (automatic dynamic shapes), whose kernels a real run never uses.
+
+    `data_fraction` is `next(stream)` timed alone over the step time: an upper bound on the data
+    work's cost. `data_fraction_in_step` is (step − fixed-batch step) / step, where the
+    fixed-batch step trains on one batch taken before timing, so it does no data work; the two
+    are timed in alternation. It is not clamped: a slightly negative value is noise and means
+    "not measurable at this precision". With a DataLoader (ImageNet) the interleaved fixed-batch
+    steps give the workers extra time, so a loader that cannot keep up shows in `data_fraction`."""
     torch._dynamo.reset()
     procs = distributed.setup(Device(cfg.device))
     device = procs.device
@@ -120,12 +132,17 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
 
     for _ in range(warmup):  # also absorbs torch.compile
         product_step()
+    fixed_x, fixed_y = next(stream)
+
+    def fixed_batch_step():
+        trainer.train_batch(fixed_x, fixed_y, totals)
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step_seconds = _median_seconds(device, product_step, steps)
+    step_seconds, fixed_batch_seconds = _median_seconds(device, steps, product_step, fixed_batch_step)
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    data_seconds = _median_seconds(device, data_only, steps)
-    optimizer_seconds = _median_seconds(device, trainer.optimizer.step, steps)
+    (data_seconds,) = _median_seconds(device, steps, data_only)
+    (optimizer_seconds,) = _median_seconds(device, steps, trainer.optimizer.step)
 
     env = environment(device)
     precision = Precision(cfg.precision).value
@@ -138,7 +155,9 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
         "micro_batch_size": trainer.micro_batch, "precision": precision,
         "channels_last": cfg.channels_last, "compile": cfg.compile,
         "images_per_second": cfg.batch_size / step_seconds, "step_ms": 1000 * step_seconds,
-        "data_fraction": data_seconds / step_seconds, "optimizer_fraction": optimizer_seconds / step_seconds,
+        "data_fraction": data_seconds / step_seconds,
+        "data_fraction_in_step": (step_seconds - fixed_batch_seconds) / step_seconds,
+        "optimizer_fraction": optimizer_seconds / step_seconds,
         "forward_backward_fraction": max(0.0, 1 - (data_seconds + optimizer_seconds) / step_seconds),
         "peak_memory_gib": peak_memory / 2**30 if peak_memory is not None else None,
         "gflops_per_image": flops / 1e9, "achieved_tflops": achieved / 1e12,
@@ -148,7 +167,7 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
         reference = reference_step(cfg, trainer)
         for _ in range(warmup):
             reference()
-        reference_seconds = _median_seconds(device, reference, steps)
+        (reference_seconds,) = _median_seconds(device, steps, reference)
         result["reference_images_per_second"] = cfg.batch_size / reference_seconds
         result["throughput_vs_reference"] = reference_seconds / step_seconds
     result.update(device_name=env["device_name"], torch_version=env["torch_version"])

@@ -1,10 +1,15 @@
 """The throughput harness runs the product's step and the reference loop and reports sane
 fields (no timing is asserted: speed is measured by the benchmark, not by tests)."""
 
+import math
+import types
+
 import torch
 
+from sngm_bench import bench
 from sngm_bench.bench import bench_train, flops_per_image, peak_flops
 from sngm_bench.config import compose_config
+from sngm_bench.data.device_loader import DeviceImages
 from sngm_bench.models.cifar_resnet import CifarResNet
 
 
@@ -31,5 +36,30 @@ def test_bench_reports_the_product_step_and_the_reference(cifar_root, monkeypatc
     assert result["throughput_vs_reference"] > 0 and result["step_ms"] > 0
     for key in ("data_fraction", "optimizer_fraction", "forward_backward_fraction"):
         assert 0 <= result[key] <= 1
+    assert math.isfinite(result["data_fraction_in_step"]) and result["data_fraction_in_step"] < 1  # noise: may be < 0
     assert result["mfu"] is None and result["peak_memory_gib"] is None  # CPU: no known peak, no CUDA memory
     assert result["gflops_per_image"] > 0 and result["torch_version"] == torch.__version__
+
+
+def test_data_fraction_in_step_is_the_time_the_data_work_adds_to_the_step(cifar_root, monkeypatch):
+    # A fake clock makes the timing exact: every reading advances it by 1 s, and every batch the
+    # data stream yields by 3 s more, so a product step takes 4 s and a fixed-batch step 1 s.
+    clock = types.SimpleNamespace(now=0.0)
+
+    def perf_counter():
+        clock.now += 1.0
+        return clock.now
+
+    def slow_batches(self, *args, **kwargs):
+        for batch in original_batches(self, *args, **kwargs):
+            clock.now += 3.0
+            yield batch
+
+    original_batches = DeviceImages.train_batches
+    monkeypatch.setattr(DeviceImages, "train_batches", slow_batches)
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setenv("SNGM_DATA", str(cifar_root))
+    cfg = compose_config(["experiment=smoke", "model.width=4", "dataset.subset=200", "batch_size=32", "device=cpu"])
+    result = bench_train(cfg, steps=2, warmup=1)
+    assert result["data_fraction_in_step"] == 3 / 4
+    assert result["data_fraction"] == 1  # next(stream) timed alone: 1 + 3 s, as long as the whole step
