@@ -17,6 +17,14 @@ separately, one section per protocol. The claims:
 3. Block-wise normalization (`optimizer.norm=layer`) does not help SNGM: not supported when some
    interval of layer − global lies wholly above 0, supported when every one lies wholly below
    +`within` points.
+
+A verdict never rests on a cell whose selected LR is at the grid's edge (the smallest or largest
+of several tried, `report.grid_edges`) where a better LR outside the grid could overturn it: such
+a verdict is "not resolved", and the evidence says which grid to extend. Claim 1: a rival SNGM
+beats at such an LR, or SNGM at one when a rival beats it. Claim 2: any cell of the optimizer the
+verdict favours (a better mean raises the bar its batch sizes are held to), or one of the other's
+beyond its largest batch within. Claim 3: the layer series for "supported", global SNGM for "not
+supported".
 """
 
 from __future__ import annotations
@@ -127,13 +135,15 @@ class Cell:
     lr: float
     accs: list[float]  # final test accuracy of each seed, points
     run_dirs: list[str]
+    grid_edge: str = ""  # "smallest" or "largest" when the LR is that end of several tried, else ""
 
     @property
     def mean(self) -> float:
         return statistics.mean(self.accs)
 
     def __str__(self) -> str:
-        return f"{self.series} {self.mean:.2f} (n={len(self.accs)})"
+        edge = ", grid edge" if self.grid_edge else ""
+        return f"{self.series} {self.mean:.2f} (n={len(self.accs)}{edge})"
 
 
 # Which optimizer a Cell (or a run row, which has the same attributes) is.
@@ -152,11 +162,22 @@ def is_msgd(cell) -> bool:
 def selected_cells(runs: pd.DataFrame, cells: pd.DataFrame) -> list[Cell]:
     """A Cell per (series, batch size) with completed runs at its selected LR."""
     keys = ["series", "batch_size", "lr", "lr_factor"]  # the selected LR is optimizer.lr x lr_factor
-    done = runs[runs["status"] == COMPLETED].merge(cells.loc[cells["selected"], keys], on=keys)
+    run_lr = cells["lr"] * cells["lr_factor"]
+    smallest = run_lr == run_lr.groupby([cells["series"], cells["batch_size"]]).transform("min")
+    edge = smallest.map({True: "smallest", False: "largest"}).where(cells["grid_edge"], "")
+    chosen = cells.assign(edge=edge).loc[cells["selected"], [*keys, "edge"]]
+    done = runs[runs["status"] == COMPLETED].merge(chosen, on=keys)
     return [Cell(series, first["optimizer"], first["norm"], int(batch_size), float(first["lr"] * first["lr_factor"]),
-                 [100 * acc for acc in group["final_test_acc"]], list(group["run_dir"]))
+                 [100 * acc for acc in group["final_test_acc"]], list(group["run_dir"]), first["edge"])
             for (series, batch_size), group in done.groupby(["series", "batch_size"])
             for first in [group.iloc[0]]]
+
+
+def grid_edge_caution(cell: Cell) -> str:
+    """Why a verdict that rests on `cell`, whose LR is at the grid's edge, is not resolved."""
+    direction = "smaller" if cell.grid_edge == "smallest" else "larger"
+    return (f"{cell.series} at batch {cell.batch_size}: its selected LR (optimizer.lr x lr_factor) {cell.lr:g} is "
+            f"the {cell.grid_edge} tried, so its best LR may lie outside the grid: extend the grid to {direction} LRs.")
 
 
 def best(cells: list[Cell], batch_size: int, which) -> Cell | None:
@@ -193,12 +214,18 @@ def claim_large_batch(cells: list[Cell]) -> tuple[str, list[str]]:
     lines = [f"At batch {batch_size}, the largest run by SNGM and another optimizer: {sngm}."]
     lines += [f"- SNGM − {rival.series} ({rival.mean:.2f}, n={len(rival.accs)}): {m}" for rival, m in margins]
     beaten = [rival.series for rival, m in margins if m.resolved and m.high <= 0]
-    if beaten:
+    if beaten and not sngm.grid_edge:
         lines.append(f"The claim fails: at batch {batch_size}, SNGM is not better than {', '.join(beaten)}.")
         return NOT_SUPPORTED, lines
-    if all(m.resolved and m.low > 0 for _, m in margins):
+    # A lead over a cell at the grid's edge may be the lack of a better LR, not the optimizer.
+    under_tuned = [sngm] if sngm.grid_edge and any(m.diff <= 0 for _, m in margins) else []
+    under_tuned += [rival for rival, m in margins if rival.grid_edge and m.diff > 0]
+    if not under_tuned and all(m.resolved and m.low > 0 for _, m in margins):
         return SUPPORTED, lines
-    return NOT_RESOLVED, lines + ["The intervals include 0 or too few seeds ran: more seeds are needed."]
+    lines += map(grid_edge_caution, under_tuned)
+    if not all(m.resolved and (m.low > 0 or m.high <= 0) for _, m in margins):
+        lines.append("The intervals include 0 or too few seeds ran: more seeds are needed.")
+    return NOT_RESOLVED, lines
 
 
 def largest_within(cells: list[Cell], which, batch_sizes: list[int], within: float) -> tuple[int | None, float]:
@@ -229,6 +256,14 @@ def claim_larger_batch(cells: list[Cell], runs: pd.DataFrame, within: float) -> 
     if sngm == msgd == batch_sizes[-1]:
         return NOT_RESOLVED, lines + [f"Both stay within {within:g} point(s) up to the largest batch run "
                                       f"({batch_sizes[-1]}); larger batches are needed to tell them apart."]
+    sngm_cells, msgd_cells = ([c for b in batch_sizes if (c := best(cells, b, which))] for which in (is_sngm, is_msgd))
+    favoured, other, other_largest = (sngm_cells, msgd_cells, msgd) if sngm > msgd else (msgd_cells, sngm_cells, sngm)
+    # A better LR could turn the verdict for any cell of the optimizer it favours (a higher best raises the
+    # bar) or for one of the other's beyond that one's largest batch within (it could come within).
+    under_tuned = [c for c in favoured if c.grid_edge]
+    under_tuned += [c for c in other if c.batch_size > other_largest and c.grid_edge]
+    if under_tuned:
+        return NOT_RESOLVED, lines + [grid_edge_caution(c) for c in under_tuned]
     if sngm > msgd:
         return SUPPORTED, lines
     return NOT_SUPPORTED, lines + [f"The claim fails: SNGM keeps its accuracy up to batch {sngm}, MSGD up to {msgd}."]
@@ -240,15 +275,23 @@ def claim_block_wise(cells: list[Cell], within: float) -> tuple[str, list[str]]:
                          & {c.batch_size for c in cells if is_sngm(c)})
     if not batch_sizes:
         return NOT_RESOLVED, ["No batch size has completed runs of SNGM with both optimizer.norm=layer and global."]
-    margins = {b: welch(best(cells, b, is_sngm_layer).accs, best(cells, b, is_sngm).accs) for b in batch_sizes}
+    pairs = {b: (best(cells, b, is_sngm_layer), best(cells, b, is_sngm)) for b in batch_sizes}
+    margins = {b: welch(layer.accs, glob.accs) for b, (layer, glob) in pairs.items()}
     lines = [f"- batch {b}: layer − global {m}" for b, m in margins.items()]
-    helps = [b for b, m in margins.items() if m.resolved and m.low > 0]
+    helps = [b for b, m in margins.items() if m.resolved and m.low > 0 and not pairs[b][1].grid_edge]
     if helps:
         return NOT_SUPPORTED, lines + [f"The claim fails: block-wise normalization helps at batch "
                                        f"{', '.join(map(str, helps))}."]
-    if all(m.resolved and m.high < within for m in margins.values()):
+    # A gain of layer over global at the grid's edge may be the lack of a better LR for global, and a
+    # layer series at the grid's edge may gain more with a better LR.
+    under_tuned = [glob for b, (_, glob) in pairs.items() if glob.grid_edge and margins[b].diff > 0]
+    under_tuned += [layer for layer, _ in pairs.values() if layer.grid_edge]
+    if not under_tuned and all(m.resolved and m.high < within for m in margins.values()):
         return SUPPORTED, lines + [f"At every batch size the interval excludes a gain of {within:g} point(s) or more."]
-    return NOT_RESOLVED, lines + ["Some intervals are too wide or too few seeds ran: more seeds are needed."]
+    lines += map(grid_edge_caution, under_tuned)
+    if not all(m.resolved and (m.low > 0 or m.high < within) for m in margins.values()):
+        lines.append("Some intervals are too wide or too few seeds ran: more seeds are needed.")
+    return NOT_RESOLVED, lines
 
 
 def protocol_line(runs: pd.DataFrame) -> str:

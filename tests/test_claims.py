@@ -45,12 +45,13 @@ def test_welch_interval_by_hand():
     assert str(claims.welch([3.0], [1.0, 2.0])) == "+1.50, not resolved with 1 and 2 seeds"
 
 
-def make_run(root: Path, optimizer: str, batch_size: int, accs: list[float], norm: str | None = None) -> None:
+def make_run(root: Path, optimizer: str, batch_size: int, accs: list[float], norm: str | None = None,
+             lr: float = 0.1) -> None:
     """One folder per seed, as sngm-bench writes them (config and summary only), final accuracy in %."""
     for seed, acc in enumerate(accs):
-        run_dir = root / f"{optimizer}-{norm}-{batch_size}-{seed}"
+        run_dir = root / f"{optimizer}-{norm}-{batch_size}-lr{lr:g}-{seed}"
         (run_dir / ".hydra").mkdir(parents=True)
-        optim = {"name": optimizer, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+        optim = {"name": optimizer, "lr": lr, "momentum": 0.9, "weight_decay": 5e-4}
         config = {"name": "hand", "dataset": {"name": "cifar10", "subset": None}, "model": {"name": "resnet20"},
                   "optimizer": {**optim, **({"norm": norm} if optimizer == "sngm" else {})},
                   "schedule": {"decay": "poly"}, "batch_size": batch_size, "epochs": 200, "seed": seed}
@@ -86,7 +87,7 @@ def test_claims_that_hold(tmp_path):
     assert "| 128 | msgd 92.20 (n=3) | sngm norm=global 92.00 (n=3) | +0.20 [" in text
     assert "| 128 |" in text and "(best) |" in text
     assert "SNGM 1024 (best 92.00), MSGD 128 (best 92.20)" in text
-    assert "sngm norm=layer" in text and "`sngm-layer-4096-2`" in text
+    assert "sngm norm=layer" in text and "`sngm-layer-4096-lr0.1-2`" in text
 
 
 def test_claims_that_fail_are_said_to_fail(tmp_path):
@@ -108,6 +109,69 @@ def test_claims_without_enough_runs_are_not_resolved(tmp_path):
     assert "SNGM − msgd (90.50, n=1): +1.00, not resolved with 1 seed" in text
     assert "larger batches are needed" in text
     assert "No batch size has completed runs of SNGM with both optimizer.norm=layer and global." in text
+
+
+def make_grid(root: Path, optimizer: str, batch_size: int, means_by_lr: dict[float, float],
+              norm: str | None = None) -> None:
+    """Three seeds of `optimizer` at each LR of a grid, around the given mean accuracies."""
+    for lr, mean in means_by_lr.items():
+        make_run(root, optimizer, batch_size, seeds(mean), norm, lr)
+
+
+def test_a_lead_over_an_lr_at_the_grid_edge_is_not_resolved(tmp_path):
+    # SNGM leads MSGD by 5 points at batch 4096, but MSGD's best LR is the smallest it tried.
+    make_run(tmp_path, "sngm", 4096, seeds(85.0), "global")
+    make_grid(tmp_path, "msgd", 4096, {0.05: 80.0, 0.1: 78.0, 0.2: 70.0})
+    found, text = verdicts(tmp_path)
+    assert found[0] == "not resolved", text
+    assert "| msgd 80.00 (n=3, grid edge) |" in text
+    assert ("msgd at batch 4096: its selected LR (optimizer.lr x lr_factor) 0.05 is the smallest tried, so its "
+            "best LR may lie outside the grid: extend the grid to smaller LRs.") in text
+    assert "more seeds are needed" not in text.split("2. **")[0]
+    # A smaller LR that does worse brackets the same best LR: the lead now stands.
+    make_run(tmp_path, "msgd", 4096, seeds(75.0), lr=0.025)
+    found, text = verdicts(tmp_path)
+    assert found[0] == "supported", text
+
+
+def test_a_loss_at_the_grid_edge_is_not_resolved(tmp_path):
+    # MSGD beats SNGM by 5 points, but SNGM's best LR is the largest it tried.
+    make_grid(tmp_path, "sngm", 4096, {0.05: 70.0, 0.1: 78.0, 0.2: 80.0}, "global")
+    make_run(tmp_path, "msgd", 4096, seeds(85.0))
+    found, text = verdicts(tmp_path)
+    assert found[0] == "not resolved", text
+    assert "sngm at batch 4096: its selected LR (optimizer.lr x lr_factor) 0.2 is the largest tried" in text
+    assert "extend the grid to larger LRs" in text and "The claim fails: at batch 4096" not in text
+
+
+@pytest.mark.parametrize("layer_grid, global_grid, verdict, edge", [
+    # Layer is 2 points worse, but its best LR is the largest tried: it might catch up beyond the grid.
+    ({0.05: 80.0, 0.1: 83.0}, {0.1: 85.0}, "not resolved", "sngm norm=layer at batch 1024"),
+    ({0.05: 80.0, 0.1: 83.0, 0.2: 82.0}, {0.1: 85.0}, "supported", None),
+    # Layer is 2 points better, but global's best LR is the smallest tried.
+    ({0.1: 87.0}, {0.1: 85.0, 0.2: 80.0}, "not resolved", "sngm norm=global at batch 1024"),
+    ({0.1: 87.0}, {0.05: 84.0, 0.1: 85.0, 0.2: 80.0}, "not supported", None),
+])
+def test_block_wise_verdict_does_not_rest_on_an_lr_at_the_grid_edge(tmp_path, layer_grid, global_grid, verdict,
+                                                                    edge):
+    make_grid(tmp_path, "sngm", 1024, layer_grid, "layer")
+    make_grid(tmp_path, "sngm", 1024, global_grid, "global")
+    found, text = verdicts(tmp_path)
+    assert found[2] == verdict, text
+    assert re.findall(r"^   (.*): its selected LR", text, re.M) == ([edge] if edge else []), text
+
+
+def test_larger_batch_verdict_does_not_rest_on_an_lr_at_the_grid_edge(tmp_path):
+    # SNGM keeps its accuracy to 1024, MSGD's drops after 128, but MSGD's best LR at 1024 is the largest tried.
+    for batch_size, sngm, msgd_grid in [(128, 92.0, {0.05: 91.0, 0.1: 92.2, 0.2: 91.5}),
+                                        (1024, 91.5, {0.05: 85.0, 0.1: 89.0})]:
+        make_run(tmp_path, "sngm", batch_size, seeds(sngm), "global")
+        make_grid(tmp_path, "msgd", batch_size, msgd_grid)
+    found, text = verdicts(tmp_path)
+    assert found[1] == "not resolved", text
+    assert "msgd at batch 1024: its selected LR (optimizer.lr x lr_factor) 0.1 is the largest tried" in text
+    make_run(tmp_path, "msgd", 1024, seeds(88.0), lr=0.2)
+    assert verdicts(tmp_path)[0][1] == "supported"
 
 
 def test_tiny_sweep_report_holds_claims_and_steps_to_target(tmp_path, cifar_root, caplog):
