@@ -31,8 +31,19 @@ def cifar_root() -> Path:
     return root
 
 
+def run_command(command, cwd, env_extra=None, timeout=600):
+    """`command` in `cwd` with its output captured as text; returns the CompletedProcess. One that
+    runs past `timeout` seconds fails the test with the end of its output, so a hang is diagnosed."""
+    try:
+        return subprocess.run([str(part) for part in command], cwd=cwd, env={**os.environ, **(env_extra or {})},
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        parts = [raw.decode(errors="replace") if isinstance(raw, bytes) else raw  # bytes, whatever `text` says
+                 for raw in (err.stdout, err.stderr) if raw]
+        output = "\n".join(part[-3000:] for part in parts)
+    pytest.fail(f"{' '.join(map(str, command))} ran past {timeout} s and was killed; its output ended:\n{output}")
+
+
 def run_cli(args, cwd, env_extra=None, timeout=600):
-    """`python -m sngm_bench ARGS` in `cwd`; returns the CompletedProcess."""
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "sngm_bench", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    """`python -m sngm_bench ARGS` in `cwd` (see run_command)."""
+    return run_command([sys.executable, "-m", "sngm_bench", *args], cwd, env_extra, timeout)

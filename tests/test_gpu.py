@@ -23,13 +23,16 @@ from sngm_bench.data import build_data
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import build_optimizer
 from sngm_bench.train import train_step
-from conftest import IMAGENET_SAMPLE, run_cli
+from conftest import IMAGENET_SAMPLE, run_cli, run_command
 from test_optimizers import CASES, factory_optimizer, make_problem, options_per_tensor, run, small_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 CUDA = torch.device("cuda")
 TINY = ["experiment=smoke", "model.width=8", "dataset.subset=4000", "device=cuda"]
+# Each run's time limit, below gpu_check.sh's 150 s per test: a run that hangs fails its test with the
+# end of its output, instead of the whole test process being killed without it.
+RUN_LIMIT_S = 120
 
 
 def one_run(root):
@@ -78,7 +81,7 @@ def test_bf16_channels_last_compile_run_learns_on_cuda(tmp_path, cifar_root):
     # The fast path end to end: bf16 autocast, channels_last data and model, torch.compile of the
     # training and evaluation forward passes, fp32 master weights in the checkpoint.
     result = run_cli([*TINY, "epochs=3", "batch_size=100", "precision=bf16", "channels_last=true", "compile=true"],
-                     cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+                     cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)}, timeout=RUN_LIMIT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir, summary, _ = one_run(tmp_path / "outputs" / "smoke")
     assert summary["status"] == "completed" and summary["device_name"] == torch.cuda.get_device_name(0)
@@ -114,10 +117,9 @@ def test_ddp_over_nccl_with_one_process_equals_plain_training(tmp_path):
 
 
 def test_torchrun_one_process_trains_on_cuda(tmp_path, cifar_root):
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
-                             "-m", "sngm_bench", *TINY, "epochs=1", "batch_size=200"], cwd=tmp_path,
-                            env={**os.environ, "SNGM_DATA": str(cifar_root)}, capture_output=True, text=True,
-                            timeout=300)
+    result = run_command([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+                          "-m", "sngm_bench", *TINY, "epochs=1", "batch_size=200"], tmp_path,
+                         {"SNGM_DATA": str(cifar_root)}, timeout=RUN_LIMIT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     _, summary, _ = one_run(tmp_path / "outputs" / "smoke")
     assert summary["status"] == "completed" and summary["world_size"] == 1 and summary["device"] == "cuda"
@@ -146,7 +148,8 @@ def test_gpu_decode_gives_the_cpu_pipeline_images():
 def test_resnet50_trains_with_gpu_decode(tmp_path):
     result = run_cli(["dataset=imagenet", "model=resnet50", f"dataset.root={IMAGENET_SAMPLE}", "dataset.image_size=64",
                       "dataset.workers=2", "dataset.gpu_decode=true", "batch_size=100", "epochs=2",
-                      "eval_batch_size=50", "device=cuda", "precision=bf16", "channels_last=true"], cwd=tmp_path)
+                      "eval_batch_size=50", "device=cuda", "precision=bf16", "channels_last=true"], cwd=tmp_path,
+                     timeout=RUN_LIMIT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     _, summary, metrics = one_run(tmp_path / "outputs" / "default")
     assert summary["status"] == "completed" and summary["steps_per_epoch"] == 2 and len(metrics) == 2
@@ -165,29 +168,39 @@ RESUMABLE = ["experiment=smoke", "model.width=4", "dataset.subset=2000", "epochs
              "device=cuda"]
 
 
-def test_checkpoint_written_on_gpu_resumes_to_the_uninterrupted_run(tmp_path, cifar_root):
+def test_checkpoint_written_on_gpu_resumes_to_the_uninterrupted_run(tmp_path, cifar_root, request):
     (tmp_path / "deterministic.py").write_text(DETERMINISTIC)
     env = {**os.environ, "SNGM_DATA": str(cifar_root), "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    processes = []
+    request.addfinalizer(lambda: [process.kill() for process in processes if process.poll() is None])
 
     def start(folder):  # output to a file: a pipe nobody reads until the end can fill and block the run
         folder.mkdir(exist_ok=True)
         with open(folder / "output.txt", "a") as output:
-            return subprocess.Popen([sys.executable, str(tmp_path / "deterministic.py"), *RESUMABLE], cwd=folder,
-                                    env=env, stdout=output, stderr=subprocess.STDOUT)
+            processes.append(subprocess.Popen([sys.executable, str(tmp_path / "deterministic.py"), *RESUMABLE],
+                                              cwd=folder, env=env, stdout=output, stderr=subprocess.STDOUT))
+        return processes[-1]
 
-    def finish(process, folder, timeout=300):
-        process.wait(timeout=timeout)
+    def output_of(folder):
         return (folder / "output.txt").read_text()[-3000:]
+
+    def finish(process, folder, timeout=60):  # the run's output; a run still going after `timeout` s fails the test
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"the run in {folder.name} ran past {timeout} s; its output ended:\n{output_of(folder)}")
+        return output_of(folder)
 
     straight, stopped = start(tmp_path / "straight"), start(tmp_path / "stopped")  # the GPU holds both
     runs = tmp_path / "stopped" / "outputs" / "smoke"
-    deadline = time.time() + 300
+    deadline = time.time() + 100
     while not (len(list(runs.glob("*/metrics.csv"))) == 1 and len(pd.read_csv(next(runs.glob("*/metrics.csv")))) == 1):
         assert stopped.poll() is None, finish(stopped, tmp_path / "stopped")
-        assert time.time() < deadline, "epoch 1 never ended"
+        assert time.time() < deadline, f"epoch 1 never ended:\n{output_of(tmp_path / 'stopped')}"
         time.sleep(0.01)
     stopped.send_signal(signal.SIGTERM)  # epoch 1 is written: the signal lands in epoch 2
-    output = finish(stopped, tmp_path / "stopped", timeout=120)
+    output = finish(stopped, tmp_path / "stopped", timeout=30)
     assert stopped.returncode == 128 + signal.SIGTERM, output
     output = finish(straight, tmp_path / "straight")
     assert straight.returncode == 0, output
