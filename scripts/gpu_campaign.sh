@@ -4,11 +4,11 @@
 # ResNet-20, SNGM against MSGD at batch 4096, each over the same lr_factor grid around its own LR
 # (optimizer.lr at batch 128, scaled to the batch by its own rule: SNGM sqrt, MSGD linear), at a SHORT protocol: experiment=paper_cifar10 with epochs=$EPOCHS
 # (default 15 instead of 200; warmup and poly decay as in the paper protocol, the decay ending at
-# the last epoch), bf16 + channels_last + compile, seed 0. One Hydra sweep in one process, in
+# the last epoch), bf16 + channels_last + compile, seed 0. One Hydra sweep in one process per grid, in
 # $WORK/multirun/$NAME; its order puts batch sizes outermost and the LRs before the optimizers, so
 # a cut-off sweep still pairs SNGM and MSGD at every LR it reached, the middle of the grid first.
 #
-# The sweep stops itself 30 s before BUDGET_S (default 240 s; max_minutes, a shared deadline): the
+# Each sweep stops itself 30 s before BUDGET_S (default 240 s; max_minutes, a shared deadline): the
 # run in progress checkpoints and the rest wait; SIGTERM at BUDGET_S is the fallback. Into OUT_DIR (at most 7 files): summary.md, log.txt, table.md, .csv and .tex
 # (sngm-bench-report), runs.tar.gz (every run folder without its checkpoint, for results/) and,
 # when a run was cut off, checkpoints.tar.gz (its checkpoint). CONTINUE_FROM=DIR (a folder holding
@@ -17,8 +17,12 @@
 #
 # Measured on an H200 (2026-11-27, results/cifar10_short_15ep): the 8 runs of the default grid
 # took 72 s in one sweep, about 5 s of training each (185,000 images/s) plus one compilation.
-# SEEDS (e.g. 1,2) and LR_FACTORS (e.g. 0.125,0.0625) extend that table; the runs land in the same
-# sweep folder, so their run folders join results/cifar10_short_15ep/runs.
+# SEEDS (e.g. 1,2), LR_FACTORS (e.g. 0.125,0.0625), BATCHES and OPTIMIZERS change that grid; the runs
+# land in the same sweep folder, so their run folders join results/cifar10_short_15ep/runs.
+# GRIDS replaces it by several grids, separated by ';' (e.g. 'optimizer=msgd lr_factor=0.125 ;
+# optimizer=sngm lr_factor=1,2 seed=1,2'), swept one after another into that folder within the one
+# time box: the LRs worth more seeds differ per optimizer, which one grid cannot express. A grid
+# without batch_size= gets BATCHES (default 4096).
 
 TITLE="GPU campaign slice (scripts/gpu_campaign.sh)"
 GPU_BUDGET_S=240 DRY_BUDGET_S=900
@@ -27,17 +31,18 @@ EPOCHS=${EPOCHS:-$([ "$MODE" = gpu ] && echo 15 || echo 2)}
 NAME=${NAME:-cifar10_short_${EPOCHS}ep}
 
 if [ "$MODE" = gpu ]; then
-    GRID="batch_size=${BATCHES:-4096} lr_factor=${LR_FACTORS:-1,0.5,2,0.25} optimizer=sngm,msgd${SEEDS:+ seed=$SEEDS}"
+    BATCHES=${BATCHES:-4096} LR_FACTORS=${LR_FACTORS:-1,0.5,2,0.25}
     EXTRA="device=cuda precision=bf16 channels_last=true compile=true"
 else  # tiny sizes, the same command line
-    GRID="batch_size=${BATCHES:-200} lr_factor=${LR_FACTORS:-1,0.5} optimizer=sngm,msgd${SEEDS:+ seed=$SEEDS}"
+    BATCHES=${BATCHES:-200} LR_FACTORS=${LR_FACTORS:-1,0.5}
     EXTRA="device=cpu precision=bf16 channels_last=true compile=false dataset.subset=1000 model.width=4 eval_batch_size=2000"
     LIMIT_SCALE=${LIMIT_SCALE:-5}
 fi
-MAX_MINUTES=$(awk "BEGIN { print ($BUDGET_S - 30) / 60 }")
-SWEEP="-m experiment=paper_cifar10 name=$NAME epochs=$EPOCHS max_minutes=$MAX_MINUTES $GRID $EXTRA"
+IFS=';' read -ra GRID_LIST <<<"${GRIDS:-lr_factor=$LR_FACTORS optimizer=${OPTIMIZERS:-sngm,msgd}${SEEDS:+ seed=$SEEDS}}"
+for i in "${!GRID_LIST[@]}"; do  # a grid without its own batch_size takes BATCHES, not the experiment's 128
+    [[ ${GRID_LIST[$i]} == *batch_size=* ]] || GRID_LIST[$i]="batch_size=$BATCHES ${GRID_LIST[$i]}"
+done
 echo "GPU campaign: mode $MODE, results in $OUT, runs in $WORK/multirun/$NAME; $ENVIRONMENT"
-note "Sweep (short protocol: paper_cifar10 at $EPOCHS epochs, not the paper's 200): \`sngm-bench $SWEEP\`"
 
 if [ -n "${CONTINUE_FROM:-}" ]; then
     for archive in "$CONTINUE_FROM/runs.tar.gz" "$CONTINUE_FROM/checkpoints.tar.gz"; do
@@ -45,11 +50,21 @@ if [ -n "${CONTINUE_FROM:-}" ]; then
     done
 fi
 
-# The time box: SIGTERM at the limit stops the sweep the way a preemption does (TIMEOUT below).
-# The run in progress then finishes its step (or its evaluation) and checkpoints, within KILL_AFTER_S.
-KILL_AFTER_S=60 step "sweep (time-boxed)" "$BUDGET_S" bash -c "cd '$WORK' && '$PY' -m sngm_bench $SWEEP"
+# The time box: each sweep's max_minutes deadline is 30 s before the budget's end, and SIGTERM at the
+# limit stops it the way a preemption does (TIMEOUT below): the run in progress then finishes its step
+# (or its evaluation) and checkpoints, within KILL_AFTER_S. A grid the budget no longer covers is skipped.
+for i in "${!GRID_LIST[@]}"; do
+    LEFT_S=$(( START_S + BUDGET_S - $(date +%s) ))
+    SWEEP="-m experiment=paper_cifar10 name=$NAME epochs=$EPOCHS max_minutes=$(awk "BEGIN { print ($LEFT_S - 30) / 60 }") ${GRID_LIST[$i]} $EXTRA"
+    note "Sweep $((i + 1)) of ${#GRID_LIST[@]} (short protocol: paper_cifar10 at $EPOCHS epochs, not the paper's 200): \`sngm-bench $SWEEP\`"
+    if [ "$LEFT_S" -lt 60 ]; then
+        ROWS+=("| sweep $((i + 1)) | skipped: budget spent | 0 | $LEFT_S | \`sngm-bench $SWEEP\` |")
+        FAILED=1
+        continue
+    fi
+    KILL_AFTER_S=60 step "sweep $((i + 1)) (time-boxed)" "$LEFT_S" bash -c "cd '$WORK' && '$PY' -m sngm_bench $SWEEP"
+done
 BUDGET_S=$(( $(date +%s) - START_S + 60 ))  # the packing steps run after the time box
-
 REPORT="from sngm_bench.report import main; main()"
 step "report" 40 bash -c "cd '$WORK' && '$PY' -c '$REPORT' multirun/$NAME --out report && cp report/table.* '$OUT/'"
 step "archive runs" 20 tar -czf "$OUT/runs.tar.gz" -C "$WORK" --exclude=checkpoint.pt --exclude=checkpoint.prev.pt --exclude=.lock --exclude=train.log "multirun/$NAME"
