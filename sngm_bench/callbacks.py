@@ -7,9 +7,10 @@ Hydra calls `on_multirun_*` in the launching process and `on_job_*` in the proce
 job (the same one for the basic launcher, a worker for joblib or submitit), so the sweep's state
 is read from its run folders, not kept in memory: a run of this sweep is a folder whose
 `.hydra/overrides.yaml` Hydra wrote after the sweep started, and its state is its summary.json.
-Runs that fail are also listed in the sweep folder's `failed_runs.txt` (a run refused because its
-folder holds another run leaves that run's summary alone), which the launching process reads at
-the end for the command's exit code.
+Runs that fail are also listed in the sweep folder's `failed_runs.txt`, which the launching
+process reads at the end for the command's exit code. A run refused because its folder holds
+another run leaves that run's summary alone, so it shows as `refused`, never with the other
+run's status or accuracy.
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ def note_failure(run_dir: Path) -> None:
     """Adds a run of the sweep in progress to its sweep folder's list of failed runs."""
     with open(Path(HydraConfig.get().sweep.dir) / FAILURES_FILE, "a") as f:
         f.write(f"{run_dir}\n")
+
+
+def failures_of(sweep_dir: Path) -> list[str]:
+    """The run folders that the sweep in `sweep_dir` has listed as failed so far."""
+    failures = sweep_dir / FAILURES_FILE
+    return failures.read_text().splitlines() if failures.exists() else []
+
+
+def refused(run_dir: Path, summary: dict, failures: list[str]) -> bool:
+    """Whether a run of the sweep did not train because its folder holds another run (another
+    config, or a live process): it is listed as failed, but the summary there is the other run's."""
+    return summary.get("status") != "failed" and any(Path(f).resolve() == run_dir.resolve() for f in failures)
 
 
 def sweep_size(config: DictConfig) -> int | None:
@@ -127,8 +140,8 @@ class RunReport(Callback):
             return
         run_dir = Path(config.hydra.runtime.output_dir)
         summary = read_summary(run_dir)
-        if not summary:
-            return
+        if not summary or refused(run_dir, summary, failures_of(Path(config.hydra.sweep.dir))):
+            return  # a refused run's reason is already logged; the summary there is another run's
         line = run_line(summary, run_dir)
         if (run_dir / SUMMARY_FILE).stat().st_mtime < self.job_start:
             line += " (finished earlier: nothing trained)"
@@ -136,13 +149,19 @@ class RunReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        failures = sweep_dir / FAILURES_FILE
-        failed_runs[:] = failures.read_text().splitlines() if failures.exists() else []
-        runs = self.this_sweeps_runs(sweep_dir)
+        failed_runs[:] = failures_of(sweep_dir)
+        # A run refused for its folder's config kept that run's Hydra files: only the failures list has it.
+        runs = sorted({d.resolve() for d in self.this_sweeps_runs(sweep_dir)} | {Path(f).resolve() for f in failed_runs})
         if not runs:
             return
-        rows = [(summary.get("status", "unknown"), percent(summary.get("final_test_acc")), str(d.relative_to(sweep_dir)))
-                for d in runs for summary in [read_summary(d)]]
+        sweep_dir = sweep_dir.resolve()
+        rows = []
+        for d in runs:
+            summary = read_summary(d)
+            status, acc = summary.get("status", "unknown"), percent(summary.get("final_test_acc"))
+            if refused(d, summary, failed_runs):
+                status, acc = "refused", "–"
+            rows.append((status, acc, str(d.relative_to(sweep_dir))))
         width = max(len(status) for status, _, _ in rows)
         print(f"\nsweep of {len(runs)} runs in {shown(sweep_dir)} "
               f"({duration(time.time() - self.sweep_start)}):")

@@ -1,6 +1,7 @@
 """What a user reads on the console: the end-of-run line, a sweep's progress and closing table,
 and when the loss is read (real CLI, tiny runs on real CIFAR-10)."""
 
+import fcntl
 import json
 import re
 
@@ -85,3 +86,24 @@ def test_log_lines_are_printed_above_the_bar_not_onto_it(tmp_path, cifar_root):
     log_lines = [m.start() for m in re.finditer(r"\[\d{4}-\d\d-\d\d [\d:,]+\]\[sngm_bench", out)]
     assert len(log_lines) >= 4
     assert all(out[i - 1] in "\r\n" for i in log_lines), [out[i - 40:i + 20] for i in log_lines]
+
+
+def test_a_sweep_run_refused_by_its_folder_shows_as_refused_not_as_the_run_it_holds(tmp_path, cifar_root):
+    env = {"SNGM_DATA": str(cifar_root)}
+    grid = ["-m", "name=t", "model.width=4", "dataset.subset=400", "epochs=1", "optimizer=msgd", "batch_size=100"]
+    folder = "batch_size=100,dataset.subset=400,epochs=1,model.width=4,optimizer=msgd"
+    first = run_cli([*grid, "experiment=smoke"], cwd=tmp_path, env_extra=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    def refused_sweep(overrides, reason):
+        result = run_cli([*grid, *overrides], cwd=tmp_path, env_extra=env)
+        assert result.returncode == 2 and reason in result.stdout, result.stdout[-3000:]
+        table = result.stdout[result.stdout.index("sweep of 1 runs in multirun/t"):].splitlines()
+        assert table[2].split() == ["refused", "–", folder]
+        assert "completed, final test accuracy" not in result.stdout  # no end-of-run line of the other run
+
+    with open(tmp_path / "multirun" / "t" / folder / ".lock", "w") as lock:  # as a live run of it would
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        refused_sweep(["experiment=smoke"], "another process is training in")
+    # experiment= stays out of folder names: another experiment's run lands in the same folder, whose config differs.
+    refused_sweep(["experiment=paper_cifar10"], "holds a run trained with model.depth=8 (now 20)")
