@@ -1,22 +1,26 @@
 """Rebuild every table and figure under results/, and the README's results, from the committed run
-folders: `python scripts/paper_figures.py`.
+folders and benchmark CSVs: `python scripts/paper_figures.py`.
 
 Each `results/<name>/` keeps its run records in `runs/`. For every one, this rebuilds the report
 beside them (tables, CSVs, figures, and `caption.md`, which says from the records where the
 numbers come from: protocol, seeds, LR grid, hardware and code). The README's block between the
-two results markers is then rewritten: each result's figures (PNG), table and caption.
+two results markers is then rewritten: each result's figures (PNG), table and caption; and the
+block between the two GPU throughput markers: every row of results/bench/*/bench_train.csv.
 """
 
 import os
 from pathlib import Path
 
+from sngm_bench.bench import throughput_table
 from sngm_bench.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 # results/<name> -> report options other than the defaults (its README states them).
 OPTIONS = {"cifar10_reduced": {"target_acc": 0.35}}
-BEGIN = "<!-- results: rebuilt by scripts/paper_figures.py from results/*/runs; do not edit by hand -->"
-END = "<!-- end of results -->"
+RESULTS = ("<!-- results: rebuilt by scripts/paper_figures.py from results/*/runs; do not edit by hand -->",
+           "<!-- end of results -->")
+THROUGHPUT = ("<!-- GPU throughput: rebuilt by scripts/paper_figures.py from results/bench/*/bench_train.csv; "
+              "do not edit by hand -->", "<!-- end of GPU throughput -->")
 FIGURES = {"accuracy_vs_batch": "final test accuracy against batch size",
            "learning_curves": "test accuracy and training loss per epoch"}
 
@@ -24,6 +28,15 @@ FIGURES = {"accuracy_vs_batch": "final test accuracy against batch size",
 def readme_block(folder: Path, table: str, caption: str) -> str:
     figures = " ".join(f"![{name}: {text}]({folder}/{name}.png)" for name, text in FIGURES.items())
     return f"**`{folder}`** ([details]({folder}/README.md))\n\n{figures}\n\n{table.strip()}\n\n{caption}\n"
+
+
+def replace_block(text: str, markers: tuple[str, str], content: str) -> str:
+    """`text` with what lies between the two `markers` replaced by `content`."""
+    begin, end = markers
+    if begin not in text or end not in text:
+        raise SystemExit(f"paper_figures.py: error: README.md lacks the markers {begin} ... {end}")
+    head, rest = text.split(begin, 1)
+    return f"{head}{begin}\n\n{content}\n{end}{rest.split(end, 1)[1]}"
 
 
 def main() -> None:
@@ -34,13 +47,12 @@ def main() -> None:
         caption = (folder / "caption.md").read_text().strip()
         print(f"## {folder}\n\n{table}\n{caption}\n")
         blocks.append(readme_block(folder, table, caption))
+    throughput = throughput_table(sorted(Path("results/bench").glob("*/bench_train.csv")))
+    print(f"## GPU throughput\n\n{throughput}")
     readme = Path("README.md")
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"paper_figures.py: error: README.md lacks the results markers {BEGIN} ... {END}")
-    head, rest = text.split(BEGIN, 1)
-    readme.write_text(f"{head}{BEGIN}\n\n" + "\n".join(blocks) + f"\n{END}{rest.split(END, 1)[1]}")
-    print(f"rewrote the results block of {readme}")
+    text = replace_block(readme.read_text(), RESULTS, "\n".join(blocks))
+    readme.write_text(replace_block(text, THROUGHPUT, throughput))
+    print(f"rewrote the results and GPU throughput blocks of {readme}")
 
 
 if __name__ == "__main__":

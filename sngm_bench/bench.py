@@ -15,11 +15,13 @@ and reports the product's throughput as a fraction of it. FLOPs per image come f
 from __future__ import annotations
 
 import itertools
+import re
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -173,3 +175,25 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
     result.update(device_name=env["device_name"], torch_version=env["torch_version"])
     procs.close()
     return result
+
+
+def throughput_table(csv_files: list[Path]) -> str:
+    """The README's GPU throughput table: every row of `bench_train.csv` files as
+    `scripts/gpu_check.sh` commits them, in `results/bench/<device>-<YYYY-MM-DD>/` (the date comes
+    from the folder's name, the device and torch version from the rows)."""
+    from sngm_bench.report import to_markdown
+
+    rows = []
+    for path in csv_files:
+        date = re.search(r"\d{4}-\d{2}-\d{2}$", Path(path).parent.name)
+        for row in pd.read_csv(path).itertuples():
+            flags = [name for name, on in (("channels_last", row.channels_last), ("compile", row.compile)) if on]
+            rows.append({
+                "device": row.device_name, "torch": row.torch_version, "date": date.group() if date else "",
+                "model": row.model.replace("resnet", "ResNet-"), "batch": row.batch_size,
+                "settings": " + ".join([row.precision, *flags]), "images/s": f"{row.images_per_second:,.0f}",
+                "MFU": f"{100 * row.mfu:.1f} %" if pd.notna(row.mfu) else "–",
+                "vs hand-written loop": f"{row.throughput_vs_reference:.2f}"
+                if pd.notna(getattr(row, "throughput_vs_reference", None)) else "–",
+            })
+    return to_markdown(pd.DataFrame(rows).set_index("device"))

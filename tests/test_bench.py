@@ -4,6 +4,7 @@ fields (no timing is asserted: speed is measured by the benchmark, not by tests)
 import math
 import types
 
+import pandas as pd
 import torch
 
 from sngm_bench import bench
@@ -63,3 +64,21 @@ def test_data_fraction_in_step_is_the_time_the_data_work_adds_to_the_step(cifar_
     result = bench_train(cfg, steps=2, warmup=1)
     assert result["data_fraction_in_step"] == 3 / 4
     assert result["data_fraction"] == 1  # next(stream) timed alone: 1 + 3 s, as long as the whole step
+
+
+def test_throughput_table_has_a_row_per_measurement_with_its_device_date_and_settings(tmp_path):
+    folder = tmp_path / "h100-2026-12-01"
+    folder.mkdir()
+    common = {"dataset": "cifar10", "model": "resnet20", "device_name": "NVIDIA H100 80GB HBM3",
+              "torch_version": "2.11.0"}
+    pd.DataFrame([
+        {**common, "batch_size": 4096, "precision": "bf16", "channels_last": True, "compile": True,
+         "images_per_second": 180123.4, "mfu": 0.0412, "throughput_vs_reference": 0.987},
+        {**common, "batch_size": 512, "precision": "fp32", "channels_last": False, "compile": False,
+         "images_per_second": 30000.0, "mfu": float("nan"), "throughput_vs_reference": float("nan")},
+    ]).to_csv(folder / "bench_train.csv", index=False)
+    lines = bench.throughput_table([folder / "bench_train.csv"]).splitlines()
+    assert lines[0] == "| device | torch | date | model | batch | settings | images/s | MFU | vs hand-written loop |"
+    assert lines[2] == ("| NVIDIA H100 80GB HBM3 | 2.11.0 | 2026-12-01 | ResNet-20 | 4096 | bf16 + channels_last + "
+                        "compile | 180,123 | 4.1 % | 0.99 |")
+    assert lines[3] == "| NVIDIA H100 80GB HBM3 | 2.11.0 | 2026-12-01 | ResNet-20 | 512 | fp32 | 30,000 | – | – |"
