@@ -151,7 +151,8 @@ class RunReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         failed_runs[:] = failures_of(sweep_dir)
         # A run refused for its folder's config kept that run's Hydra files: only the failures list has it.
-        runs = sorted({d.resolve() for d in self.this_sweeps_runs(sweep_dir)} | {Path(f).resolve() for f in failed_runs})
+        runs = sorted({d.resolve() for d in self.this_sweeps_runs(sweep_dir)}
+                      | {Path(f).resolve() for f in failed_runs})
         if not runs:
             return
         sweep_dir = sweep_dir.resolve()
