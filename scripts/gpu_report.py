@@ -58,7 +58,7 @@ def tables(out: Path) -> str:
         if (out / f"{name}.csv").exists():
             rows = pd.read_csv(out / f"{name}.csv")
             columns = ["parameter_set", "optimizer", "median_ms", *[c for c in rows.columns if c.startswith("vs_")],
-                       *[c for c in ("warmup_ms",) if c in rows.columns]]
+                       *[c for c in ("host_ms", "warmup_ms") if c in rows.columns]]  # older CSVs lack them
             parts.append(f"{title}\n\n" + markdown(rows[columns]))
     return "\n\n".join(parts)
 

@@ -85,13 +85,15 @@ def optimizers_to_compare(model: nn.Module, weight_decay: float,
 
 
 def step_seconds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmup: int,
-                 device: torch.device) -> dict[str, tuple[float, float]]:
+                 device: torch.device) -> dict[str, tuple[float, float, float]]:
     """Each optimizer's untimed `warmup` steps together (at least one: state allocation, and
-    compilation for a compiled step) and its median step over the `steps` rounds after them, in
-    seconds."""
+    compilation for a compiled step), its median step over the `steps` rounds after them, and the
+    median time `step()` took to return, before the device finished its work, in seconds. On a GPU
+    the last two are close when the step is bound by issuing its kernels (Python and launches)
+    rather than by the kernels themselves; on a CPU they are the same."""
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     evict = torch.empty(CACHE_EVICTION_BYTES, dtype=torch.uint8, device=device)
-    seconds: dict[str, list[float]] = {name: [] for name in optimizers}
+    seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in optimizers}
     warmup = max(warmup, 1)
     for _ in range(warmup + steps):
         for name, optimizer in optimizers.items():
@@ -99,9 +101,12 @@ def step_seconds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmu
             synchronize()
             start = time.perf_counter()
             optimizer.step()
+            issued = time.perf_counter()
             synchronize()
-            seconds[name].append(time.perf_counter() - start)
-    return {name: (sum(values[:warmup]), statistics.median(values[warmup:])) for name, values in seconds.items()}
+            seconds[name].append((time.perf_counter() - start, issued - start))
+    return {name: (sum(total for total, _ in values[:warmup]), statistics.median(total for total, _ in values[warmup:]),
+                   statistics.median(host for _, host in values[warmup:]))
+            for name, values in seconds.items()}
 
 
 def bench_optimizers(parameter_sets=tuple(PARAMETER_SETS), steps: int = 50, warmup: int = 5,
@@ -116,12 +121,13 @@ def bench_optimizers(parameter_sets=tuple(PARAMETER_SETS), steps: int = 50, warm
         optimizers = optimizers_to_compare(model, weight_decay, compile_backend)
         timed = step_seconds(optimizers, steps, warmup, device)
         baselines = [name for name in timed if name.startswith("sgd_")]
-        for name, (warmup_seconds, median) in timed.items():
+        for name, (warmup_seconds, median, host) in timed.items():
             rows.append({
                 "device": device_name(device), "torch": torch.__version__, "steps": steps, "parameter_set": set_name,
                 "parameters": sum(p.numel() for p in model.parameters()), "tensors": len(list(model.parameters())),
                 "weight_decay": weight_decay, "optimizer": name, "median_ms": 1e3 * median,
-                **{f"vs_{base}": median / timed[base][1] for base in baselines}, "warmup_ms": 1e3 * warmup_seconds,
+                **{f"vs_{base}": median / timed[base][1] for base in baselines}, "host_ms": 1e3 * host,
+                "warmup_ms": 1e3 * warmup_seconds,
             })
         del model, optimizers
     return rows
@@ -132,11 +138,12 @@ def format_table(rows: list[dict]) -> str:
     lines = [f"device: {rows[0]['device']}   torch {rows[0]['torch']}   weight_decay {rows[0]['weight_decay']}   "
              f"median of {rows[0]['steps']} steps",
              f"{'parameters':<24}{'optimizer':<15}{'ms/step':>9}" + "".join(f"{key:>16}" for key in ratios)
-             + f"{'warmup ms':>12}"]
+             + f"{'host ms':>10}{'warmup ms':>12}"]
     for row in rows:
         where = f"{row['parameter_set']} ({row['parameters'] / 1e6:.2f} M)"
         lines.append(f"{where:<24}{row['optimizer']:<15}{row['median_ms']:>9.3f}"
-                     + "".join(f"{row[key]:>15.2f}x" for key in ratios) + f"{row['warmup_ms']:>12.0f}")
+                     + "".join(f"{row[key]:>15.2f}x" for key in ratios) + f"{row['host_ms']:>10.3f}"
+                     + f"{row['warmup_ms']:>12.0f}")
     return "\n".join(lines)
 
 
