@@ -10,10 +10,9 @@ and CUDA start once), appending each result to `--csv` as soon as it is measured
 """
 
 import argparse
-import csv
 from pathlib import Path
 
-from sngm_bench.bench import bench_train
+from sngm_bench.bench import append_row, bench_train
 from sngm_bench.config import compose_config
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,9 +30,4 @@ for batch_size in args.batch_sizes or [None]:
     for key, value in result.items():
         print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
     if args.csv:
-        new = not args.csv.exists()
-        with open(args.csv, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(result))
-            if new:
-                writer.writeheader()
-            writer.writerow(result)
+        append_row(args.csv, result)

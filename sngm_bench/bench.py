@@ -177,6 +177,16 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
     return result
 
 
+def append_row(csv_file: Path, row: dict) -> None:
+    """Adds `row` to the CSV file (created if absent). The file is rewritten with the union of the
+    columns when the row has other keys than its header (e.g. one run with `compare_reference`,
+    one without, or a CSV written by an older version), so no value lands under another's name."""
+    frame = pd.DataFrame([row])
+    if Path(csv_file).exists():
+        frame = pd.concat([pd.read_csv(csv_file), frame], ignore_index=True)
+    frame.to_csv(csv_file, index=False)
+
+
 def throughput_table(csv_files: list[Path]) -> str:
     """The README's GPU throughput table: every row of `bench_train.csv` files as
     `scripts/gpu_check.sh` commits them, in `results/bench/<device>-<YYYY-MM-DD>/` (the date comes

@@ -82,3 +82,16 @@ def test_throughput_table_has_a_row_per_measurement_with_its_device_date_and_set
     assert lines[2] == ("| NVIDIA H100 80GB HBM3 | 2.11.0 | 2026-12-01 | ResNet-20 | 4096 | bf16 + channels_last + "
                         "compile | 180,123 | 4.1 % | 0.99 |")
     assert lines[3] == "| NVIDIA H100 80GB HBM3 | 2.11.0 | 2026-12-01 | ResNet-20 | 512 | fp32 | 30,000 | – | – |"
+
+
+def test_appended_rows_keep_each_value_under_its_own_column(tmp_path):
+    path = tmp_path / "bench_train.csv"
+    bench.append_row(path, {"model": "resnet20", "images_per_second": 100.0, "device_name": "A"})
+    bench.append_row(path, {"model": "resnet56", "images_per_second": 50.0, "throughput_vs_reference": 0.9,
+                            "device_name": "B"})
+    bench.append_row(path, {"model": "resnet8", "device_name": "C", "images_per_second": 10.0})
+    rows = pd.read_csv(path)
+    assert rows["model"].tolist() == ["resnet20", "resnet56", "resnet8"]
+    assert rows["device_name"].tolist() == ["A", "B", "C"]
+    assert rows["images_per_second"].tolist() == [100.0, 50.0, 10.0]
+    assert rows["throughput_vs_reference"].iloc[1] == 0.9 and rows["throughput_vs_reference"].drop(1).isna().all()
