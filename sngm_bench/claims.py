@@ -19,7 +19,7 @@ separately, one section per protocol. The claims:
    +`within` points.
 
 A verdict never rests on a cell whose selected LR is at the grid's edge (the smallest or largest
-of several tried, `report.grid_edges`) where a better LR outside the grid could overturn it: such
+of several tried, `report.grid_edge_sides`) where a better LR outside the grid could overturn it: such
 a verdict is "not resolved", and the evidence says which grid to extend. Claim 1: a rival SNGM
 beats at such an LR, or SNGM at one when a rival beats it. Claim 2: any cell of the optimizer the
 verdict favours (a better mean raises the bar its batch sizes are held to), or one of the other's
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from sngm_bench.report import COMPLETED
+from sngm_bench.report import COMPLETED, grid_edge_sides
 
 CONFIDENCE = 0.95
 # Run settings that define a protocol: only runs that share them are compared. The LR, its batch-size
@@ -162,10 +162,7 @@ def is_msgd(cell) -> bool:
 def selected_cells(runs: pd.DataFrame, cells: pd.DataFrame) -> list[Cell]:
     """A Cell per (series, batch size) with completed runs at its selected LR."""
     keys = ["series", "batch_size", "lr", "lr_factor"]  # the selected LR is optimizer.lr x lr_factor
-    run_lr = cells["lr"] * cells["lr_factor"]
-    smallest = run_lr == run_lr.groupby([cells["series"], cells["batch_size"]]).transform("min")
-    edge = smallest.map({True: "smallest", False: "largest"}).where(cells["grid_edge"], "")
-    chosen = cells.assign(edge=edge).loc[cells["selected"], [*keys, "edge"]]
+    chosen = cells.assign(edge=grid_edge_sides(cells)).loc[cells["selected"], [*keys, "edge"]]
     done = runs[runs["status"] == COMPLETED].merge(chosen, on=keys)
     return [Cell(series, first["optimizer"], first["norm"], int(batch_size), float(first["lr"] * first["lr_factor"]),
                  [100 * acc for acc in group["final_test_acc"]], list(group["run_dir"]), first["edge"])

@@ -215,13 +215,20 @@ def selected_lrs(cells: pd.DataFrame, select_by: str) -> pd.Index:
     return ranked.groupby(["series", "batch_size"]).head(1).index
 
 
-def grid_edges(cells: pd.DataFrame) -> pd.Series:
-    """Whether each selected LR (optimizer.lr x lr_factor) is the smallest or largest of several tried
-    for its (series, batch size): the grid did not bracket the best LR there, so widen it."""
+def grid_edge_sides(cells: pd.DataFrame) -> pd.Series:
+    """'smallest' or 'largest' where a selected LR (optimizer.lr x lr_factor) is that end of several
+    tried for its (series, batch size), else '': the grid did not bracket the best LR there, so
+    widen it on that side."""
     run_lr = cells["lr"] * cells["lr_factor"]
     tried = run_lr.groupby([cells["series"], cells["batch_size"]])
-    at_edge = (run_lr == tried.transform("min")) | (run_lr == tried.transform("max"))
-    return cells["selected"] & (tried.transform("nunique") > 1) & at_edge
+    smallest, largest = run_lr == tried.transform("min"), run_lr == tried.transform("max")
+    at_edge = cells["selected"] & (tried.transform("nunique") > 1) & (smallest | largest)
+    return smallest.map({True: "smallest", False: "largest"}).where(at_edge, "")
+
+
+def grid_edges(cells: pd.DataFrame) -> pd.Series:
+    """Whether each selected LR is at its grid's edge (see grid_edge_sides)."""
+    return grid_edge_sides(cells) != ""
 
 
 def swept_lr_keys(frame: pd.DataFrame) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_cli
+from conftest import run_cli, run_command
 from sngm_bench.report import collect_runs
 
 TINY = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]  # 4 steps
@@ -109,9 +109,8 @@ runpy.run_module("sngm_bench", run_name="__main__")
 
 
 def test_a_signal_after_a_runs_last_step_completes_it_and_stops_the_sweep(tmp_path, cifar_root):
-    result = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_LAST_STEP, "-m", *TINY, "seed=0,1"], cwd=tmp_path,
-                            capture_output=True, text=True, env={**os.environ, "SNGM_DATA": str(cifar_root)},
-                            timeout=600)
+    result = run_command([sys.executable, "-c", SIGNAL_AFTER_LAST_STEP, "-m", *TINY, "seed=0,1"], tmp_path,
+                         {"SNGM_DATA": str(cifar_root)})
     assert "stopped by SIGTERM" in one_line_error(result, code=128 + signal.SIGTERM)
     runs = [json.loads(p.read_text()) for p in (tmp_path / "multirun" / "smoke").glob("*/summary.json")]
     assert [(s["seed"], s["status"], s["epochs"]) for s in runs] == [(0, "completed", 1)]  # seed 1 never started

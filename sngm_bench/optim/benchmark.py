@@ -93,20 +93,20 @@ def step_seconds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmu
     rather than by the kernels themselves; on a CPU they are the same."""
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     evict = torch.empty(CACHE_EVICTION_BYTES, dtype=torch.uint8, device=device)
-    seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in optimizers}
+    totals: dict[str, list[float]] = {name: [] for name in optimizers}
+    returns: dict[str, list[float]] = {name: [] for name in optimizers}
     warmup = max(warmup, 1)
-    for _ in range(warmup + steps):
+    for round_ in range(warmup + steps):
         for name, optimizer in optimizers.items():
-            evict.fill_(len(seconds[name]) % 256)
+            evict.fill_(round_ % 256)
             synchronize()
             start = time.perf_counter()
             optimizer.step()
-            issued = time.perf_counter()
+            returns[name].append(time.perf_counter() - start)
             synchronize()
-            seconds[name].append((time.perf_counter() - start, issued - start))
-    return {name: (sum(total for total, _ in values[:warmup]), statistics.median(total for total, _ in values[warmup:]),
-                   statistics.median(host for _, host in values[warmup:]))
-            for name, values in seconds.items()}
+            totals[name].append(time.perf_counter() - start)
+    return {name: (sum(totals[name][:warmup]), statistics.median(totals[name][warmup:]),
+                   statistics.median(returns[name][warmup:])) for name in optimizers}
 
 
 def bench_optimizers(parameter_sets=tuple(PARAMETER_SETS), steps: int = 50, warmup: int = 5,
