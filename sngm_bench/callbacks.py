@@ -5,10 +5,11 @@ the report command to run next.
 
 Hydra calls `on_multirun_*` in the launching process and `on_job_*` in the process that runs the
 job (the same one for the basic launcher, a worker for joblib or submitit), so the sweep's state
-is read from its run folders, not kept in memory: a run of this sweep is a folder whose
-`.hydra/overrides.yaml` Hydra wrote after the sweep started, and its state is its summary.json.
-Runs that fail are also listed in the sweep folder's `failed_runs.txt`, which the launching
-process reads at the end for the command's exit code. A run refused because its folder holds
+is read from files, not kept in memory: each run of the sweep adds its folder to the sweep
+folder's `.started_runs.txt` as it starts (a folder's own file times cannot tell, since a run that
+finished earlier keeps its old Hydra files), and its state is its summary.json. Runs that fail are
+also listed in the sweep folder's `failed_runs.txt`, which the launching process reads at the end
+for the command's exit code. A run refused because its folder holds
 another run leaves that run's summary alone, so it shows as `refused`, never with the other
 run's status or accuracy.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,22 +32,38 @@ from sngm_bench.records import SUMMARY_FILE, read_summary
 
 log = logging.getLogger("sngm_bench")
 
-OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+STARTED_FILE = ".started_runs.txt"
 FAILURES_FILE = "failed_runs.txt"
 ENDED = ("completed", "failed", "diverged")
 failed_runs: list[str] = []  # the last sweep's failed run folders, read when it ends
 
 
+def add_to_list(sweep_dir: Path, list_file: str, run_dir: Path) -> None:
+    """Adds a run folder to one of the sweep folder's lists (one short append: workers of a
+    parallel launcher can share the file)."""
+    with open(sweep_dir / list_file, "a") as f:
+        f.write(f"{run_dir}\n")
+
+
+def listed(sweep_dir: Path, list_file: str) -> list[str]:
+    """The run folders that the sweep in `sweep_dir` has added to `list_file` so far."""
+    path = sweep_dir / list_file
+    return path.read_text().splitlines() if path.exists() else []
+
+
 def note_failure(run_dir: Path) -> None:
     """Adds a run of the sweep in progress to its sweep folder's list of failed runs."""
-    with open(Path(HydraConfig.get().sweep.dir) / FAILURES_FILE, "a") as f:
-        f.write(f"{run_dir}\n")
+    add_to_list(Path(HydraConfig.get().sweep.dir), FAILURES_FILE, run_dir)
 
 
 def failures_of(sweep_dir: Path) -> list[str]:
     """The run folders that the sweep in `sweep_dir` has listed as failed so far."""
-    failures = sweep_dir / FAILURES_FILE
-    return failures.read_text().splitlines() if failures.exists() else []
+    return listed(sweep_dir, FAILURES_FILE)
+
+
+def this_sweeps_runs(sweep_dir: Path) -> list[Path]:
+    """Run folders that the sweep in `sweep_dir` has started so far, in order of their names."""
+    return sorted({Path(d).resolve() for d in listed(sweep_dir, STARTED_FILE)})
 
 
 def refused(run_dir: Path, summary: dict, failures: list[str]) -> bool:
@@ -109,19 +127,18 @@ class RunReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_start, self.sweep_runs = time.time(), sweep_size(config)
-        (Path(config.hydra.sweep.dir) / FAILURES_FILE).unlink(missing_ok=True)  # an earlier sweep's
-
-    def this_sweeps_runs(self, sweep_dir: Path) -> list[Path]:
-        """Run folders under `sweep_dir` that this sweep has started so far."""
-        return sorted(p.parents[1] for p in sweep_dir.glob(f"**/{OVERRIDES_FILE}")
-                      if p.stat().st_mtime >= self.sweep_start)
+        for list_file in (STARTED_FILE, FAILURES_FILE):  # an earlier sweep's
+            (Path(config.hydra.sweep.dir) / list_file).unlink(missing_ok=True)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.job_start = time.time()
-        if self.sweep_start is None or int(os.environ.get("RANK", "0")) > 0:
+        if config.hydra.mode != RunMode.MULTIRUN or int(os.environ.get("RANK", "0")) > 0:
             return
-        here = Path(config.hydra.runtime.output_dir)
-        others = [d for d in self.this_sweeps_runs(Path(config.hydra.sweep.dir)) if d.resolve() != here.resolve()]
+        sweep_dir, here = Path(config.hydra.sweep.dir), Path(config.hydra.runtime.output_dir).resolve()
+        others = [d for d in this_sweeps_runs(sweep_dir) if d != here]
+        add_to_list(sweep_dir, STARTED_FILE, here)
+        if self.sweep_start is None:  # a launcher's worker: the launching process keeps the sweep's pace
+            return
         summaries = {d: read_summary(d) for d in others}
         statuses = [s.get("status") for s in summaries.values()]
         ended = sum(status in ENDED for status in statuses)
@@ -150,9 +167,7 @@ class RunReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         failed_runs[:] = failures_of(sweep_dir)
-        # A run refused for its folder's config kept that run's Hydra files: only the failures list has it.
-        runs = sorted({d.resolve() for d in self.this_sweeps_runs(sweep_dir)}
-                      | {Path(f).resolve() for f in failed_runs})
+        runs = this_sweeps_runs(sweep_dir)
         if not runs:
             return
         sweep_dir = sweep_dir.resolve()

@@ -39,6 +39,10 @@ def test_a_sweep_shows_its_progress_each_runs_result_and_what_to_do_next(tmp_pat
     again = run_cli(args, cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)}).stdout
     assert f"{line} (finished earlier: nothing trained)" in again
     assert "sweep: run 2 of 2 (0 completed, 1 failed, 0 diverged so far" in again  # the failed run was retried
+    assert again[again.index("sweep of 2 runs in multirun/smoke"):].splitlines()[2:4] == table[2:4]
+    # Finished first, the run that trains nothing counts as completed for the next one.
+    reordered = run_cli([*args[:-1], "batch_size=100,0"], cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert "sweep: run 2 of 2 (1 completed, 0 failed, 0 diverged so far" in reordered.stdout
 
 
 def test_the_loss_is_read_early_in_each_epoch_whatever_log_every_is():
