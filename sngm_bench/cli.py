@@ -240,6 +240,8 @@ def main() -> None:
                 for folder in folders:
                     _make_output_folder(folder, args.multirun)
         except UserError as err:
+            if int(os.environ.get("RANK", "0")) > 0:
+                sys.exit(2)  # every process finds the same error in the command line: rank 0 says it
             _fail(str(err))
     if int(os.environ.get("RANK", "0")) > 0:
         # Every process composes the same config and run folder; only rank 0 writes Hydra's files.

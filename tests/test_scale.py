@@ -73,6 +73,15 @@ def test_two_process_ddp_equals_one_process(tmp_path, cifar_root):
     assert summary_two["final_test_acc"] == pytest.approx(summary_one["final_test_acc"], abs=2e-3)
 
 
+def test_torchrun_refuses_a_sweep_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "sngm_bench", "-m", "experiment=smoke", "seed=0,1"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.count("sngm-bench: error: torchrun starts one run; a sweep (-m)") == 1, result.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, cifar_root):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra")
     result = run_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *TINY, "seed=0,1"],
