@@ -6,6 +6,7 @@ accuracy above chance), prints its images/s and copies its metrics.csv and summa
 `... unfinished RUNS` lists the checkpoints of the runs under RUNS that have not finished.
 """
 
+import argparse
 import json
 import shutil
 import sys
@@ -70,11 +71,22 @@ def unfinished(runs: Path) -> list[Path]:
             and path.with_name("checkpoint.pt").exists()]
 
 
-if __name__ == "__main__":
-    command, *paths = sys.argv[1:]
-    if command == "train":
-        sys.exit(check_training(Path(paths[0]), Path(paths[1])))
-    elif command == "tables":
-        print(tables(Path(paths[0])))
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="check the training run under RUNS, copy its records into OUT")
+    train.add_argument("runs", type=Path)
+    train.add_argument("out", type=Path)
+    commands.add_parser("tables", help="Markdown tables of OUT's results").add_argument("out", type=Path)
+    commands.add_parser("unfinished", help="checkpoints of unfinished runs under RUNS").add_argument("runs", type=Path)
+    args = parser.parse_args()
+    if args.command == "train":
+        sys.exit(check_training(args.runs, args.out))
+    elif args.command == "tables":
+        print(tables(args.out))
     else:
-        print("\n".join(str(path) for path in unfinished(Path(paths[0]))))
+        print("\n".join(str(path) for path in unfinished(args.runs)))
+
+
+if __name__ == "__main__":
+    main()

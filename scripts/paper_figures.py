@@ -8,6 +8,7 @@ two results markers is then rewritten: each result's figures (PNG), table and ca
 block between the two GPU throughput markers: every row of results/bench/*/bench_train.csv.
 """
 
+import argparse
 import os
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def replace_block(text: str, markers: tuple[str, str], content: str) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     os.chdir(ROOT)  # the run folders in the CSVs are then relative to the repository
     blocks = []
     for folder in sorted(p.parent for p in Path("results").glob("*/runs")):
