@@ -32,6 +32,14 @@ class Processes:
             for tensor in tensors:
                 dist.all_reduce(tensor)
 
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every process's `tensor`, stacked in rank order, on every process."""
+        if self.world_size == 1:
+            return tensor.unsqueeze(0)
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor)
+        return torch.stack(parts)
+
     def any(self, flag: bool) -> bool:
         """True on every process when `flag` is true on one (a host sync; call it rarely)."""
         if self.world_size == 1:

@@ -272,8 +272,13 @@ class Trainer:
         totals = torch.zeros(3, dtype=torch.float64, device=procs.device)
         seconds_before = 0.0
         if self.carried is not None:
-            if procs.is_main:  # the saved totals are the sum over all processes
-                totals += self.carried["totals"].to(procs.device)
+            # Each process's sums so far (one row per process; a 1-d sum in older checkpoints). On
+            # another number of processes, rank 0 takes them all: the epoch's sums stay right.
+            carried = self.carried["totals"].reshape(-1, len(totals)).to(procs.device)
+            if len(carried) == procs.world_size:
+                totals += carried[procs.rank]
+            elif procs.is_main:
+                totals += carried.sum(0)
             seconds_before = self.carried["seconds"]
             self.carried = None
         self.model.train()
@@ -295,8 +300,7 @@ class Trainer:
             if stop.requested if procs.world_size == 1 else (at_check and procs.any(stop.requested)):
                 stopping = True
                 if self.step < self.steps_per_epoch:
-                    procs.sum(totals)
-                    self.save_checkpoint({"totals": totals.cpu(),
+                    self.save_checkpoint({"totals": procs.gather(totals).cpu(),
                                           "seconds": seconds_before + time.perf_counter() - start})
                     raise Interrupted(stop.reason(), self.run_dir)
                 break  # the epoch is complete: finish it, then stop at the epoch-end checkpoint

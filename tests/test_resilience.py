@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_cli
+from conftest import run_cli, run_command
 
 TINY = ["experiment=smoke", "model.width=4", "dataset.subset=1000", "epochs=1", "batch_size=100"]
 
@@ -118,8 +118,11 @@ def test_a_finished_run_is_never_trained_twice_single_or_in_a_sweep(tmp_path, ci
         json.loads(first[tmp_path / "outputs"])["wall_seconds"]
 
 
-def _start(args, cwd, cifar_root):
-    return subprocess.Popen([sys.executable, "-m", "sngm_bench", *args], cwd=cwd, stdout=subprocess.PIPE,
+TORCHRUN_2 = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]  # two processes, gloo
+
+
+def _start(args, cwd, cifar_root, launcher=()):
+    return subprocess.Popen([sys.executable, *launcher, "-m", "sngm_bench", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "SNGM_DATA": str(cifar_root)})
 
 
@@ -175,6 +178,53 @@ def test_sigterm_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, cif
         torch.load(straight_dir / "checkpoint.pt", weights_only=False)
     for key, value in reference["model"].items():
         assert torch.equal(value, final["model"][key]), key
+
+
+def test_two_processes_stopped_mid_epoch_resume_to_the_uninterrupted_run(tmp_path, cifar_root):
+    # torchrun passes SIGTERM on to both processes; they agree on the step to stop at, rank 0 saves
+    # this epoch's loss and accuracy sums so far, and the rerun must equal the uninterrupted run.
+    env = {"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"}
+    args = [*RESUMABLE, "logger=tensorboard"]  # the running loss and accuracy, every log_every steps
+    torchrun = [sys.executable, *TORCHRUN_2, "-m", "sngm_bench", *args]
+    (tmp_path / "straight").mkdir()
+    (tmp_path / "stopped").mkdir()
+    straight = run_command(torchrun, tmp_path / "straight", env)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    process = _start(args, tmp_path / "stopped", cifar_root, TORCHRUN_2)
+    runs = tmp_path / "stopped" / "outputs" / "smoke"
+    _wait_for(lambda: _metrics_rows(runs) >= 1, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode != 0
+    (run_dir,) = runs.iterdir()
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["interrupted_by"], summary["world_size"]) == ("interrupted", "SIGTERM", 2)
+    assert state["epoch"] >= 2 and state["carried"] is not None, stderr[-3000:]  # stopped inside an epoch
+
+    resumed = run_command(torchrun, tmp_path / "stopped", env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (straight_dir,) = (tmp_path / "straight" / "outputs" / "smoke").iterdir()
+    expected, got = pd.read_csv(straight_dir / "metrics.csv"), pd.read_csv(run_dir / "metrics.csv")
+    pd.testing.assert_frame_equal(expected[COMPARED], got[COMPARED], check_exact=True)
+    final, reference = torch.load(run_dir / "checkpoint.pt", weights_only=False), \
+        torch.load(straight_dir / "checkpoint.pt", weights_only=False)
+    for key, value in reference["model"].items():
+        assert torch.equal(value, final["model"][key]), key
+    # What the progress bar and the logger read: rank 0's running means, the same after the resume.
+    expected, got = _scalars(straight_dir, "train/loss", "train/accuracy"), _scalars(run_dir, "train/loss",
+                                                                                      "train/accuracy")
+    assert got == expected
+
+
+def _scalars(run_dir, *tags) -> dict:
+    """{(tag, step): value} of the TensorBoard event files in `run_dir`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {(tag, event.step): event.value for tag in tags for event in events.Scalars(tag)}
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR2], ids=["SIGINT", "SIGUSR2"])
