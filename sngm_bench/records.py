@@ -94,6 +94,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# What one session of a run trained on: the summary's values are those of the session that started
+# the run, and each later session's `resumed_at` entry lists those of its own that differ.
+SESSION_KEYS = ("world_size", "micro_batch_size", "bn_batch_size", "git_commit", "git_dirty", "sngm_bench_version",
+                "torch_version", "cuda_version", "python_version", "device", "device_name", "device_count",
+                "cpu_threads", "hostname", "command")
+
+
 def environment(device) -> dict:
     """Code version and hardware of a run on the torch.device `device`: what a reader needs to
     know where a number came from. (torch is imported here, so that readers of run files, like

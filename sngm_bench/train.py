@@ -57,6 +57,22 @@ def micro_batch_size(cfg: DictConfig, local_batch: int, world_size: int) -> int:
     return cfg.micro_batch_size
 
 
+def carried_totals(saved: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This process's part of an interrupted epoch's sums (loss, correct, non-finite), saved one row
+    per process: its own row when as many processes continue the epoch. Otherwise rank 0 takes them
+    all, the loss sum scaled to the new number of processes (it adds one mean per process and step;
+    the counts do not scale). An older checkpoint's single sum goes to rank 0 as it is."""
+    if saved.dim() == 2 and len(saved) == world_size:
+        return saved[rank]
+    if rank > 0:
+        return torch.zeros(saved.shape[-1], dtype=saved.dtype)
+    if saved.dim() == 1:
+        return saved
+    sums = saved.sum(0)
+    sums[0] *= world_size / len(saved)
+    return sums
+
+
 def train_step(forward, optimizer, x, y, micro_batch_size: int, autocast, no_sync=nullcontext, probe=None):
     """One optimizer step on this process's batch (x, y), in micro-batches.
 
@@ -170,6 +186,7 @@ class Trainer:
             "resumed_at": [],
             **records.environment(device),
         }
+        self.first_session = {key: self.summary[key] for key in records.SESSION_KEYS}
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -181,7 +198,8 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rows": self.rows, "rng": checkpoint.capture_rng(),
             "seconds": self.seconds_before + time.perf_counter() - self.session_start,
-            "resumed_at": self.summary["resumed_at"], "noise_scale": self.noise_scale.state_dict(),
+            "resumed_at": self.summary["resumed_at"], "first_session": self.first_session,
+            "noise_scale": self.noise_scale.state_dict(),
         })
 
     def load_checkpoint(self) -> None:
@@ -193,7 +211,11 @@ class Trainer:
         self.noise_scale.load_state_dict(state.get("noise_scale"))
         self.rows, self.epoch, self.step = state["rows"], state["epoch"], state["step"]
         self.carried, self.seconds_before = state["carried"], state["seconds"]
-        self.summary["resumed_at"] = [*state["resumed_at"], {"epoch": self.epoch, "step": self.step}]
+        # The summary keeps the start's hardware and code; this continuation notes where its own differ.
+        this_session, self.first_session = self.first_session, state.get("first_session", self.first_session)
+        self.summary.update(self.first_session)
+        changed = {key: value for key, value in this_session.items() if self.first_session.get(key) != value}
+        self.summary["resumed_at"] = [*state["resumed_at"], {"epoch": self.epoch, "step": self.step, **changed}]
         log.info("continuing from the checkpoint at epoch %d, step %d", self.epoch, self.step)
 
     # -- the loop --------------------------------------------------------------------------
@@ -272,13 +294,7 @@ class Trainer:
         totals = torch.zeros(3, dtype=torch.float64, device=procs.device)
         seconds_before = 0.0
         if self.carried is not None:
-            # Each process's sums so far (one row per process; a 1-d sum in older checkpoints). On
-            # another number of processes, rank 0 takes them all: the epoch's sums stay right.
-            carried = self.carried["totals"].reshape(-1, len(totals)).to(procs.device)
-            if len(carried) == procs.world_size:
-                totals += carried[procs.rank]
-            elif procs.is_main:
-                totals += carried.sum(0)
+            totals += carried_totals(self.carried["totals"], procs.rank, procs.world_size).to(procs.device)
             seconds_before = self.carried["seconds"]
             self.carried = None
         self.model.train()

@@ -33,6 +33,11 @@ def summary(run_dir) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def resumed_where(summary: dict) -> list[tuple[int, int]]:
+    """(epoch, step) of each continuation of a run."""
+    return [(entry["epoch"], entry["step"]) for entry in summary["resumed_at"]]
+
+
 @pytest.fixture
 def cli(tmp_path, cifar_root):
     def run(*args):
@@ -57,7 +62,11 @@ def test_a_rerun_with_another_training_config_is_refused_naming_every_difference
     watched = cli("hydra.run.dir=run", "log_every=2", "eval_batch_size=500")  # not what is trained: continues
     assert watched.returncode == 0, watched.stderr[-3000:]
     finished = summary(run_dir)
-    assert finished["status"] == "completed" and finished["resumed_at"] == [{"epoch": 1, "step": 1}]
+    assert finished["status"] == "completed" and resumed_where(finished) == [(1, 1)]
+    # The summary keeps the command that started the run; the continuation names its own.
+    assert finished["command"] == interrupted["command"] and finished["command"].endswith(" ".join(FIRST_STEP))
+    assert finished["resumed_at"][0]["command"].endswith("log_every=2 eval_batch_size=500")
+    assert set(finished["resumed_at"][0]) == {"epoch", "step", "command"}  # the same hardware and code
 
     longer = one_line_error(cli("hydra.run.dir=run", "epochs=2"))  # the schedule depends on the total
     assert "holds a run trained with epochs=1 (now 2); add overwrite=true" in longer
@@ -66,6 +75,27 @@ def test_a_rerun_with_another_training_config_is_refused_naming_every_difference
     retrained = cli("hydra.run.dir=run", "epochs=2", "overwrite=true")
     assert retrained.returncode == 0, retrained.stderr[-3000:]
     assert summary(run_dir)["epochs"] == 2 and summary(run_dir)["resumed_at"] == []
+
+
+def test_a_run_continued_on_another_number_of_processes_says_so_and_keeps_its_running_sums(tmp_path, cifar_root):
+    # Stopped after its first step in one process, continued by two (torchrun, gloo). Without
+    # BatchNorm the two-process run trains as one process does, up to rounding.
+    env = {"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"}
+    args = [*TINY, "model.batch_norm=false"]
+    assert run_cli([*args, "hydra.run.dir=straight"], cwd=tmp_path, env_extra=env).returncode == 0
+    one_line_error(run_cli([*args, "hydra.run.dir=run", *FIRST_STEP], cwd=tmp_path, env_extra=env), code=124)
+    started = summary(tmp_path / "run")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "sngm_bench", *args, "hydra.run.dir=run"]
+    continued = run_command(torchrun, tmp_path, env)
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    finished = summary(tmp_path / "run")
+    assert (finished["status"], finished["world_size"], finished["command"]) == ("completed", 1, started["command"])
+    (entry,) = finished["resumed_at"]
+    assert (entry["epoch"], entry["step"], entry["world_size"]) == (1, 1, 2) and entry["command"] != started["command"]
+    # Step 1's loss sum, carried from one process to two, is counted once in the epoch's mean.
+    straight = summary(tmp_path / "straight")
+    assert finished["final_train_loss"] == pytest.approx(straight["final_train_loss"], rel=1e-4)
 
 
 def test_an_unreadable_checkpoint_falls_back_to_the_previous_one_and_none_readable_is_one_line(tmp_path, cli):
@@ -90,7 +120,7 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous_one_and_none_readab
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "unreadable checkpoint.pt: " in resumed.stdout + resumed.stderr
     assert "; continuing from checkpoint.prev.pt (epoch 1, step 1)" in resumed.stdout + resumed.stderr
-    assert summary(run_dir)["status"] == "completed" and summary(run_dir)["resumed_at"] == [{"epoch": 1, "step": 1}]
+    assert summary(run_dir)["status"] == "completed" and resumed_where(summary(run_dir)) == [(1, 1)]
 
 
 # The command line, with SIGTERM sent to itself when a run's training loop has returned, i.e.
@@ -143,7 +173,7 @@ def test_a_deadline_mid_sweep_stops_it_and_the_rerun_trains_exactly_the_missing_
     assert after[0] == before[0]
     finished = {seed: json.loads(text) for seed, (text, _) in after.items()}
     assert all(s["status"] == "completed" for s in finished.values())
-    assert finished[1]["resumed_at"] == [{"epoch": 1, "step": 1}] and finished[2]["resumed_at"] == []
+    assert resumed_where(finished[1]) == [(1, 1)] and finished[2]["resumed_at"] == []
 
     again = cli("-m", "seed=0,1,2")  # the same command once more: nothing is trained
     assert again.returncode == 0 and runs() == after

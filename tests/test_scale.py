@@ -12,7 +12,7 @@ import torch
 from sngm_bench.config import compose_config
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import build_optimizer
-from sngm_bench.train import micro_batch_size, train_step
+from sngm_bench.train import carried_totals, micro_batch_size, train_step
 from conftest import run_cli
 
 TINY = ["experiment=smoke", "model.width=4", "model.batch_norm=false", "dataset.subset=400", "epochs=1",
@@ -71,6 +71,19 @@ def test_two_process_ddp_equals_one_process(tmp_path, cifar_root):
         torch.testing.assert_close(params_one[key], params_two[key], rtol=1e-4, atol=1e-5)
     assert summary_two["final_train_loss"] == pytest.approx(summary_one["final_train_loss"], rel=1e-4)
     assert summary_two["final_test_acc"] == pytest.approx(summary_one["final_test_acc"], abs=2e-3)
+
+
+def test_an_interrupted_epochs_sums_carry_over_to_any_number_of_processes():
+    # Two processes stopped after 3 steps: loss sums (3 per-process means each), correct counts, non-finite.
+    saved = torch.tensor([[6.0, 70.0, 0.0], [9.0, 80.0, 1.0]], dtype=torch.float64)
+    assert [carried_totals(saved, rank, 2).tolist() for rank in (0, 1)] == saved.tolist()
+    # The epoch's mean loss divides by steps x processes: 4 processes must add 4 means per step.
+    assert carried_totals(saved, 0, 4).tolist() == [30.0, 150.0, 1.0]
+    assert carried_totals(saved, 0, 1).tolist() == [7.5, 150.0, 1.0]
+    assert carried_totals(saved, 3, 4).tolist() == [0.0, 0.0, 0.0]
+    older = saved.sum(0)  # a checkpoint from before the rows: the sum over as many processes as now
+    assert carried_totals(older, 0, 2).tolist() == [15.0, 150.0, 1.0]
+    assert carried_totals(older, 1, 2).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_torchrun_refuses_a_sweep_in_one_line(tmp_path):
