@@ -9,9 +9,8 @@ is read from files, not kept in memory: each run of the sweep adds its folder to
 folder's `.started_runs.txt` as it starts (a folder's own file times cannot tell, since a run that
 finished earlier keeps its old Hydra files), and its state is its summary.json. Runs that fail are
 also listed in the sweep folder's `failed_runs.txt`, which the launching process reads at the end
-for the command's exit code. A run refused because its folder holds
-another run leaves that run's summary alone, so it shows as `refused`, never with the other
-run's status or accuracy.
+for the command's exit code. A run refused because its folder holds another run leaves that run's
+summary alone, so it shows as `refused`, never with the other run's status or accuracy.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sngm_bench import grid
