@@ -101,6 +101,11 @@ SESSION_KEYS = ("world_size", "micro_batch_size", "bn_batch_size", "git_commit",
                 "cpu_threads", "hostname", "command")
 
 
+def session(summary: dict) -> dict:
+    """The SESSION_KEYS of a summary."""
+    return {key: summary[key] for key in SESSION_KEYS}
+
+
 def environment(device) -> dict:
     """Code version and hardware of a run on the torch.device `device`: what a reader needs to
     know where a number came from. (torch is imported here, so that readers of run files, like

@@ -186,7 +186,6 @@ class Trainer:
             "resumed_at": [],
             **records.environment(device),
         }
-        self.first_session = {key: self.summary[key] for key in records.SESSION_KEYS}
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -198,7 +197,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rows": self.rows, "rng": checkpoint.capture_rng(),
             "seconds": self.seconds_before + time.perf_counter() - self.session_start,
-            "resumed_at": self.summary["resumed_at"], "first_session": self.first_session,
+            "resumed_at": self.summary["resumed_at"], "first_session": records.session(self.summary),
             "noise_scale": self.noise_scale.state_dict(),
         })
 
@@ -212,9 +211,10 @@ class Trainer:
         self.rows, self.epoch, self.step = state["rows"], state["epoch"], state["step"]
         self.carried, self.seconds_before = state["carried"], state["seconds"]
         # The summary keeps the start's hardware and code; this continuation notes where its own differ.
-        this_session, self.first_session = self.first_session, state.get("first_session", self.first_session)
-        self.summary.update(self.first_session)
-        changed = {key: value for key, value in this_session.items() if self.first_session.get(key) != value}
+        this_session = records.session(self.summary)
+        first_session = state.get("first_session", this_session)
+        self.summary.update(first_session)
+        changed = {key: value for key, value in this_session.items() if first_session.get(key) != value}
         self.summary["resumed_at"] = [*state["resumed_at"], {"epoch": self.epoch, "step": self.step, **changed}]
         log.info("continuing from the checkpoint at epoch %d, step %d", self.epoch, self.step)
 

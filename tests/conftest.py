@@ -11,6 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT.parent / "shared" / "data" / "build_cifar10.py"
 # Real ImageNet photos: ../shared/data/imagenet-sample here, .device/imagenet-sample on the GPU machine.
+# `python -m sngm_bench` as torchrun starts it in two processes (gloo on a CPU): prefix of its arguments.
+TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 IMAGENET_SAMPLE = next((p for p in (ROOT.parent / "shared" / "data" / "imagenet-sample",
                                     ROOT / ".device" / "imagenet-sample") if p.is_dir()), None)
 

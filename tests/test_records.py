@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_cli, run_command
+from conftest import TWO_PROCESSES, run_cli, run_command
 from sngm_bench.report import collect_runs
 
 TINY = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]  # 4 steps
@@ -85,8 +85,7 @@ def test_a_run_continued_on_another_number_of_processes_says_so_and_keeps_its_ru
     assert run_cli([*args, "hydra.run.dir=straight"], cwd=tmp_path, env_extra=env).returncode == 0
     one_line_error(run_cli([*args, "hydra.run.dir=run", *FIRST_STEP], cwd=tmp_path, env_extra=env), code=124)
     started = summary(tmp_path / "run")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                "-m", "sngm_bench", *args, "hydra.run.dir=run"]
+    torchrun = [*TWO_PROCESSES, "-m", "sngm_bench", *args, "hydra.run.dir=run"]
     continued = run_command(torchrun, tmp_path, env)
     assert continued.returncode == 0, continued.stderr[-3000:]
     finished = summary(tmp_path / "run")

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_cli, run_command
+from conftest import TWO_PROCESSES, run_cli, run_command
 
 TINY = ["experiment=smoke", "model.width=4", "dataset.subset=1000", "epochs=1", "batch_size=100"]
 
@@ -118,11 +118,8 @@ def test_a_finished_run_is_never_trained_twice_single_or_in_a_sweep(tmp_path, ci
         json.loads(first[tmp_path / "outputs"])["wall_seconds"]
 
 
-TORCHRUN_2 = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]  # two processes, gloo
-
-
-def _start(args, cwd, cifar_root, launcher=()):
-    return subprocess.Popen([sys.executable, *launcher, "-m", "sngm_bench", *args], cwd=cwd, stdout=subprocess.PIPE,
+def _start(args, cwd, cifar_root, launcher=(sys.executable,)):
+    return subprocess.Popen([*launcher, "-m", "sngm_bench", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "SNGM_DATA": str(cifar_root)})
 
 
@@ -185,13 +182,13 @@ def test_two_processes_stopped_mid_epoch_resume_to_the_uninterrupted_run(tmp_pat
     # this epoch's loss and accuracy sums so far, and the rerun must equal the uninterrupted run.
     env = {"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"}
     args = [*RESUMABLE, "logger=tensorboard"]  # the running loss and accuracy, every log_every steps
-    torchrun = [sys.executable, *TORCHRUN_2, "-m", "sngm_bench", *args]
+    torchrun = [*TWO_PROCESSES, "-m", "sngm_bench", *args]
     (tmp_path / "straight").mkdir()
     (tmp_path / "stopped").mkdir()
     straight = run_command(torchrun, tmp_path / "straight", env)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    process = _start(args, tmp_path / "stopped", cifar_root, TORCHRUN_2)
+    process = _start(args, tmp_path / "stopped", cifar_root, TWO_PROCESSES)
     runs = tmp_path / "stopped" / "outputs" / "smoke"
     _wait_for(lambda: _metrics_rows(runs) >= 1, process)
     process.send_signal(signal.SIGTERM)

@@ -4,7 +4,6 @@ import copy
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from sngm_bench.config import compose_config
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import build_optimizer
 from sngm_bench.train import carried_totals, micro_batch_size, train_step
-from conftest import run_cli
+from conftest import TWO_PROCESSES, run_cli
 
 TINY = ["experiment=smoke", "model.width=4", "model.batch_norm=false", "dataset.subset=400", "epochs=1",
         "batch_size=100", "eval_batch_size=2500"]
@@ -57,8 +56,7 @@ def test_two_process_ddp_equals_one_process(tmp_path, cifar_root):
     (tmp_path / "two").mkdir()
     single = run_cli(TINY, cwd=tmp_path / "one", env_extra=env)
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "sngm_bench", *TINY], cwd=tmp_path / "two", env={**os.environ, **env},
+    ddp = subprocess.run([*TWO_PROCESSES, "-m", "sngm_bench", *TINY], cwd=tmp_path / "two", env={**os.environ, **env},
                          capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     (one_dir,) = (tmp_path / "one" / "outputs" / "smoke").iterdir()
@@ -87,8 +85,7 @@ def test_an_interrupted_epochs_sums_carry_over_to_any_number_of_processes():
 
 
 def test_torchrun_refuses_a_sweep_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "sngm_bench", "-m", "experiment=smoke", "seed=0,1"], cwd=tmp_path,
+    result = subprocess.run([*TWO_PROCESSES, "-m", "sngm_bench", "-m", "experiment=smoke", "seed=0,1"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert result.stderr.count("sngm-bench: error: torchrun starts one run; a sweep (-m)") == 1, result.stderr
