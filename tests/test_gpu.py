@@ -1,7 +1,8 @@
 """The CUDA paths on a real GPU: `pytest -m gpu` (skipped without CUDA; `scripts/gpu_check.sh` runs
 them first on the GPU machine). Optimizer steps on CUDA against the float64 references of
-test_optimizers, fused SGD for MSGD, the bf16 + channels_last + compile training path, DDP over
-nccl, GPU JPEG decoding, and a checkpoint written on the GPU and resumed."""
+test_optimizers, eager and compiled by inductor, fused SGD for MSGD, the bf16 + channels_last +
+compile training path, DDP over nccl, GPU JPEG decoding, and a checkpoint written on the GPU and
+resumed."""
 
 import copy
 import json
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from sngm_bench.config import compose_config
@@ -24,7 +26,9 @@ from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import build_optimizer
 from sngm_bench.train import train_step
 from conftest import IMAGENET_SAMPLE, run_cli, run_command
-from test_optimizers import CASES, factory_optimizer, make_problem, options_per_tensor, run, small_model
+from test_optimizers import (
+    CASES, GROUPS, factory_optimizer, make_problem, options_per_tensor, run, scheduled_steps, small_model,
+)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -57,6 +61,25 @@ def test_optimizer_step_on_cuda_matches_float64_reference(case, dtype):
     tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     for param, want in zip(params, expected):
         torch.testing.assert_close(param.detach().cpu().double(), want, **tol)
+
+
+@pytest.mark.parametrize("case", ["sngm", "sngm-layer-decoupled", "lars-unadapted-group", "lamb"])
+def test_step_compiled_by_inductor_on_cuda_follows_the_schedule_and_compiles_once(case):
+    # compile_optimizer=true: Triton kernels, the step's changing values copied from pinned memory;
+    # against the eager float64 step on the CPU (which test_optimizers checks against the references).
+    cls, defaults, group_options, _ = CASES[case]
+    weights, grad_steps = make_problem(steps=4, dtype=torch.float32)
+    torch._dynamo.reset()
+    results = []
+    for device, dtype, backend in (("cpu", torch.float64, None), (CUDA, torch.float32, "inductor")):
+        params = [nn.Parameter(w.to(device, dtype)) for w in weights]
+        groups = [{"params": [params[i] for i in idx], **opts} for idx, opts in zip(GROUPS, group_options)]
+        scheduled_steps(cls(groups, **defaults, compile_backend=backend), params,
+                        [[g.to(device, dtype) for g in grads] for grads in grad_steps],
+                        lambda: torch._dynamo.config.patch(error_on_recompile=True))
+        results.append(params)
+    for want, got in zip(*results):
+        torch.testing.assert_close(got.detach().cpu().double(), want.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_msgd_is_fused_sgd_on_cuda_and_steps_like_foreach_on_cpu():

@@ -3,6 +3,7 @@ equations, shared properties of all four, and the factory's exclusion switches."
 
 import copy
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from sngm_bench.errors import UserError
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import LAMB, LARS, SNGM, build_optimizer, parameter_groups
 from sngm_bench.optim import sngm as sngm_module
+from sngm_bench.optim.compiled import CompilableOptimizer
 
 SHAPES = [(4, 3), (5,), (2, 3, 3), (1,)]
 GROUPS = [[0, 2], [1, 3]]  # tensor indices of the two parameter groups
@@ -152,6 +154,60 @@ def test_matches_float64_reference_with_two_groups(case):
     expected = reference(weights, grad_steps, options_per_tensor(defaults, group_options))
     for param, want in zip(params, expected):
         torch.testing.assert_close(param.detach(), want, rtol=1e-12, atol=1e-13)
+
+
+COMPILABLE_CASES = [case for case, (cls, *_) in CASES.items() if issubclass(cls, CompilableOptimizer)]
+
+
+def scheduled_steps(optimizer, params, grad_steps, after_first=nullcontext):
+    """One step per entry of `grad_steps`, each at a new lr (a warmup schedule's, for every group),
+    the steps after the first inside `after_first()`."""
+    peaks = [group["lr"] for group in optimizer.param_groups]
+    for i, grads in enumerate(grad_steps):
+        for group, peak in zip(optimizer.param_groups, peaks):
+            group["lr"] = peak * (i + 1) / len(grad_steps)
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        with after_first() if i else nullcontext():
+            optimizer.step()
+
+
+@pytest.mark.parametrize("case", COMPILABLE_CASES)
+def test_compiled_step_equals_the_eager_step_under_a_schedule_and_compiles_once(case):
+    # torch.compile specializes on Python floats: a step that took the scheduled lr or LAMB's bias
+    # corrections as floats would compile again at every step. Ours must compile once per group,
+    # then never again; with the aot_eager backend it runs the eager kernels, so it must equal the
+    # eager step to float64 rounding (inductor's own kernels: the next test, and test_gpu).
+    cls, defaults, group_options, _ = CASES[case]
+    weights, grad_steps = make_problem(steps=6)
+    torch._dynamo.reset()
+    results = []
+    for backend in (None, "aot_eager"):
+        params = [nn.Parameter(w.clone()) for w in weights]
+        groups = [{"params": [params[i] for i in idx], **opts} for idx, opts in zip(GROUPS, group_options)]
+        optimizer = cls(groups, **defaults, compile_backend=backend)
+        scheduled_steps(optimizer, params, grad_steps,
+                        lambda: torch._dynamo.config.patch(error_on_recompile=True))
+        results.append(params)
+    optimizer.load_state_dict(optimizer.state_dict())  # as a resumed run does
+    assert optimizer.update is not optimizer.update_function, "a loaded state must keep the step compiled"
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled.detach(), eager.detach(), rtol=1e-12, atol=1e-13)
+
+
+def test_lamb_compiled_by_inductor_matches_the_float64_reference():
+    cls, defaults, group_options, reference = CASES["lamb"]
+    weights, grad_steps = make_problem(steps=3, dtype=torch.float32)
+    torch._dynamo.reset()
+    params, optimizer = run(lambda groups: cls(groups, **defaults, compile_backend="inductor"), weights, grad_steps,
+                            group_options)
+    expected = reference([w.double() for w in weights], [[g.double() for g in gs] for gs in grad_steps],
+                         options_per_tensor(defaults, group_options))
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach().double(), e, rtol=1e-5, atol=1e-5)
+    restored = copy.deepcopy(optimizer)  # Optimizer's own pickling keeps only defaults, state and groups
+    assert restored.compile_backend == "inductor" and restored.update is not restored.update_function
+    assert restored.max_grad_norm is None and restored.state[restored.param_groups[0]["params"][0]]["step"] == 3
 
 
 def test_lamb_global_gradient_clipping_matches_reference():

@@ -11,10 +11,12 @@ step a 256 MiB write evicts the caches, as the forward and backward passes do be
 of training; otherwise the order within a round would decide who finds its tensors in cache.
 
 With `compile_backend`, SNGM, LARS and LAMB are timed a second time with their step compiled by
-torch.compile (rows `sngm+compile`, ...): what a fused step could cost, and, in `warmup_ms`,
-what compiling it costs once per run. Their eager steps on CUDA are launch-bound (many
-multi-tensor kernels, per-tensor ones for LARS and LAMB), so this is the measurement that decides
-whether runs should compile the optimizer.
+torch.compile as `compile_optimizer=true` runs do (rows `sngm+compile`, ...; see
+`sngm_bench.optim.compiled`), and, in `warmup_ms`, what compiling it costs once per run. Their
+eager steps on CUDA are launch-bound (many multi-tensor kernels, per-tensor ones for LARS and
+LAMB), so this is the measurement that decides whether runs should compile the optimizer. As in a
+run, every step has a new lr (a schedule's), so a step that compiled again for each new value
+would show it.
 """
 
 from __future__ import annotations
@@ -67,9 +69,9 @@ def optimizers_to_compare(model: nn.Module, weight_decay: float,
     if params[0].is_cuda:
         optimizers["sgd_fused"] = torch.optim.SGD(params, **sgd, fused=True)
 
-    def build(name):
+    def build(name, backend=None):
         cfg = compose_config([f"optimizer={name}", f"optimizer.weight_decay={weight_decay}"]).optimizer
-        return build_optimizer(cfg, model, cfg.lr)
+        return build_optimizer(cfg, model, cfg.lr, backend)
 
     for name in OPTIMIZERS:
         optimizers[name] = build(name)
@@ -78,9 +80,7 @@ def optimizers_to_compare(model: nn.Module, weight_decay: float,
         for group in optimizers[row].param_groups:
             group.update(settings)
     for name in COMPILABLE if compile_backend else ():
-        optimizer = build(name)
-        optimizer.step = torch.compile(optimizer.step, backend=compile_backend)
-        optimizers[f"{name}+compile"] = optimizer
+        optimizers[f"{name}+compile"] = build(name, compile_backend)
     return optimizers
 
 
@@ -96,8 +96,11 @@ def step_seconds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmu
     totals: dict[str, list[float]] = {name: [] for name in optimizers}
     returns: dict[str, list[float]] = {name: [] for name in optimizers}
     warmup = max(warmup, 1)
+    peak_lrs = {name: [group["lr"] for group in optimizer.param_groups] for name, optimizer in optimizers.items()}
     for round_ in range(warmup + steps):
         for name, optimizer in optimizers.items():
+            for group, peak in zip(optimizer.param_groups, peak_lrs[name]):
+                group["lr"] = peak * (round_ + 1) / (warmup + steps)  # a warmup schedule's lr
             evict.fill_(round_ % 256)
             synchronize()
             start = time.perf_counter()

@@ -85,9 +85,25 @@ def per_tensor(factors: Tensor) -> list[Tensor]:
     return list(factors.unbind())
 
 
-def momentum_update_(buffers: list[Tensor], directions: list[Tensor], momentum: float, scale: Tensor) -> None:
-    """buffers <- momentum * buffers + scale * directions, where `scale` is a 0-dim device tensor
-    (one factor for all tensors) or a vector (one per tensor), never read on the host. In place,
-    since fresh CPU memory costs page faults on every step."""
+def foreach_factors(factors: list[float] | Tensor) -> list[float] | list[Tensor]:
+    """Per-tensor factors as foreach ops take them: host floats as they are, a device vector as
+    one 0-dim tensor per tensor."""
+    return factors if isinstance(factors, list) else per_tensor(factors)
+
+
+def add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: float | Tensor, value: float = 1.0) -> None:
+    """targets <- targets + value * scale * tensors, in place (fresh CPU memory costs page faults on
+    every step), where `scale` is a number, a 0-dim device tensor (one factor for all tensors) or a
+    vector (one per tensor), never read on the host."""
+    if isinstance(scale, Tensor):
+        factors = per_tensor(scale) if scale.ndim else [scale] * len(targets)
+        torch._foreach_addcmul_(targets, tensors, factors, value=value)
+    else:
+        torch._foreach_add_(targets, tensors, alpha=value * scale)
+
+
+def momentum_update_(buffers: list[Tensor], directions: list[Tensor], momentum: float,
+                     scale: float | Tensor) -> None:
+    """buffers <- momentum * buffers + scale * directions (`scale` as in add_scaled_)."""
     torch._foreach_mul_(buffers, momentum)
-    torch._foreach_addcmul_(buffers, directions, per_tensor(scale) if scale.ndim else [scale] * len(buffers))
+    add_scaled_(buffers, directions, scale)

@@ -5,15 +5,43 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.optim import Optimizer
+from torch import Tensor
 
 from sngm_bench.optim.common import (
-    check_non_negative, check_positive, check_unit_interval, norms, per_tensor, run_closure, state_tensors,
-    trust_ratio, with_grad,
+    add_scaled_, check_non_negative, check_positive, check_unit_interval, foreach_factors, norms, per_tensor,
+    run_closure, state_tensors, trust_ratio, with_grad,
 )
+from sngm_bench.optim.compiled import CompilableOptimizer
 
 
-class LAMB(Optimizer):
+def lamb_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                lr: float | Tensor, eps_terms: list[float] | Tensor, scales: list[float] | Tensor, *,
+                beta1: float, beta2: float, weight_decay: float, adapt: bool, max_trust_ratio: float | None) -> None:
+    """One LAMB step of a group's tensors, in place (see LAMB). With the bias corrections bc1, bc2
+    of each tensor's step, r = (m / bc1) / (sqrt(v / bc2) + eps) + wd*w is computed as
+    wd*w + scale * m / (sqrt(v) + eps_term), scale = sqrt(bc2) / bc1 and eps_term = eps*sqrt(bc2):
+    `lr` a float or 0-dim tensor, `scales` and `eps_terms` one per tensor, host floats or a vector."""
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+    denominators = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(denominators, foreach_factors(eps_terms))
+    updates = torch._foreach_mul(params, weight_decay)
+    if isinstance(scales, list):
+        torch._foreach_addcdiv_(updates, exp_avgs, denominators, scales)
+    else:
+        torch._foreach_addcmul_(updates, torch._foreach_div(exp_avgs, denominators), per_tensor(scales))
+    step_size = lr
+    if adapt:
+        weight_norms, update_norms = norms(params), norms(updates)
+        trust = trust_ratio(weight_norms, update_norms, weight_norms, update_norms)
+        if max_trust_ratio is not None:
+            trust = trust.clamp_max(max_trust_ratio)
+        step_size = lr * trust
+    add_scaled_(params, updates, step_size, value=-1.0)
+
+
+class LAMB(CompilableOptimizer):
     r"""LAMB (You et al., arXiv 1904.00962, Algorithm 2, with Adam's bias correction), per
     parameter tensor w at step t:
 
@@ -31,12 +59,16 @@ class LAMB(Optimizer):
 
     The ratios of all tensors are computed at once from `_foreach_norm` vectors and applied by
     foreach ops that take one 0-dim device tensor per tensor: no host synchronization. The step
-    count is a Python int per tensor, so the bias corrections are host scalars.
+    count is a Python int per tensor, so the bias corrections are host scalars; with
+    `compile_backend` (`sngm_bench.optim.compiled`) they and the lr reach the compiled step as a
+    device vector.
     """
+
+    update_function = staticmethod(lamb_update)
 
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, adapt: bool = True, max_trust_ratio: float | None = None,
-                 max_grad_norm: float | None = None):
+                 max_grad_norm: float | None = None, compile_backend: str | None = None):
         check_positive(lr=lr, eps=eps)
         check_unit_interval(beta1=betas[0], beta2=betas[1])
         check_non_negative(weight_decay=weight_decay)
@@ -46,7 +78,7 @@ class LAMB(Optimizer):
             check_positive(max_grad_norm=max_grad_norm)
         self.max_grad_norm = max_grad_norm  # one clip over all groups, so not a group setting
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, adapt=adapt,
-                                      max_trust_ratio=max_trust_ratio))
+                                      max_trust_ratio=max_trust_ratio), compile_backend)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -69,23 +101,10 @@ class LAMB(Optimizer):
         for p in params:
             self.state[p]["step"] = self.state[p].get("step", 0) + 1
             steps.append(self.state[p]["step"])
-        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-
-        # r = (m / bc1) / (sqrt(v / bc2) + eps) + wd*w  =  wd*w + (sqrt(bc2) / bc1) * m / (sqrt(v) + eps*sqrt(bc2))
         root_bc2 = [math.sqrt(1.0 - beta2**t) for t in steps]
-        denominators = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_add_(denominators, [group["eps"] * c for c in root_bc2])
-        updates = torch._foreach_mul(params, group["weight_decay"])
-        scales = [c / (1.0 - beta1**t) for c, t in zip(root_bc2, steps)]
-        torch._foreach_addcdiv_(updates, exp_avgs, denominators, scales)
-
-        if group["adapt"]:
-            weight_norms, update_norms = norms(params), norms(updates)
-            trust = trust_ratio(weight_norms, update_norms, weight_norms, update_norms)
-            if group["max_trust_ratio"] is not None:
-                trust = trust.clamp_max(group["max_trust_ratio"])
-            torch._foreach_addcmul_(params, updates, per_tensor(-group["lr"] * trust))
-        else:
-            torch._foreach_add_(params, updates, alpha=-group["lr"])
+        values = self.step_values([group["lr"], *(group["eps"] * c for c in root_bc2),
+                                   *(c / (1.0 - beta1**t) for c, t in zip(root_bc2, steps))], params[0])
+        n = len(params)
+        self.update(params, grads, exp_avgs, exp_avg_sqs, values[0], values[1:n + 1], values[n + 1:], beta1=beta1,
+                    beta2=beta2, weight_decay=group["weight_decay"], adapt=group["adapt"],
+                    max_trust_ratio=group["max_trust_ratio"])

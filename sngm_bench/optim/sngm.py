@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import torch
-from torch.optim import Optimizer
+from torch import Tensor
 from torch.optim.sgd import sgd
 
 from sngm_bench.optim.common import (
-    check_choice, check_non_negative, check_positive, check_unit_interval, momentum_update_, norms, run_closure,
-    state_tensors, with_grad,
+    add_scaled_, check_choice, check_non_negative, check_positive, check_unit_interval, momentum_update_, norms,
+    run_closure, state_tensors, with_grad,
 )
+from sngm_bench.optim.compiled import CompilableOptimizer
 
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
 NORMS = ("global", "layer")
@@ -19,7 +20,17 @@ FUSED_DEVICES = ("cpu", "cuda")
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-class SNGM(Optimizer):
+def sngm_update(params: list[Tensor], directions: list[Tensor], buffers: list[Tensor], global_norm: Tensor | None,
+                lr: float | Tensor, *, momentum: float, eps: float) -> None:
+    """The momentum and weight update of SNGM in foreach ops, in place: each direction is divided
+    by `global_norm`, or by its own norm where that is None (`norm="layer"`), floored at `eps`;
+    `lr` a float or a 0-dim tensor."""
+    norm = (global_norm if global_norm is not None else norms(directions)).clamp_min(eps)
+    momentum_update_(buffers, directions, momentum, 1.0 / norm)
+    add_scaled_(params, buffers, lr, value=-1.0)
+
+
+class SNGM(CompilableOptimizer):
     r"""Stochastic normalized gradient descent with momentum (Zhao et al., arXiv 2007.13985, Alg. 1).
 
     With weight decay folded into the gradient of each parameter group (`weight_decay_mode="l2"`,
@@ -46,18 +57,22 @@ class SNGM(Optimizer):
     them several times. `fused` (the default, on CPU and CUDA for float32, float16 and bfloat16
     parameters) takes that kernel, which leaves each p.grad divided by the norm as torch's
     fused optimizers leave gradients unscaled; `fused=False` takes foreach ops, as does every
-    other case (float64, `norm="layer"`).
+    other case (float64, `norm="layer"`). With `compile_backend`, every case takes the foreach form,
+    compiled by torch.compile (`sngm_bench.optim.compiled`), also where the fused kernel applies.
     """
 
+    update_function = staticmethod(sngm_update)
+
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eps: float = 1e-12,
-                 weight_decay_mode: str = "l2", norm: str = "global", fused: bool = True):
+                 weight_decay_mode: str = "l2", norm: str = "global", fused: bool = True,
+                 compile_backend: str | None = None):
         check_positive(lr=lr, eps=eps)
         check_unit_interval(momentum=momentum)
         check_non_negative(weight_decay=weight_decay)
         check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
         check_choice("norm", norm, NORMS)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps,
-                                      weight_decay_mode=weight_decay_mode, norm=norm, fused=fused))
+                                      weight_decay_mode=weight_decay_mode, norm=norm, fused=fused), compile_backend)
 
     def __setstate__(self, state):  # state saved before `fused` existed
         super().__setstate__(state)
@@ -80,16 +95,18 @@ class SNGM(Optimizer):
         global_norm = torch.linalg.vector_norm(norms(global_directions)) if global_directions else None
         for group, params, directions in groups:
             lr, weight_decay = group["lr"], group["weight_decay"]
-            norm = (global_norm if group["norm"] == "global" else norms(directions)).clamp_min(group["eps"])
             buffers = state_tensors(self, params, "momentum_buffer")
             if weight_decay and group["weight_decay_mode"] == "decoupled":
                 torch._foreach_mul_(params, 1.0 - lr * weight_decay)
-            if takes_fused_kernel(group, params):
-                sgd(params, directions, buffers, fused=True, grad_scale=norm, weight_decay=0.0,
-                    momentum=group["momentum"], lr=lr, dampening=0.0, nesterov=False, maximize=False)
+            group_norm = global_norm if group["norm"] == "global" else None
+            if not self.compile_backend and takes_fused_kernel(group, params):
+                sgd(params, directions, buffers, fused=True, grad_scale=group_norm.clamp_min(group["eps"]),
+                    weight_decay=0.0, momentum=group["momentum"], lr=lr, dampening=0.0, nesterov=False,
+                    maximize=False)
             else:
-                momentum_update_(buffers, directions, group["momentum"], 1.0 / norm)
-                torch._foreach_add_(params, buffers, alpha=-lr)
+                (step_lr,) = self.step_values([lr], params[0])
+                self.update(params, directions, buffers, group_norm, step_lr, momentum=group["momentum"],
+                            eps=group["eps"])
         return loss
 
 
