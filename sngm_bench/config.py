@@ -165,7 +165,8 @@ class Config:
     device: Device = Device.auto
     precision: Precision = Precision.fp32
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False  # torch.compile of the model
+    compile_optimizer: bool = False  # SNGM's, LARS's, LAMB's step compiled too (sngm_bench/optim/compiled.py)
     eval_batch_size: int = 1000
     log_every: int = 50  # steps between host syncs: progress bar, divergence and stop checks
     logger: Logger = Logger.none  # tensorboard: live curves in the run folder (the tensorboard extra)

@@ -150,7 +150,7 @@ class Trainer:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
         self.lr = peak_lr(optimizer_settings(cfg.optimizer), cfg.batch_size, cfg.lr_factor)
-        self.optimizer = build_optimizer(cfg.optimizer, model, self.lr)
+        self.optimizer = build_optimizer(cfg.optimizer, model, self.lr, "inductor" if cfg.compile_optimizer else None)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs)
         self.noise_scale = NoiseScale(cfg.noise_scale_every, cfg.batch_size, self.local_batch, model.parameters(),
                                       device)
@@ -229,9 +229,11 @@ class Trainer:
                 records.write_json(self.run_dir / records.SUMMARY_FILE, self.summary)
                 records.write_metrics(self.run_dir, self.rows)  # readers find the file from the start
                 log.info("run folder %s", self.run_dir)
-                log.info("%s on %s x%d (%s): %d steps/epoch of %d images (micro-batches of %d), peak lr %.4g",
-                         optimizer_settings(cfg.optimizer).name, self.summary["device_name"], procs.world_size,
-                         procs.device.type, self.steps_per_epoch, cfg.batch_size, self.micro_batch, self.lr)
+                compiled = " (compiled step)" if getattr(self.optimizer, "compile_backend", None) else ""
+                log.info("%s%s on %s x%d (%s): %d steps/epoch of %d images (micro-batches of %d), peak lr %.4g",
+                         optimizer_settings(cfg.optimizer).name, compiled, self.summary["device_name"],
+                         procs.world_size, procs.device.type, self.steps_per_epoch, cfg.batch_size, self.micro_batch,
+                         self.lr)
             with Progress(cfg.epochs * self.steps_per_epoch, self.global_step, procs.is_main) as progress:
                 while self.epoch <= cfg.epochs:
                     outcome = self.train_epoch(stop, progress, logger)

@@ -76,12 +76,16 @@ def test_throughput_table_has_a_row_per_measurement_with_its_device_date_and_set
          "images_per_second": 180123.4, "mfu": 0.0412, "throughput_vs_reference": 0.987},
         {**common, "batch_size": 512, "precision": "fp32", "channels_last": False, "compile": False,
          "images_per_second": 30000.0, "mfu": float("nan"), "throughput_vs_reference": float("nan")},
+        {**common, "batch_size": 512, "precision": "fp32", "channels_last": False, "compile": False,
+         "compile_optimizer": True, "images_per_second": 31000.0, "mfu": float("nan")},  # a newer row's column
     ]).to_csv(folder / "bench_train.csv", index=False)
     lines = bench.throughput_table([folder / "bench_train.csv"]).splitlines()
     assert lines[0] == "| device | torch | date | model | batch | settings | images/s | MFU | vs hand-written loop |"
     assert lines[2] == ("| NVIDIA H100 80GB HBM3 | 2.11.0 | 2026-12-01 | ResNet-20 | 4096 | bf16 + channels_last + "
                         "compile | 180,123 | 4.1 % | 0.99 |")
     assert lines[3] == "| NVIDIA H100 80GB HBM3 | 2.11.0 | 2026-12-01 | ResNet-20 | 512 | fp32 | 30,000 | – | – |"
+    assert lines[4] == ("| NVIDIA H100 80GB HBM3 | 2.11.0 | 2026-12-01 | ResNet-20 | 512 | fp32 + compiled optimizer | "
+                        "31,000 | – | – |")
 
 
 def test_appended_rows_keep_each_value_under_its_own_column(tmp_path):

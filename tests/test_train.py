@@ -54,13 +54,14 @@ def test_two_by_two_sweep_yields_four_complete_runs(tmp_path, cifar_root):
 
 def test_bf16_channels_last_and_compile_paths_train(tmp_path, cifar_root):
     # The fast-path options end to end on CPU (bf16 autocast, channels_last, torch.compile of the
-    # model for training and evaluation); their speed is the GPU benchmark's business.
+    # model for training and evaluation, and of SNGM's step); their speed is the GPU benchmark's business.
     result = run_cli([*TINY, "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100",
-                      "precision=bf16", "channels_last=true", "compile=true"],
+                      "precision=bf16", "channels_last=true", "compile=true", "compile_optimizer=true"],
                      cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
     config, summary, metrics = read_run(run_dir)
     assert config["precision"] == "bf16" and config["compile"] and config["channels_last"]
+    assert config["compile_optimizer"] and "sngm (compiled step) on" in (run_dir / "train.log").read_text()
     assert summary["status"] == "completed" and metrics["train_loss"].notna().all()
     assert 0.0 < summary["final_test_acc"] <= 1.0
