@@ -177,6 +177,7 @@ class Trainer:
             "bn_batch_size": self.micro_batch * (procs.world_size if cfg.sync_batch_norm else 1),
             "lr_factor": cfg.lr_factor,
             "peak_lr": self.lr,
+            "optimizer_step_compiled": bool(getattr(self.optimizer, "compile_backend", None)),  # MSGD's never is
             "steps_per_epoch": self.steps_per_epoch,
             "train_images": len(self.data.train),
             "test_images": len(self.data.test),
@@ -229,7 +230,7 @@ class Trainer:
                 records.write_json(self.run_dir / records.SUMMARY_FILE, self.summary)
                 records.write_metrics(self.run_dir, self.rows)  # readers find the file from the start
                 log.info("run folder %s", self.run_dir)
-                compiled = " (compiled step)" if getattr(self.optimizer, "compile_backend", None) else ""
+                compiled = " (compiled step)" if self.summary["optimizer_step_compiled"] else ""
                 log.info("%s%s on %s x%d (%s): %d steps/epoch of %d images (micro-batches of %d), peak lr %.4g",
                          optimizer_settings(cfg.optimizer).name, compiled, self.summary["device_name"],
                          procs.world_size, procs.device.type, self.steps_per_epoch, cfg.batch_size, self.micro_batch,
