@@ -5,8 +5,8 @@ parameter tensor, the kernels that apply its own trust ratio or norm: on a GPU, 
 launches. Compiled, inductor fuses them into a few kernels that read each tensor's factor from a
 device vector. Two things make the step compile once per run instead of once per step:
 
-- each optimizer's arithmetic is a pure function of tensor lists (its `update`), compiled without
-  the host bookkeeping around it (which parameters have gradients, creating state);
+- each optimizer's arithmetic is a pure function of tensor lists (its `update_function`),
+  compiled without the host bookkeeping around it (which parameters have gradients, new state);
 - the values that change from step to step (the scheduled lr, LAMB's bias corrections) enter it as
   one device vector, not as Python floats: torch.compile specializes on a float and would compile
   again for each new value, until its recompile limit, after which the step silently runs eagerly.
