@@ -23,6 +23,14 @@ UNTRAINED_KEYS = (
 )
 
 
+# Trained keys added after runs had been recorded, each with the value every run before it trained
+# with: a config without the key reads as having that value, so that an older run folder is still
+# continued or skipped by the same command, and counted as the same run by the report.
+ADDED_KEYS = {
+    "compile_optimizer": False,  # 2026-11-27
+}
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
     flat = {}
@@ -45,7 +53,7 @@ def training_config(config) -> dict[str, Any]:
 
     if isinstance(config, DictConfig):
         config = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
-    return {key: value for key, value in flatten(config).items() if is_trained_key(key)}
+    return {**ADDED_KEYS, **{key: value for key, value in flatten(config).items() if is_trained_key(key)}}
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -3,7 +3,7 @@
 from omegaconf import OmegaConf
 
 from sngm_bench.config import compose_config
-from sngm_bench.identity import UNTRAINED_KEYS, differences, training_config
+from sngm_bench.identity import ADDED_KEYS, UNTRAINED_KEYS, differences, training_config
 from conftest import ROOT
 
 
@@ -19,3 +19,13 @@ def test_training_config_ignores_paths_and_logging_but_not_what_is_trained():
     changed = training_config(compose_config(["optimizer.lr=0.5", "seed=3"]))
     assert differences(base, changed) == [("optimizer.lr", 0.1, 0.5), ("seed", 0, 3)]
     assert "schedule.decay" in base and base["schedule.decay"] == "poly"  # enums as their names
+
+
+def test_a_config_recorded_before_a_key_existed_trains_what_that_keys_old_value_trains():
+    current = OmegaConf.to_container(compose_config([]), resolve=True, enum_to_str=True)
+    for key in ADDED_KEYS:
+        older = {k: v for k, v in current.items() if k != key}  # as summary.json held it then
+        assert key in current and differences(training_config(older), training_config(current)) == []
+        current_changed = {**current, key: not ADDED_KEYS[key]}
+        assert differences(training_config(older), training_config(current_changed)) == [
+            (key, ADDED_KEYS[key], not ADDED_KEYS[key])]
