@@ -195,6 +195,22 @@ def test_compiled_step_equals_the_eager_step_under_a_schedule_and_compiles_once(
         torch.testing.assert_close(compiled.detach(), eager.detach(), rtol=1e-12, atol=1e-13)
 
 
+def test_each_optimizer_compiles_its_own_step_so_a_sweep_never_reaches_the_recompile_limit():
+    # A Hydra sweep runs its runs in one process. Were the compiled graphs of all optimizers kept
+    # together, torch's recompile limit (8) would make the step of the ninth setting run eagerly.
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    runs = 10
+    for run_index in range(runs):
+        weights, grad_steps = make_problem(seed=run_index, steps=2)
+        group_options = ({"weight_decay": 0.01 * (run_index + 1)}, {"adapt": False})
+        run(lambda groups: LARS(groups, **LARS_DEFAULTS, compile_backend="aot_eager"), weights, grad_steps,
+            group_options)
+    assert counters["stats"]["unique_graphs"] == 2 * runs  # one per parameter group and run
+
+
 def test_lamb_compiled_by_inductor_matches_the_float64_reference():
     cls, defaults, group_options, reference = CASES["lamb"]
     weights, grad_steps = make_problem(steps=3, dtype=torch.float32)

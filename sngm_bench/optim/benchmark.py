@@ -15,8 +15,8 @@ torch.compile as `compile_optimizer=true` runs do (rows `sngm+compile`, ...; see
 `sngm_bench.optim.compiled`), and, in `warmup_ms`, what compiling it costs once per run. Their
 eager steps on CUDA are launch-bound (many multi-tensor kernels, per-tensor ones for LARS and
 LAMB), so this is the measurement that decides whether runs should compile the optimizer. As in a
-run, every step has a new lr (a schedule's), so a step that compiled again for each new value
-would show it.
+run, every step has a new lr (a schedule's), and a compiled step that compiles again after the
+warm-up steps stops the benchmark (torch's `error_on_recompile`) instead of being timed.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def step_seconds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmu
     returns: dict[str, list[float]] = {name: [] for name in optimizers}
     warmup = max(warmup, 1)
     peak_lrs = {name: [group["lr"] for group in optimizer.param_groups] for name, optimizer in optimizers.items()}
-    for round_ in range(warmup + steps):
+
+    def one_round(round_):
         for name, optimizer in optimizers.items():
             for group, peak in zip(optimizer.param_groups, peak_lrs[name]):
                 group["lr"] = peak * (round_ + 1) / (warmup + steps)  # a warmup schedule's lr
@@ -108,6 +109,12 @@ def step_seconds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmu
             returns[name].append(time.perf_counter() - start)
             synchronize()
             totals[name].append(time.perf_counter() - start)
+
+    for round_ in range(warmup):
+        one_round(round_)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for round_ in range(warmup, warmup + steps):
+            one_round(round_)
     return {name: (sum(totals[name][:warmup]), statistics.median(totals[name][warmup:]),
                    statistics.median(returns[name][warmup:])) for name in optimizers}
 

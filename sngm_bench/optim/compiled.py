@@ -14,6 +14,7 @@ device vector. Two things make the step compile once per run instead of once per
 
 from __future__ import annotations
 
+import types
 from typing import Callable
 
 import torch
@@ -34,8 +35,9 @@ class CompilableOptimizer(Optimizer):
 
     def _use_backend(self, compile_backend: str | None) -> None:
         self.compile_backend = compile_backend
-        update = self.update_function
-        self.update = torch.compile(update, backend=compile_backend) if compile_backend else update
+        self.update = self.update_function
+        if compile_backend:
+            self.update = torch.compile(own_copy(self.update), backend=compile_backend, dynamic=False)
 
     def __getstate__(self):  # Optimizer's keeps only defaults, state and groups, not our settings
         return {key: value for key, value in self.__dict__.items() if key != "update"}
@@ -55,3 +57,15 @@ class CompilableOptimizer(Optimizer):
         if like.is_cuda:
             host = host.pin_memory()
         return host.to(like.device, non_blocking=True)
+
+
+def own_copy(function: Callable) -> Callable:
+    """`function` with a code object of its own. torch.compile keeps the graphs it compiled for a
+    function with its code object, up to a recompile limit (8 by default), after which the
+    function runs eagerly: shared by all optimizers of a process, the graphs for each new setting
+    (a sweep's weight decays, models, ...) would add up to it in a Hydra sweep, which runs its
+    runs one after another in one process."""
+    copy = types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                              function.__defaults__, function.__closure__)
+    copy.__kwdefaults__ = function.__kwdefaults__
+    return copy
