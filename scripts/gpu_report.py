@@ -49,7 +49,8 @@ def tables(out: Path) -> str:
                      f"{summary['wall_seconds']:.0f} s in all.")
     if (out / "bench_train.csv").exists():
         rows = pd.read_csv(out / "bench_train.csv")
-        columns = ["dataset", "image_size", "model", "batch_size", "precision", "channels_last", "compile", "images_per_second",
+        columns = ["dataset", "image_size", "model", "batch_size", "precision", "channels_last", "compile",
+                   *[c for c in ("optimizer_step_compiled",) if c in rows.columns], "images_per_second",
                    "reference_images_per_second", "throughput_vs_reference", "data_fraction",
                    *[c for c in ("data_fraction_in_step",) if c in rows.columns],  # older CSVs lack it
                    "optimizer_fraction", "mfu", "peak_memory_gib"]

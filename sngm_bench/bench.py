@@ -155,7 +155,8 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
         "dataset": cfg.dataset.name, "image_size": data.image_shape[-1],
         "model": cfg.model.name, "optimizer": optimizer_settings(cfg.optimizer).name, "batch_size": cfg.batch_size,
         "micro_batch_size": trainer.micro_batch, "precision": precision,
-        "channels_last": cfg.channels_last, "compile": cfg.compile, "compile_optimizer": cfg.compile_optimizer,
+        "channels_last": cfg.channels_last, "compile": cfg.compile,
+        "optimizer_step_compiled": trainer.summary["optimizer_step_compiled"],
         "images_per_second": cfg.batch_size / step_seconds, "step_ms": 1000 * step_seconds,
         "data_fraction": data_seconds / step_seconds,
         "data_fraction_in_step": (step_seconds - fixed_batch_seconds) / step_seconds,
@@ -197,7 +198,7 @@ def throughput_table(csv_files: list[Path]) -> str:
     for path in csv_files:
         date = re.search(r"\d{4}-\d{2}-\d{2}$", Path(path).parent.name)
         for row in pd.read_csv(path).itertuples():
-            compiled_step = getattr(row, "compile_optimizer", False)  # a column since compile_optimizer exists
+            compiled_step = getattr(row, "optimizer_step_compiled", False)  # older CSVs lack the column
             flags = [name for name, on in (("channels_last", row.channels_last), ("compile", row.compile),
                                            ("compiled optimizer", pd.notna(compiled_step) and compiled_step)) if on]
             rows.append({

@@ -77,7 +77,7 @@ def test_throughput_table_has_a_row_per_measurement_with_its_device_date_and_set
         {**common, "batch_size": 512, "precision": "fp32", "channels_last": False, "compile": False,
          "images_per_second": 30000.0, "mfu": float("nan"), "throughput_vs_reference": float("nan")},
         {**common, "batch_size": 512, "precision": "fp32", "channels_last": False, "compile": False,
-         "compile_optimizer": True, "images_per_second": 31000.0, "mfu": float("nan")},  # a newer row's column
+         "optimizer_step_compiled": True, "images_per_second": 31000.0, "mfu": float("nan")},  # a newer column
     ]).to_csv(folder / "bench_train.csv", index=False)
     lines = bench.throughput_table([folder / "bench_train.csv"]).splitlines()
     assert lines[0] == "| device | torch | date | model | batch | settings | images/s | MFU | vs hand-written loop |"
