@@ -85,12 +85,6 @@ def per_tensor(factors: Tensor) -> list[Tensor]:
     return list(factors.unbind())
 
 
-def foreach_factors(factors: list[float] | Tensor) -> list[float] | list[Tensor]:
-    """Per-tensor factors as foreach ops take them: host floats as they are, a device vector as
-    one 0-dim tensor per tensor."""
-    return factors if isinstance(factors, list) else per_tensor(factors)
-
-
 def add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: float | Tensor, value: float = 1.0) -> None:
     """targets <- targets + value * scale * tensors, in place (fresh CPU memory costs page faults on
     every step), where `scale` is a number, a 0-dim device tensor (one factor for all tensors) or a
@@ -102,8 +96,7 @@ def add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: float | Ten
         torch._foreach_add_(targets, tensors, alpha=value * scale)
 
 
-def momentum_update_(buffers: list[Tensor], directions: list[Tensor], momentum: float,
-                     scale: float | Tensor) -> None:
-    """buffers <- momentum * buffers + scale * directions (`scale` as in add_scaled_)."""
+def momentum_update_(buffers: list[Tensor], directions: list[Tensor], momentum: float, scale: Tensor) -> None:
+    """buffers <- momentum * buffers + scale * directions (`scale` a device tensor, as in add_scaled_)."""
     torch._foreach_mul_(buffers, momentum)
     add_scaled_(buffers, directions, scale)

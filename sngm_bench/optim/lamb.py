@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from sngm_bench.optim.common import (
-    add_scaled_, check_non_negative, check_positive, check_unit_interval, foreach_factors, norms, per_tensor,
-    run_closure, state_tensors, trust_ratio, with_grad,
+    add_scaled_, check_non_negative, check_positive, check_unit_interval, norms, per_tensor, run_closure,
+    state_tensors, trust_ratio, with_grad,
 )
 from sngm_bench.optim.compiled import CompilableOptimizer
 
@@ -25,11 +25,12 @@ def lamb_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
     denominators = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_add_(denominators, foreach_factors(eps_terms))
     updates = torch._foreach_mul(params, weight_decay)
-    if isinstance(scales, list):
+    if isinstance(scales, list):  # host floats (eager), which foreach ops take as scalar lists
+        torch._foreach_add_(denominators, eps_terms)
         torch._foreach_addcdiv_(updates, exp_avgs, denominators, scales)
-    else:
+    else:  # a device vector (compiled)
+        torch._foreach_add_(denominators, per_tensor(eps_terms))
         torch._foreach_addcmul_(updates, torch._foreach_div(exp_avgs, denominators), per_tensor(scales))
     step_size = lr
     if adapt:
