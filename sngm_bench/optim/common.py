@@ -85,13 +85,16 @@ def per_tensor(factors: Tensor) -> list[Tensor]:
     return list(factors.unbind())
 
 
-def add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: float | Tensor, value: float = 1.0) -> None:
+def add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: float | Tensor | list[Tensor],
+                value: float = 1.0) -> None:
     """targets <- targets + value * scale * tensors, in place (fresh CPU memory costs page faults on
-    every step), where `scale` is a number, a 0-dim device tensor (one factor for all tensors) or a
-    vector (one per tensor), never read on the host."""
+    every step), where `scale` is a number, a 0-dim device tensor (one factor for all tensors), a
+    vector (one per tensor) or its `per_tensor` list (split once for several calls), never read on
+    the host."""
     if isinstance(scale, Tensor):
-        factors = per_tensor(scale) if scale.ndim else [scale] * len(targets)
-        torch._foreach_addcmul_(targets, tensors, factors, value=value)
+        scale = per_tensor(scale) if scale.ndim else [scale] * len(targets)
+    if isinstance(scale, list):
+        torch._foreach_addcmul_(targets, tensors, scale, value=value)
     else:
         torch._foreach_add_(targets, tensors, alpha=value * scale)
 

@@ -47,17 +47,26 @@ class CompilableOptimizer(Optimizer):
         if "update" not in self.__dict__:  # unpickled
             self._use_backend(self.compile_backend)
 
-    def step_values(self, values: list[float], like: Tensor) -> list[float] | Tensor:
-        """The step's changing values for `update`: the floats themselves when eager (foreach ops
-        take them as host scalars); when compiled, one vector on `like`'s device (in its dtype, at
-        least float32), copied from pinned memory on CUDA so that the host does not wait."""
+    def step_values(self, like: Tensor, *values: float | list[float]) -> tuple:
+        """The step's changing values for `update`, each a float or a list of floats (one per
+        tensor): as they are when eager (foreach ops take them as host scalars); when compiled,
+        views of one vector on `like`'s device (in its dtype, at least float32), copied from
+        pinned memory on CUDA so that the host does not wait."""
         if not self.compile_backend:
             return values
-        host = torch.tensor(values, dtype=torch.promote_types(like.dtype, torch.float32))
+        flat = [x for value in values for x in (value if isinstance(value, list) else [value])]
+        host = torch.tensor(flat, dtype=torch.promote_types(like.dtype, torch.float32))
         if like.is_cuda:
             host = host.pin_memory()
-        return host.to(like.device, non_blocking=True)
-
+        vector, views, start = host.to(like.device, non_blocking=True), [], 0
+        for value in values:
+            if isinstance(value, list):
+                views.append(vector[start:start + len(value)])
+                start += len(value)
+            else:
+                views.append(vector[start])
+                start += 1
+        return tuple(views)
 
 def own_copy(function: Callable) -> Callable:
     """`function` with a code object of its own. torch.compile keeps the graphs it compiled for a

@@ -103,9 +103,7 @@ class LAMB(CompilableOptimizer):
             self.state[p]["step"] = self.state[p].get("step", 0) + 1
             steps.append(self.state[p]["step"])
         root_bc2 = [math.sqrt(1.0 - beta2**t) for t in steps]
-        values = self.step_values([group["lr"], *(group["eps"] * c for c in root_bc2),
-                                   *(c / (1.0 - beta1**t) for c, t in zip(root_bc2, steps))], params[0])
-        n = len(params)
-        self.update(params, grads, exp_avgs, exp_avg_sqs, values[0], values[1:n + 1], values[n + 1:], beta1=beta1,
-                    beta2=beta2, weight_decay=group["weight_decay"], adapt=group["adapt"],
-                    max_trust_ratio=group["max_trust_ratio"])
+        lr, eps_terms, scales = self.step_values(params[0], group["lr"], [group["eps"] * c for c in root_bc2],
+                                                 [c / (1.0 - beta1**t) for c, t in zip(root_bc2, steps)])
+        self.update(params, grads, exp_avgs, exp_avg_sqs, lr, eps_terms, scales, beta1=beta1, beta2=beta2,
+                    weight_decay=group["weight_decay"], adapt=group["adapt"], max_trust_ratio=group["max_trust_ratio"])

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from sngm_bench.optim.common import (
-    add_scaled_, check_non_negative, check_positive, check_unit_interval, norms, run_closure, state_tensors,
-    trust_ratio, with_grad,
+    add_scaled_, check_non_negative, check_positive, check_unit_interval, norms, per_tensor, run_closure,
+    state_tensors, trust_ratio, with_grad,
 )
 from sngm_bench.optim.compiled import CompilableOptimizer
 
@@ -19,8 +19,8 @@ def lars_update(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor]
     step_size = lr
     if adapt:
         weight_norms, grad_norms = norms(params), norms(grads)
-        step_size = lr * trust_ratio(weight_norms, grad_norms, trust_coefficient * weight_norms,
-                                     grad_norms + weight_decay * weight_norms + eps)
+        step_size = per_tensor(lr * trust_ratio(weight_norms, grad_norms, trust_coefficient * weight_norms,
+                                                grad_norms + weight_decay * weight_norms + eps))
     add_scaled_(buffers, grads, step_size)
     if weight_decay:
         add_scaled_(buffers, params, step_size, value=weight_decay)
@@ -63,7 +63,7 @@ class LARS(CompilableOptimizer):
             if not params:
                 continue
             buffers = state_tensors(self, params, "momentum_buffer")
-            (lr,) = self.step_values([group["lr"]], params[0])
+            (lr,) = self.step_values(params[0], group["lr"])
             self.update(params, grads, buffers, lr, momentum=group["momentum"], weight_decay=group["weight_decay"],
                         trust_coefficient=group["trust_coefficient"], eps=group["eps"], adapt=group["adapt"])
         return loss

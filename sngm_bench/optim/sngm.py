@@ -104,7 +104,7 @@ class SNGM(CompilableOptimizer):
                     weight_decay=0.0, momentum=group["momentum"], lr=lr, dampening=0.0, nesterov=False,
                     maximize=False)
             else:
-                (step_lr,) = self.step_values([lr], params[0])
+                (step_lr,) = self.step_values(params[0], lr)
                 self.update(params, directions, buffers, group_norm, step_lr, momentum=group["momentum"],
                             eps=group["eps"])
         return loss
