@@ -68,6 +68,7 @@ class CompilableOptimizer(Optimizer):
                 start += 1
         return tuple(views)
 
+
 def own_copy(function: Callable) -> Callable:
     """`function` with a code object of its own. torch.compile keeps the graphs it compiled for a
     function with its code object, up to a recompile limit (8 by default), after which the
