@@ -97,9 +97,3 @@ def add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: float | Ten
         torch._foreach_addcmul_(targets, tensors, scale, value=value)
     else:
         torch._foreach_add_(targets, tensors, alpha=value * scale)
-
-
-def momentum_update_(buffers: list[Tensor], directions: list[Tensor], momentum: float, scale: Tensor) -> None:
-    """buffers <- momentum * buffers + scale * directions (`scale` a device tensor, as in add_scaled_)."""
-    torch._foreach_mul_(buffers, momentum)
-    add_scaled_(buffers, directions, scale)

@@ -7,8 +7,8 @@ from torch import Tensor
 from torch.optim.sgd import sgd
 
 from sngm_bench.optim.common import (
-    add_scaled_, check_choice, check_non_negative, check_positive, check_unit_interval, momentum_update_, norms,
-    run_closure, state_tensors, with_grad,
+    add_scaled_, check_choice, check_non_negative, check_positive, check_unit_interval, norms, run_closure,
+    state_tensors, with_grad,
 )
 from sngm_bench.optim.compiled import CompilableOptimizer
 
@@ -26,7 +26,8 @@ def sngm_update(params: list[Tensor], directions: list[Tensor], buffers: list[Te
     by `global_norm`, or by its own norm where that is None (`norm="layer"`), floored at `eps`;
     `lr` a float or a 0-dim tensor."""
     norm = (global_norm if global_norm is not None else norms(directions)).clamp_min(eps)
-    momentum_update_(buffers, directions, momentum, 1.0 / norm)
+    torch._foreach_mul_(buffers, momentum)
+    add_scaled_(buffers, directions, 1.0 / norm)
     add_scaled_(params, buffers, lr, value=-1.0)
 
 
