@@ -4,8 +4,8 @@ and whether the SNGM paper's claims hold on this run set (Zhao et al., arXiv 200
 Every comparison uses, per optimizer and batch size, the completed seeds of the LR the report
 selected, and their final test accuracy. A margin is a difference of means over seeds with a
 two-sided 95 % Welch t interval; it is "not resolved" with fewer than two seeds on either side.
-Runs that differ in a protocol setting (dataset, model, epochs, schedule, ...) are judged
-separately, one section per protocol. The claims:
+Runs that differ in a trained setting outside `optimizer.*` (dataset, model, epochs, schedule,
+precision, ...: the report's `protocol`) are judged separately, one section per protocol. The claims:
 
 1. At the same large batch (the largest batch size at which SNGM and another optimizer both
    completed), SNGM reaches a better test accuracy than each other optimizer: supported when every
@@ -39,8 +39,8 @@ import pandas as pd
 from sngm_bench.report import COMPLETED, grid_edge_sides
 
 CONFIDENCE = 0.95
-# Run settings that define a protocol: only runs that share them are compared. The LR, its batch-size
-# scaling rule and base batch size are each optimizer's own (tuned per cell), not the protocol's.
+# The report columns that describe a protocol in its section's title, followed by the report's
+# `protocol` label: the keys in which it differs from the other protocols of the run set.
 PROTOCOL_COLUMNS = ["dataset", "subset", "model", "width", "epochs_planned", "schedule", "warmup_epochs",
                     "precision"]
 SUPPORTED, NOT_SUPPORTED, NOT_RESOLVED = "supported", "not supported", "not resolved"
@@ -293,7 +293,8 @@ def claim_block_wise(cells: list[Cell], within: float) -> tuple[str, list[str]]:
 
 def protocol_line(runs: pd.DataFrame) -> str:
     first = runs.iloc[0]
-    return ", ".join(f"{column}={first[column]}" for column in PROTOCOL_COLUMNS if column in runs)
+    described = [f"{column}={first[column]}" for column in PROTOCOL_COLUMNS if column in runs]
+    return ", ".join(described + ([first["protocol"]] if first["protocol"] else []))
 
 
 def run_list(cells: list[Cell]) -> list[str]:
@@ -335,7 +336,6 @@ def verdict(runs: pd.DataFrame, cells: pd.DataFrame, select_by: str, within: flo
     lines = ["# Claims of the SNGM paper on this run set", "",
              "Zhao, Shi, Xie, Li, \"Stochastic normalized gradient descent with momentum for large-batch training\" "
              "(arXiv 2007.13985). Verdicts: supported, not supported, or not resolved on these runs.", ""]
-    columns = [c for c in PROTOCOL_COLUMNS if c in runs]
-    for _, group in runs.groupby(columns, dropna=False, sort=True):
+    for _, group in runs.groupby("protocol", sort=True):
         lines += protocol_section(group, cells[cells["series"].isin(group["series"])], select_by, within)
     return "\n".join(lines)

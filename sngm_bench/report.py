@@ -53,12 +53,9 @@ CONFIG_COLUMNS = {
 DEFAULTS = {"lr_factor": 1.0}  # the value of a column that records from before its key lack
 REQUIRED_COLUMNS = ["optimizer", "lr", "batch_size", "seed"]
 LR_KEYS = ["lr", "lr_factor"]  # together they set a run's LR; a sweep over either is an LR grid
-# Settings that, when they differ between runs, tell the table's rows (series) apart.
-SETTING_COLUMNS = ["dataset", "subset", "model", "width", "epochs_planned", "schedule", "scaling", "momentum",
-                   "weight_decay", "precision", "norm"]
-# Settings only some optimizers have (SNGM's norm; momentum, which LAMB and AdamW lack): named only
-# where set, and only when the set values differ.
-OPTIONAL_SETTINGS = {"norm", "momentum"}
+# The trained keys a table ranges over: its columns, each cell's LR grid and its seeds. A run's other
+# trained keys are its setting: the runs of one optimizer with one setting are a series (a table row).
+TABLE_KEYS = {"batch_size", "optimizer.lr", "lr_factor", "seed"}
 # --select-by: summary value averaged over seeds -> whether larger is better.
 SELECTION_RULES = {"final_test_acc": True, "best_test_acc": True, "final_train_loss": False}
 UNREADABLE = (OSError, ValueError, TypeError, KeyError, yaml.YAMLError, OmegaConfBaseException)
@@ -76,11 +73,13 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
 
 
 def read_run(run_dir: Path) -> tuple[dict, str]:
-    """One run as a flat dict (the config columns, then every scalar of summary.json), and its
-    identity: the JSON text of what its config trains."""
+    """One run as a flat dict (the config columns, its `setting`, then every scalar of summary.json),
+    and its identity: the JSON text of what its config trains."""
     config = OmegaConf.load(run_dir / CONFIG_FILE)
-    identity = json.dumps(training_config(config), sort_keys=True, default=str)
+    trained = training_config(config)
+    identity = json.dumps(trained, sort_keys=True, default=str)
     row = {column: select(config, keys, DEFAULTS.get(column)) for column, keys in CONFIG_COLUMNS.items()}
+    row["setting"] = {key: value for key, value in trained.items() if key not in TABLE_KEYS}
     if row["optimizer"] is None and OmegaConf.select(config, "optimizer._target_"):
         row["optimizer"] = optimizer_choice(run_dir) or config.optimizer._target_
     missing = [c for c in REQUIRED_COLUMNS if row[c] is None]
@@ -138,21 +137,30 @@ def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:
     if not rows:
         raise UserError(f"no readable sngm-bench run folders under {', '.join(map(str, paths))}")
     runs = pd.DataFrame(rows).sort_values(["optimizer", "batch_size", "lr", "lr_factor", "seed"], ignore_index=True)
-    return runs.assign(series=series_labels(runs))
+    return label_settings(runs)
 
 
-def series_labels(runs: pd.DataFrame) -> pd.Series:
-    """The optimizer, plus `key=value` for each setting that differs between runs of that optimizer
-    (settings that are an optimizer's own, like its scaling rule or LAMB's weight decay, do not).
-    (`map(str)`, because `astype(str)` keeps a missing value missing in pandas 3, and with it the
-    whole label.)"""
-    labels = runs["optimizer"].map(str)
-    for column in SETTING_COLUMNS:
-        optional = column in OPTIONAL_SETTINGS
-        varies = runs.groupby("optimizer")[column].transform(lambda values: values.nunique(dropna=optional) > 1)
-        named = labels.where(~varies, labels + f" {column}=" + runs[column].map(str))
-        labels = named.where(runs[column].notna(), labels) if optional else named
-    return labels
+def label_settings(runs: pd.DataFrame) -> pd.DataFrame:
+    """Replaces the runs' `setting` dicts by two labels. `series`: the optimizer, plus `key=value` for
+    each key of the setting that differs between runs of that optimizer (an optimizer's own keys, like
+    its scaling rule, set apart nothing across optimizers). `protocol`: `key=value` for each key
+    outside `optimizer.*` that differs between all the runs ('' when they share one protocol)."""
+    optimizers = runs["optimizer"].map(str)
+    series = optimizers.copy()
+    for _, group in runs.groupby(optimizers):
+        series[group.index] += differing(group["setting"]).map(lambda text: f" {text}" if text else "")
+    protocols = runs["setting"].map(lambda setting: {k: v for k, v in setting.items() if not k.startswith("optimizer.")})
+    return runs.drop(columns="setting").assign(series=series, protocol=differing(protocols))
+
+
+def differing(settings: pd.Series) -> pd.Series:
+    """Per dict of `settings`, 'key=value key=value' of the keys whose values are not the same in all."""
+    def text(value):
+        return json.dumps(value, sort_keys=True, default=str)
+
+    keys = sorted({key for setting in settings for key in setting})
+    varying = [key for key in keys if len({text(setting.get(key)) for setting in settings}) > 1]
+    return settings.map(lambda setting: " ".join(f"{key}={setting.get(key)}" for key in varying))
 
 
 def read_metrics(run: pd.Series) -> pd.DataFrame | None:

@@ -46,18 +46,19 @@ def test_welch_interval_by_hand():
 
 
 def make_run(root: Path, optimizer: str, batch_size: int, accs: list[float], norm: str | None = None,
-             lr: float = 0.1) -> None:
+             lr: float = 0.1, status: str = "completed", warmup_epochs: int = 5) -> None:
     """One folder per seed, as sngm-bench writes them (config and summary only), final accuracy in %."""
     for seed, acc in enumerate(accs):
-        run_dir = root / f"{optimizer}-{norm}-{batch_size}-lr{lr:g}-{seed}"
+        run_dir = root / f"{optimizer}-{norm}-{batch_size}-lr{lr:g}-warmup{warmup_epochs}-{seed}"
         (run_dir / ".hydra").mkdir(parents=True)
         optim = {"name": optimizer, "lr": lr, "momentum": 0.9, "weight_decay": 5e-4}
         config = {"name": "hand", "dataset": {"name": "cifar10", "subset": None}, "model": {"name": "resnet20"},
                   "optimizer": {**optim, **({"norm": norm} if optimizer == "sngm" else {})},
-                  "schedule": {"decay": "poly"}, "batch_size": batch_size, "epochs": 200, "seed": seed}
+                  "schedule": {"decay": "poly", "warmup_epochs": warmup_epochs}, "batch_size": batch_size,
+                  "epochs": 200, "seed": seed}
         (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-        (run_dir / "summary.json").write_text(json.dumps(
-            {"status": "completed", "final_test_acc": acc / 100, "best_test_acc": acc / 100, "final_train_loss": 0.1}))
+        summary = {"final_test_acc": acc / 100, "best_test_acc": acc / 100, "final_train_loss": 0.1}
+        (run_dir / "summary.json").write_text(json.dumps({"status": status, **(summary if status == "completed" else {})}))
 
 
 def seeds(mean: float) -> list[float]:
@@ -84,10 +85,10 @@ def test_claims_that_hold(tmp_path):
     make_three_arms(tmp_path, [(128, 92.0, 92.2, 90.0), (1024, 91.5, 89.0, 89.5), (4096, 85.0, 80.0, 83.0)])
     found, text = verdicts(tmp_path)
     assert found == ["supported"] * 3, text
-    assert "| 128 | msgd 92.20 (n=3) | sngm norm=global 92.00 (n=3) | +0.20 [" in text
+    assert "| 128 | msgd 92.20 (n=3) | sngm optimizer.norm=global 92.00 (n=3) | +0.20 [" in text
     assert "| 128 |" in text and "(best) |" in text
     assert "SNGM 1024 (best 92.00), MSGD 128 (best 92.20)" in text
-    assert "sngm norm=layer" in text and "`sngm-layer-4096-lr0.1-2`" in text
+    assert "sngm optimizer.norm=layer" in text and "`sngm-layer-4096-lr0.1-warmup5-2`" in text
 
 
 def test_claims_that_fail_are_said_to_fail(tmp_path):
@@ -146,10 +147,10 @@ def test_a_loss_at_the_grid_edge_is_not_resolved(tmp_path):
 
 @pytest.mark.parametrize("layer_grid, global_grid, verdict, edge", [
     # Layer is 2 points worse, but its best LR is the largest tried: it might catch up beyond the grid.
-    ({0.05: 80.0, 0.1: 83.0}, {0.1: 85.0}, "not resolved", "sngm norm=layer at batch 1024"),
+    ({0.05: 80.0, 0.1: 83.0}, {0.1: 85.0}, "not resolved", "sngm optimizer.norm=layer at batch 1024"),
     ({0.05: 80.0, 0.1: 83.0, 0.2: 82.0}, {0.1: 85.0}, "supported", None),
     # Layer is 2 points better, but global's best LR is the smallest tried.
-    ({0.1: 87.0}, {0.1: 85.0, 0.2: 80.0}, "not resolved", "sngm norm=global at batch 1024"),
+    ({0.1: 87.0}, {0.1: 85.0, 0.2: 80.0}, "not resolved", "sngm optimizer.norm=global at batch 1024"),
     ({0.1: 87.0}, {0.05: 84.0, 0.1: 85.0, 0.2: 80.0}, "not supported", None),
 ])
 def test_block_wise_verdict_does_not_rest_on_an_lr_at_the_grid_edge(tmp_path, layer_grid, global_grid, verdict,
@@ -172,6 +173,23 @@ def test_larger_batch_verdict_does_not_rest_on_an_lr_at_the_grid_edge(tmp_path):
     assert "msgd at batch 1024: its selected LR (optimizer.lr x lr_factor) 0.1 is the largest tried" in text
     make_run(tmp_path, "msgd", 1024, seeds(88.0), lr=0.2)
     assert verdicts(tmp_path)[0][1] == "supported"
+
+
+def test_runs_that_differ_in_any_trained_setting_are_not_pooled_as_seeds(tmp_path):
+    # The same grid at two warmups: two protocols, each judged alone, and four table rows, not two with 6 seeds.
+    for warmup, (sngm_means, msgd_mean) in {0: ({0.1: 80.0, 0.2: 70.0}, 85.0), 5: ({0.1: 80.0, 0.2: 88.0}, 85.0)}.items():
+        for lr, mean in {0.05: 60.0, **sngm_means}.items():
+            make_run(tmp_path, "sngm", 4096, seeds(mean), "global", lr=lr, warmup_epochs=warmup)
+        for lr, mean in {0.05: 60.0, 0.1: msgd_mean, 0.2: 60.0}.items():
+            make_run(tmp_path, "msgd", 4096, seeds(mean), lr=lr, warmup_epochs=warmup)
+    runs = report.collect_runs([tmp_path])
+    assert sorted(runs["series"].unique()) == ["msgd schedule.warmup_epochs=0", "msgd schedule.warmup_epochs=5",
+                                               "sngm schedule.warmup_epochs=0", "sngm schedule.warmup_epochs=5"]
+    assert (report.aggregate(runs)["n"] == 3).all()
+    found, text = verdicts(tmp_path)
+    titles = re.findall(r"^## Protocol: .*$", text, re.M)
+    assert [title.endswith(f"schedule.warmup_epochs={w}") for title, w in zip(titles, (0, 5))] == [True, True], text
+    assert found[0] == "not supported" and found[3] == "supported", text
 
 
 def test_tiny_sweep_report_holds_claims_and_steps_to_target(tmp_path, cifar_root, caplog):
