@@ -12,8 +12,8 @@ precision, ...: the report's `protocol`) are judged separately, one section per 
    interval of SNGM − other lies wholly above 0, not supported when one lies wholly at or below 0.
 2. At the same number of gradient computations (equal epochs), SNGM can use a larger batch than
    MSGD: per optimizer, the largest batch size (of those both ran) whose mean accuracy is within
-   `within` points of that optimizer's own best; supported when SNGM's is larger, not resolved when
-   both reach the largest batch run.
+   `within` points of that optimizer's own best; supported when SNGM's is larger, not supported when
+   MSGD's is, not resolved when they are the same (this grid of batch sizes does not tell them apart).
 3. Block-wise normalization (`optimizer.norm=layer`) does not help SNGM: not supported when some
    interval of layer − global lies wholly above 0, supported when every one lies wholly below
    +`within` points.
@@ -23,8 +23,8 @@ of several tried, `report.grid_edge_sides`) where a better LR outside the grid c
 a verdict is "not resolved", and the evidence says which grid to extend. Claim 1: a rival SNGM
 beats at such an LR, or SNGM at one when a rival beats it. Claim 2: any cell of the optimizer the
 verdict favours (a better mean raises the bar its batch sizes are held to), or one of the other's
-beyond its largest batch within. Claim 3: the layer series for "supported", global SNGM for "not
-supported".
+beyond its largest batch within, and a batch size of either where no LR tried completed. Claim 3:
+the layer series for "supported", global SNGM for "not supported" (a gain of layer over it).
 """
 
 from __future__ import annotations
@@ -253,14 +253,24 @@ def claim_larger_batch(cells: list[Cell], runs: pd.DataFrame, within: float) -> 
     if sngm == msgd == batch_sizes[-1]:
         return NOT_RESOLVED, lines + [f"Both stay within {within:g} point(s) up to the largest batch run "
                                       f"({batch_sizes[-1]}); larger batches are needed to tell them apart."]
+    if sngm == msgd:
+        return NOT_RESOLVED, lines + [f"Both keep their accuracy up to batch {sngm}: these batch sizes do not tell "
+                                      "them apart; batch sizes between it and the next, or more seeds, may."]
     sngm_cells, msgd_cells = ([c for b in batch_sizes if (c := best(cells, b, which))] for which in (is_sngm, is_msgd))
     favoured, other, other_largest = (sngm_cells, msgd_cells, msgd) if sngm > msgd else (msgd_cells, sngm_cells, sngm)
+    names = ("SNGM", "MSGD") if sngm > msgd else ("MSGD", "SNGM")
     # A better LR could turn the verdict for any cell of the optimizer it favours (a higher best raises the
-    # bar) or for one of the other's beyond that one's largest batch within (it could come within).
+    # bar) or for one of the other's beyond that one's largest batch within (it could come within); so
+    # could any LR at all at a batch size where none of those tried completed.
     under_tuned = [c for c in favoured if c.grid_edge]
     under_tuned += [c for c in other if c.batch_size > other_largest and c.grid_edge]
-    if under_tuned:
-        return NOT_RESOLVED, lines + [grid_edge_caution(c) for c in under_tuned]
+    never_completed = [(names[0], b) for b in batch_sizes if b not in {c.batch_size for c in favoured}]
+    never_completed += [(names[1], b) for b in batch_sizes
+                        if b > other_largest and b not in {c.batch_size for c in other}]
+    if under_tuned or never_completed:
+        return NOT_RESOLVED, lines + [grid_edge_caution(c) for c in under_tuned] + [
+            f"{name} at batch {b}: no LR tried completed, so one outside the grid may: extend the grid there."
+            for name, b in never_completed]
     if sngm > msgd:
         return SUPPORTED, lines
     return NOT_SUPPORTED, lines + [f"The claim fails: SNGM keeps its accuracy up to batch {sngm}, MSGD up to {msgd}."]
@@ -281,7 +291,7 @@ def claim_block_wise(cells: list[Cell], within: float) -> tuple[str, list[str]]:
                                        f"{', '.join(map(str, helps))}."]
     # A gain of layer over global at the grid's edge may be the lack of a better LR for global, and a
     # layer series at the grid's edge may gain more with a better LR.
-    under_tuned = [glob for b, (_, glob) in pairs.items() if glob.grid_edge and margins[b].diff > 0]
+    under_tuned = [glob for b, (_, glob) in pairs.items() if glob.grid_edge and margins[b].resolved and margins[b].low > 0]
     under_tuned += [layer for layer, _ in pairs.values() if layer.grid_edge]
     if not under_tuned and all(m.resolved and m.high < within for m in margins.values()):
         return SUPPORTED, lines + [f"At every batch size the interval excludes a gain of {within:g} point(s) or more."]

@@ -175,6 +175,42 @@ def test_larger_batch_verdict_does_not_rest_on_an_lr_at_the_grid_edge(tmp_path):
     assert verdicts(tmp_path)[0][1] == "supported"
 
 
+def test_a_tie_in_the_largest_batch_kept_is_not_resolved(tmp_path):
+    # Both keep their accuracy to 1024 and lose it at 4096: this grid of batch sizes cannot tell them apart.
+    for batch_size, sngm, msgd in [(128, 92.0, 92.2), (1024, 91.5, 91.8), (4096, 85.0, 80.0)]:
+        make_run(tmp_path, "sngm", batch_size, seeds(sngm), "global")
+        make_run(tmp_path, "msgd", batch_size, seeds(msgd))
+    found, text = verdicts(tmp_path)
+    assert found[1] == "not resolved", text
+    assert "Both keep their accuracy up to batch 1024: these batch sizes do not tell them apart" in text
+    assert "The claim fails" not in text
+
+
+def test_a_batch_size_where_no_lr_completed_does_not_decide_the_larger_batch_claim(tmp_path):
+    # MSGD diverged at both LRs tried at 512, where SNGM keeps its accuracy: a smaller LR may train MSGD there.
+    for batch_size, mean in [(128, 90.0), (256, 89.8), (512, 89.5)]:
+        make_grid(tmp_path, "sngm", batch_size, {0.05: mean - 3, 0.1: mean, 0.2: mean - 3}, "global")
+    for batch_size, mean in [(128, 90.0), (256, 89.6)]:
+        make_grid(tmp_path, "msgd", batch_size, {0.05: mean - 3, 0.1: mean, 0.2: mean - 3})
+    for lr in (0.4, 0.8):
+        make_run(tmp_path, "msgd", 512, seeds(0.0), lr=lr, status="diverged")
+    found, text = verdicts(tmp_path)
+    assert found[1] == "not resolved", text
+    assert "MSGD at batch 512: no LR tried completed, so one outside the grid may: extend the grid there." in text
+    make_grid(tmp_path, "msgd", 512, {0.05: 75.0, 0.1: 80.0})  # smaller LRs train, far below its best
+    assert verdicts(tmp_path)[0][1] == "supported"
+
+
+def test_global_sngm_at_the_grid_edge_does_not_hold_back_a_supported_block_wise_claim(tmp_path):
+    # Layer − global is +0.2 with an interval below +1: a better LR for global could only lower it.
+    make_grid(tmp_path, "sngm", 4096, {0.05: 80.0, 0.1: 90.0}, "global")
+    make_grid(tmp_path, "sngm", 4096, {0.05: 80.0, 0.2: 80.0}, "layer")
+    make_run(tmp_path, "sngm", 4096, [89.9, 90.2, 90.5], "layer", lr=0.1)
+    found, text = verdicts(tmp_path)
+    assert found[2] == "supported", text
+    assert "layer − global +0.20 [" in text
+
+
 def test_runs_that_differ_in_any_trained_setting_are_not_pooled_as_seeds(tmp_path):
     # The same grid at two warmups: two protocols, each judged alone, and four table rows, not two with 6 seeds.
     for warmup, (sngm_means, msgd_mean) in {0: ({0.1: 80.0, 0.2: 70.0}, 85.0), 5: ({0.1: 80.0, 0.2: 88.0}, 85.0)}.items():
