@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from sngm_bench import callbacks, grid, run_folder
-from sngm_bench.config import CONFIG_MODULE, check_values, optimizer_settings
+from sngm_bench.config import CONFIG_MODULE, check_values, keys_outside_schema, optimizer_settings
 from sngm_bench.errors import Interrupted, UserError
 from sngm_bench.identity import flatten
 from sngm_bench.stop import mark_command_start
@@ -122,6 +122,8 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
         for combination in combinations:
             try:
                 config = compose("config", overrides=combination, return_hydra_config=True)
+                for key in keys_outside_schema(config)[:1]:  # added by `+key=...`
+                    raise UserError(_unknown_key_message(key, combination))
                 optimizer_settings(config.optimizer)  # a `_target_` class and its arguments, before any run starts
                 HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the folder names
                 folders.add(os.path.abspath(config.hydra.sweep.dir if multirun else config.hydra.run.dir))

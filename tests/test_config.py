@@ -86,6 +86,10 @@ def test_data_root_defaults_to_env(monkeypatch):
     (["optimizer.momentun=0.5"], False, "; did you mean 'optimizer.momentum'?"),
     (["lr=0.5"], False, "; did you mean 'optimizer.lr'?"),
     (["optimizer=msdg"], False, "choose one of adamw, lamb, lars, msgd, nesterov, sngm, sngm_layer; did you mean 'msgd'?"),
+    # `+` adds a key Hydra would otherwise refuse, and nothing reads it: the typed schema refuses it instead.
+    (["+optimizer.lrr=0.1"], False, "unknown key 'optimizer.lrr': 'optimizer' has "),
+    (["+epoch=3"], False, "unknown key 'epoch': the top level has batch_size"),
+    (["-m", "optimizer=msgd,lamb", "++schedule.powr=1"], True, "; did you mean 'schedule.power'?"),
 ])
 def test_bad_overrides_name_key_and_allowed_values(overrides, multirun, expected):
     overrides = [o for o in overrides if o != "-m"]
@@ -99,6 +103,8 @@ def test_bad_overrides_name_key_and_allowed_values(overrides, multirun, expected
 
 def test_good_sweep_passes():
     check_overrides(["optimizer=sngm,msgd", "batch_size=128,1024", "seed=range(2)"], multirun=True)
+    check_overrides(["+sweep=smoke"], multirun=True)
+    check_overrides(["optimizer=adamw", "+optimizer.amsgrad=true"], multirun=False)  # a `_target_` class's argument
 
 
 @pytest.mark.parametrize("args", [["batch_size=abc"], ["optimizer=adam"], ["optimizer.lrr=1"]])
