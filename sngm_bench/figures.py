@@ -45,6 +45,10 @@ def plot_vs_batch(ax: Axes, values: pd.DataFrame, colors: dict, ylabel: str, tit
     """Mean ± std over seeds of `values.value` per series against batch size (log2 axis). Runs
     without a value (NaN: e.g. the target was never reached) are left out and the point is
     marked `k/n`, k of its n runs having a value."""
+    ax.set(xlabel=BATCH_LABEL, ylabel=ylabel, title=title)
+    if values.empty:  # the caller's warning says what was left out
+        ax.text(0.5, 0.5, "no runs to show", ha="center", va="center", transform=ax.transAxes)
+        return
     stats = values.groupby(["series", "batch_size"])["value"].agg(["mean", "std", "count", "size"]).reset_index()
     stats = stats[stats["count"] > 0]
     for series, line in stats.groupby("series"):
@@ -58,7 +62,6 @@ def plot_vs_batch(ax: Axes, values: pd.DataFrame, colors: dict, ylabel: str, tit
     ax.set_xlim(batch_sizes[0] / 1.5, batch_sizes[-1] * 1.5)
     ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set(xlabel=BATCH_LABEL, ylabel=ylabel, title=title)
     add_legend(ax)
 
 

@@ -346,7 +346,10 @@ def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = No
     cells = aggregate(runs, select_by)
     table = accuracy_table(cells)
     markdown = f"{caption(runs, cells, select_by)}\n\n{to_markdown(table)}"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot write the report to {out}: {err.strerror or err}; choose another --out") from None
     runs.to_csv(out / "runs.csv", index=False)
     epochs.to_csv(out / "epochs.csv", index=False)
     cells.to_csv(out / "aggregate.csv", index=False)
@@ -362,17 +365,33 @@ def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = No
     return markdown
 
 
+def fraction(text: str) -> float:
+    """--target-acc: an accuracy as a fraction, as metrics.csv records it (the tables print percent)."""
+    value = float(text)
+    if not 0 < value <= 1:
+        hint = f"; for {value:g} % write {value / 100:g}" if 1 < value <= 100 else ""
+        raise argparse.ArgumentTypeError(f"{text} is not an accuracy between 0 and 1{hint}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of optimizer steps")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sngm-bench-report", description="Tables and figures from sngm-bench run folders (searched recursively).")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run folders or folders that hold them")
     parser.add_argument("--out", type=Path, default=Path("report"), help="folder for the files (default: report)")
-    parser.add_argument("--target-acc", type=float,
+    parser.add_argument("--target-acc", type=fraction,
                         help="test accuracy (0-1) for the time-to-target figure (default: the highest accuracy, in "
                         "whole percent, that every series reached)")
     parser.add_argument("--select-by", choices=list(SELECTION_RULES), default="final_test_acc",
                         help="per optimizer and batch size, keep the LR with the best mean of this over seeds")
-    parser.add_argument("--steps", type=int, help="optimizer steps of the equal-steps view (default: the step "
+    parser.add_argument("--steps", type=positive_int, help="optimizer steps of the equal-steps view (default: the step "
                         "count at which the most optimizer/batch-size pairs have an evaluation)")
     parser.add_argument("--within", type=float, default=1.0, help="claims.md: points of test accuracy within which "
                         "a batch size keeps an optimizer's best accuracy (default: 1)")

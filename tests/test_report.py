@@ -182,3 +182,20 @@ def test_figures_that_leave_something_out_say_so(tmp_path, cifar_root):
     assert any("gradient_budget's equal-steps panel (4 steps) leaves out msgd at batch 200" in w for w in warnings)
     # The default target is one that every series reached: its figure leaves nothing out.
     assert not any("time_to_target" in w for w in report_warnings())
+    # A step count no run came near: the panel is empty, and the warning names every pair it lacks.
+    warnings = report_warnings("--steps", "100000")
+    assert any("(100000 steps) leaves out msgd at batch 100, msgd at batch 200" in w for w in warnings)
+    assert (tmp_path / "report" / "gradient_budget.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-acc", "30"], "argument --target-acc: 30 is not an accuracy between 0 and 1; for 30 % write 0.3"),
+    (["--steps", "0"], "argument --steps: 0 is not a positive number of optimizer steps"),
+    (["--out", "a_file"], "cannot write the report to a_file: File exists; choose another --out"),
+])
+def test_bad_report_arguments_end_in_an_error_line(sweeps, tmp_path, args, message):
+    (tmp_path / "a_file").write_text("")
+    result = subprocess.run([REPORT_CLI, str(sweeps), *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"sngm-bench-report: error: {message}", result.stderr
+    assert "Traceback" not in result.stderr
