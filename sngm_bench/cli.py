@@ -198,8 +198,7 @@ def run(cfg: DictConfig) -> None:
         _fail(str(err), err.exit_code)  # a sweep stops too: the user asked to stop, or time is up
     except UserError as err:
         if not in_sweep:
-            if run_dir in _created and not run_folder.holds_run(run_dir):
-                run_folder.remove_stub(run_dir, _created[run_dir])
+            _remove_if_stub(run_dir)
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             _fail(str(err))  # SystemExit passes through Hydra's error report
@@ -210,13 +209,31 @@ def run(cfg: DictConfig) -> None:
             _record_failure(run_dir, cfg, err)  # sngm_bench.callbacks logs it as the run's last line
 
 
+def _remove_if_stub(run_dir: Path) -> None:
+    """After a UserError: the run folder goes if this command created it and no run started there."""
+    if run_dir in _created and not run_folder.holds_run(run_dir):
+        run_folder.remove_stub(run_dir, _created[run_dir])
+
+
 def run_overrides(overrides: list[str]) -> dict:
     """One run as `sngm-bench OVERRIDES` makes it (same checks, run folder, records and logs),
     for `sngm_bench.run`: errors are raised, never turned into an exit."""
-    check_overrides(overrides, multirun=False)
+    (folder,) = check_overrides(overrides, multirun=False)
+    _make_output_folder(folder, multirun=False)
+
+    def job(cfg: DictConfig):  # a UserError comes back as the job's value: Hydra would print its own line
+        try:
+            return train_job(cfg)
+        except UserError as err:
+            return err
+
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         hydra_app = GlobalHydra.instance().hydra
-        return hydra_app.run(config_name="config", task_function=train_job, overrides=overrides).return_value
+        result = hydra_app.run(config_name="config", task_function=job, overrides=overrides).return_value
+    if isinstance(result, UserError):
+        _remove_if_stub(folder)
+        raise result
+    return result
 
 
 def _fail(message: str, code: int = 2) -> None:

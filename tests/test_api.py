@@ -48,10 +48,20 @@ def test_run_returns_the_summary_of_the_run_the_cli_would_make(api_run, cifar_ro
     (["optimizer=adam"], "unknown optimizer 'adam'"),
     (["seed=0,1"], "is a sweep"),
 ])
-def test_run_raises_user_errors(tmp_path, monkeypatch, overrides, message):
+def test_run_raises_user_errors(tmp_path, monkeypatch, capfd, overrides, message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=message):
         sngm_bench.run(overrides)
+    # As on the command line: no run folder left behind, and the error is the caller's to print.
+    assert not (tmp_path / "outputs").exists()
+    assert "Error executing job" not in capfd.readouterr().err
+
+
+def test_run_that_cannot_start_on_its_data_leaves_no_folder(tmp_path, monkeypatch, cifar_root):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="batch_size=1000 exceeds the 400 training images"):
+        sngm_bench.run([*TINY[:-1], "batch_size=1000", f"dataset.root={cifar_root}"])
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_tensorboard_events_hold_the_scalars(api_run):
