@@ -35,9 +35,11 @@ class LARS(CompilableOptimizer):
         u_{t+1} = momentum \cdot u_t + lr \cdot trust \cdot (g + weight\_decay \cdot w)
         w_{t+1} = w_t - u_{t+1}
 
-    with g = \nabla f(w_t). A group with `adapt=False` uses trust = 1, i.e. momentum SGD at lr
-    (the factory puts biases and normalization parameters there unless asked otherwise). The
-    paper has no eps; it defaults to 0 here, and the zero-norm rule keeps the ratio finite.
+    with g = \nabla f(w_t). The lr enters the buffer, as in the paper: under a schedule this differs
+    from timm's Lars and torch's SGD, whose buffers hold unscaled steps. A group with `adapt=False`
+    uses trust = 1, i.e. momentum SGD at lr in that form (the factory puts biases and normalization
+    parameters there unless asked otherwise). The paper has no eps; it defaults to 0 here, and the
+    zero-norm rule keeps the ratio finite.
 
     The ratios of all tensors are computed at once from two `_foreach_norm` vectors, and applied
     by foreach ops that take one 0-dim device tensor per tensor: no host synchronization. With
