@@ -32,6 +32,12 @@ class Processes:
             for tensor in tensors:
                 dist.all_reduce(tensor)
 
+    def broadcast(self, *tensors: torch.Tensor) -> None:
+        """In place: rank 0's values on every process."""
+        if self.world_size > 1:
+            for tensor in tensors:
+                dist.broadcast(tensor, src=0)
+
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every process's `tensor`, stacked in rank order, on every process."""
         if self.world_size == 1:

@@ -329,6 +329,10 @@ class Trainer:
         train_seconds = seconds_before + time.perf_counter() - start
         if not _parameters_finite(self.model):
             return self.diverged("non-finite parameters")
+        # BatchNorm in inference mode: its running statistics, not each test batch's, and left as training
+        # left them. Under DDP every process evaluates its shard with rank 0's, those of the checkpoint.
+        self.model.eval()
+        procs.broadcast(*self.model.buffers())
         test_loss, test_acc = evaluate(self.eval_forward, data.test, cfg.eval_batch_size, self.autocast, procs,
                                        progress)
         row = {

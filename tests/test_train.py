@@ -3,9 +3,15 @@
 import json
 
 import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
 import yaml
 
 from conftest import run_cli
+from sngm_bench.config import compose_config
+from sngm_bench.data import build_data
+from sngm_bench.models import build_model
 
 TINY = ["experiment=smoke", "model.width=8", "dataset.subset=4000"]
 RUN_FILES = ["metrics.csv", "summary.json", ".hydra/config.yaml", "train.log"]
@@ -67,3 +73,22 @@ def test_bf16_channels_last_and_compile_paths_train(tmp_path, cifar_root):
     assert "sngm (compiled step) on" in (run_dir / "train.log").read_text()
     assert summary["status"] == "completed" and metrics["train_loss"].notna().all()
     assert 0.0 < summary["final_test_acc"] <= 1.0
+
+
+def test_test_accuracy_is_the_checkpointed_model_in_inference_mode(tmp_path, cifar_root):
+    # BatchNorm evaluates with its running statistics, which evaluation leaves alone: the recorded test
+    # loss and accuracy are those of the checkpoint's model in eval mode, at any evaluation batch size.
+    overrides = [*TINY, "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]
+    result = run_cli([*overrides, "eval_batch_size=700"], cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
+    _, _, metrics = read_run(run_dir)
+    cfg = compose_config([*overrides, f"dataset.root={cifar_root}"])
+    model = build_model(cfg.model, 10)
+    model.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"])
+    test = build_data(cfg.dataset, torch.device("cpu")).test
+    with torch.no_grad():
+        logits = torch.cat([model.eval()(x) for x, _ in test.eval_batches(2500)])
+    assert F.cross_entropy(logits, test.labels).item() == pytest.approx(metrics["test_loss"].iloc[-1], rel=1e-5)
+    assert (logits.argmax(1) == test.labels).float().mean().item() == pytest.approx(metrics["test_acc"].iloc[-1],
+                                                                                    abs=1.5e-4)  # one image
