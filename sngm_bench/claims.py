@@ -19,8 +19,9 @@ precision, ...: the report's `protocol`) are judged separately, one section per 
    +`within` points.
 
 A verdict never rests on a cell whose selected LR is at the grid's edge (the smallest or largest
-of several tried, `report.grid_edge_sides`) where a better LR outside the grid could overturn it: such
-a verdict is "not resolved", and the evidence says which grid to extend. Claim 1: a rival SNGM
+of several tried, `report.grid_edge_sides`, or the only one tried) where a better LR outside the
+grid could overturn it: such a verdict is "not resolved", and the evidence says which grid to
+extend. An optimizer compared at one LR per batch size is not compared at its best. Claim 1: a rival SNGM
 beats at such an LR, or SNGM at one when a rival beats it. Claim 2: any cell of the optimizer the
 verdict favours (a better mean raises the bar its batch sizes are held to), or one of the other's
 beyond its largest batch within, and a batch size of either where no LR tried completed. Claim 3:
@@ -135,14 +136,14 @@ class Cell:
     lr: float
     accs: list[float]  # final test accuracy of each seed, points
     run_dirs: list[str]
-    grid_edge: str = ""  # "smallest" or "largest" when the LR is that end of several tried, else ""
+    grid_edge: str = ""  # "smallest" or "largest" when the LR is that end of several tried, "only", else ""
 
     @property
     def mean(self) -> float:
         return statistics.mean(self.accs)
 
     def __str__(self) -> str:
-        edge = ", grid edge" if self.grid_edge else ""
+        edge = {"": "", "only": ", one LR"}.get(self.grid_edge, ", grid edge")
         return f"{self.series} {self.mean:.2f} (n={len(self.accs)}{edge})"
 
 
@@ -162,7 +163,9 @@ def is_msgd(cell) -> bool:
 def selected_cells(runs: pd.DataFrame, cells: pd.DataFrame) -> list[Cell]:
     """A Cell per (series, batch size) with completed runs at its selected LR."""
     keys = ["series", "batch_size", "lr", "lr_factor"]  # the selected LR is optimizer.lr x lr_factor
-    chosen = cells.assign(edge=grid_edge_sides(cells)).loc[cells["selected"], [*keys, "edge"]]
+    tried = (cells["lr"] * cells["lr_factor"]).groupby([cells["series"], cells["batch_size"]]).transform("nunique")
+    edges = grid_edge_sides(cells).where(tried > 1, "only")
+    chosen = cells.assign(edge=edges).loc[cells["selected"], [*keys, "edge"]]
     done = runs[runs["status"] == COMPLETED].merge(chosen, on=keys)
     return [Cell(series, first["optimizer"], first["norm"], int(batch_size), float(first["lr"] * first["lr_factor"]),
                  [100 * acc for acc in group["final_test_acc"]], list(group["run_dir"]), first["edge"])
@@ -172,6 +175,9 @@ def selected_cells(runs: pd.DataFrame, cells: pd.DataFrame) -> list[Cell]:
 
 def grid_edge_caution(cell: Cell) -> str:
     """Why a verdict that rests on `cell`, whose LR is at the grid's edge, is not resolved."""
+    if cell.grid_edge == "only":
+        return (f"{cell.series} at batch {cell.batch_size}: only one LR (optimizer.lr x lr_factor), {cell.lr:g}, was "
+                "tried, so its best LR may be another: sweep lr_factor there.")
     direction = "smaller" if cell.grid_edge == "smallest" else "larger"
     return (f"{cell.series} at batch {cell.batch_size}: its selected LR (optimizer.lr x lr_factor) {cell.lr:g} is "
             f"the {cell.grid_edge} tried, so its best LR may lie outside the grid: extend the grid to {direction} LRs.")

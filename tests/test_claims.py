@@ -72,11 +72,13 @@ def verdicts(root: Path) -> list[str]:
 
 
 def make_three_arms(root: Path, cells: list[tuple[int, float, float, float]]) -> None:
-    """Runs of SNGM (global norm), SNGM (layer norm) and MSGD: (batch size, sngm, msgd, layer) mean accuracies."""
+    """Runs of SNGM (global norm), SNGM (layer norm) and MSGD: (batch size, sngm, msgd, layer) mean accuracies,
+    each at lr 0.1, bracketed by 0.05 and 0.2 five points worse."""
     for batch_size, sngm, msgd, layer in cells:
-        make_run(root, "sngm", batch_size, seeds(sngm), "global")
-        make_run(root, "sngm", batch_size, seeds(layer), "layer")
-        make_run(root, "msgd", batch_size, seeds(msgd))
+        for lr, worse in ((0.05, 5.0), (0.1, 0.0), (0.2, 5.0)):
+            make_run(root, "sngm", batch_size, seeds(sngm - worse), "global", lr)
+            make_run(root, "sngm", batch_size, seeds(layer - worse), "layer", lr)
+            make_run(root, "msgd", batch_size, seeds(msgd - worse), lr=lr)
 
 
 def test_claims_that_hold(tmp_path):
@@ -166,13 +168,25 @@ def test_larger_batch_verdict_does_not_rest_on_an_lr_at_the_grid_edge(tmp_path):
     # SNGM keeps its accuracy to 1024, MSGD's drops after 128, but MSGD's best LR at 1024 is the largest tried.
     for batch_size, sngm, msgd_grid in [(128, 92.0, {0.05: 91.0, 0.1: 92.2, 0.2: 91.5}),
                                         (1024, 91.5, {0.05: 85.0, 0.1: 89.0})]:
-        make_run(tmp_path, "sngm", batch_size, seeds(sngm), "global")
+        make_grid(tmp_path, "sngm", batch_size, {0.05: sngm - 5, 0.1: sngm, 0.2: sngm - 5}, "global")
         make_grid(tmp_path, "msgd", batch_size, msgd_grid)
     found, text = verdicts(tmp_path)
     assert found[1] == "not resolved", text
     assert "msgd at batch 1024: its selected LR (optimizer.lr x lr_factor) 0.1 is the largest tried" in text
     make_run(tmp_path, "msgd", 1024, seeds(88.0), lr=0.2)
     assert verdicts(tmp_path)[0][1] == "supported"
+
+
+def test_optimizers_compared_at_one_lr_each_are_not_resolved(tmp_path):
+    # A clear lead, but each optimizer ran at one LR per batch size: neither was compared at its best.
+    for batch_size, sngm, msgd in [(128, 92.0, 92.2), (1024, 91.5, 85.0)]:
+        make_run(tmp_path, "sngm", batch_size, seeds(sngm), "global")
+        make_run(tmp_path, "msgd", batch_size, seeds(msgd))
+    found, text = verdicts(tmp_path)
+    assert found[:2] == ["not resolved", "not resolved"], text
+    assert ("msgd at batch 1024: only one LR (optimizer.lr x lr_factor), 0.1, was tried, so its best LR may be "
+            "another: sweep lr_factor there.") in text
+    assert "| 1024 | sngm 91.50 (n=3, one LR) | msgd 85.00 (n=3, one LR) |" in text
 
 
 def test_a_tie_in_the_largest_batch_kept_is_not_resolved(tmp_path):
