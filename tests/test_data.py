@@ -37,6 +37,11 @@ def test_balanced_subset_is_fixed_and_balanced(cifar):
     assert torch.equal(subset, balanced_subset(labels, 1003))
     with pytest.raises(UserError, match="dataset.subset=5 must be between 10 and 50000"):
         balanced_subset(labels, 5)
+    # Unequal classes: a size that would take more of a class than it has is refused, not cut short.
+    uneven = torch.tensor([0] * 3 + [1] * 10)
+    assert torch.bincount(uneven[balanced_subset(uneven, 6)]).tolist() == [3, 3]
+    with pytest.raises(UserError, match="takes 4 images of class 0, which has 3: .* at most 6 images"):
+        balanced_subset(uneven, 8)
 
 
 def test_corrupted_file_is_rejected_unless_the_check_is_off(cifar_root, tmp_path):

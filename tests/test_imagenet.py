@@ -6,10 +6,12 @@ import shutil
 
 import pytest
 import torch
+from torchvision.io import ImageReadMode, decode_image, encode_png, read_file
 
 from sngm_bench.config import compose_config
 from sngm_bench.data import build_data
-from sngm_bench.data.imagenet import MEAN, STD, find_images
+from sngm_bench.data.device_loader import key_seed
+from sngm_bench.data.imagenet import MEAN, STD, decode_batch, find_images, seeded_transform
 from sngm_bench.errors import UserError
 from conftest import IMAGENET_SAMPLE as SAMPLE, run_cli
 
@@ -47,7 +49,7 @@ def test_grayscale_photos_become_three_channels():
     gray = [m["path"] for m in manifest if m["mode"] == "L" and m["path"].startswith("val/")]
     val = data("dataset.image_size=64").test
     index = [str(p.relative_to(SAMPLE)) for p in val.files.paths].index(gray[0])
-    image, _ = val.files[index]
+    image, _ = val.files[(index, None)]
     assert image.shape == (3, 64, 64) and torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
 
 
@@ -60,6 +62,36 @@ def test_training_batches_are_random_crops_sharded_by_process():
     assert not torch.equal(first[0][1], second[0][1])  # a new order each epoch
     resumed = list(train.train_batches(seed=0, epoch=2, batch_size=50, shard=slice(0, 50), start_step=3))
     assert len(resumed) == 1 and torch.equal(resumed[0][1], second[3][1])
+
+
+def test_training_crops_depend_on_seed_epoch_and_image_alone():
+    # One global batch of 50, whole in one process (2 workers) or split over two processes (0 and 1
+    # workers), and again from a resume at step 2: the same crops and flips, image for image.
+    def batches(shard, workers, start_step=0):
+        train = data("dataset.image_size=48", f"dataset.workers={workers}").train
+        return list(train.train_batches(seed=0, epoch=1, batch_size=50, shard=shard, start_step=start_step))
+
+    whole = batches(slice(0, 50), 2)
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, batches(slice(0, 25), 0), batches(slice(25, 50), 1), strict=True):
+        assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))
+    for (x, y), (xr, yr) in zip(whole[2:], batches(slice(0, 50), 2, start_step=2), strict=True):
+        assert torch.equal(x, xr) and torch.equal(y, yr)
+    files = data("dataset.image_size=48").train.files  # image 0 in epochs 1, 1 and 2 of seed 0
+    crops = [files[(0, key_seed(0, epoch, 0))][0] for epoch in (1, 1, 2)]
+    assert torch.equal(crops[0], crops[1]) and not torch.equal(crops[0], crops[2])
+    # With no workers the transforms run in the training process, whose own random state they leave alone.
+    state = torch.get_rng_state()
+    draws = [seeded_transform(lambda image: image + torch.rand(()), torch.zeros(()), seed) for seed in (7, 7, 8)]
+    assert draws[0] == draws[1] != draws[2] and torch.equal(state, torch.get_rng_state())
+
+
+def test_files_that_are_not_jpeg_decode_on_the_cpu_instead():
+    # ImageNet's train set holds a PNG under a .JPEG name; a batch with one decodes the rest as JPEGs.
+    jpeg = read_file(str(find_images(SAMPLE, "train")[0][0]))
+    png = encode_png(decode_image(jpeg, mode=ImageReadMode.RGB))
+    decoded = decode_batch([jpeg, png, jpeg], torch.device("cpu"))
+    assert len(decoded) == 3 and all(image.shape == decoded[0].shape and image.shape[0] == 3 for image in decoded)
+    assert torch.equal(decoded[0], decoded[2]) and torch.equal(decoded[1], decode_image(png))
 
 
 def test_wrong_layout_is_a_clear_error(tmp_path):

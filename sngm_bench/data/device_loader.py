@@ -94,12 +94,17 @@ def normalize(images_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, me
     return ((images_u8.float() - mean) / std).contiguous(memory_format=memory_format)
 
 
-def seeded_generator(device, *key: int) -> torch.Generator:
-    """A generator whose stream is a function of `key` alone (e.g. seed, epoch, step)."""
+def key_seed(*key: int) -> int:
+    """One 63-bit seed that is a function of `key` alone (e.g. seed, epoch, step)."""
     seed = 0
     for part in key:
         seed = (seed * _SEED_STRIDE + part) % 2**63
-    return torch.Generator(device=device).manual_seed(seed)
+    return seed
+
+
+def seeded_generator(device, *key: int) -> torch.Generator:
+    """A generator whose stream is a function of `key` alone (e.g. seed, epoch, step)."""
+    return torch.Generator(device=device).manual_seed(key_seed(*key))
 
 
 def shuffled_batches(num_items: int, batch_size: int, generator: torch.Generator):

@@ -5,6 +5,9 @@ Too large to keep on the device, so JPEGs are read and decoded by DataLoader wor
 copied from pinned memory. Training: RandomResizedCrop + horizontal flip; evaluation: resize to
 256/224 of the crop size, then a center crop (He et al. 2016; Goyal et al. 2017). The loaders
 offer the same interface as `DeviceImages`, so the training loop does not know which it has.
+
+As for CIFAR-10, a training image's crop and flip are a function of (seed, epoch, image) alone:
+the same whatever the number of processes or workers, and again after a resume.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 
-from sngm_bench.data.device_loader import normalize, seeded_generator, shuffled_batches
+from sngm_bench.data.device_loader import key_seed, normalize, seeded_generator, shuffled_batches
 from sngm_bench.data.subset import balanced_subset
 from sngm_bench.errors import UserError
 
@@ -44,8 +47,19 @@ def find_images(root: Path, split: str, classes: list[str] | None = None):
     return [Path(p) for p, _ in samples], torch.tensor([label for _, label in samples]), found
 
 
+def seeded_transform(transform, image: torch.Tensor, seed: int | None) -> torch.Tensor:
+    """`transform(image)` with its random draws taken from a generator seeded with `seed` (None:
+    a deterministic transform), leaving the process's own random state as it was."""
+    if seed is None:
+        return transform(image)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(image)
+
+
 class ImageFiles(Dataset):
-    """Image i as a uint8 CHW tensor after `transform`, or as its raw file bytes (GPU decoding)."""
+    """Item (i, seed) as image i, a uint8 CHW tensor, after `transform` drawn from `seed`, or as its
+    raw file bytes and `seed` (GPU decoding: the transform runs after decoding, on the GPU)."""
 
     def __init__(self, paths: list[Path], labels: torch.Tensor, transform, decode: bool = True):
         self.paths, self.labels, self.transform, self.decode = paths, labels, transform, decode
@@ -53,15 +67,33 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item: tuple[int, int | None]):
+        i, seed = item
         data = read_file(str(self.paths[i]))
         if not self.decode:
-            return data, self.labels[i]
-        return self.transform(decode_image(data, mode=ImageReadMode.RGB)), self.labels[i]
+            return data, self.labels[i], seed
+        return seeded_transform(self.transform, decode_image(data, mode=ImageReadMode.RGB), seed), self.labels[i]
+
+
+def decode_batch(files: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The RGB images of JPEG file bytes, decoded on `device` in one call (nvJPEG on a GPU). A file
+    it cannot decode (ImageNet's train set has a PNG and CMYK JPEGs among its .JPEG files) is
+    decoded on the CPU instead, so one odd file does not end the run."""
+    try:
+        return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return [decode_one(data, device) for data in files]
+
+
+def decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return decode_image(data, mode=ImageReadMode.RGB).to(device)
 
 
 def _raw_collate(items):
-    return [data for data, _ in items], torch.stack([label for _, label in items])
+    return [data for data, _, _ in items], torch.stack([label for _, label, _ in items]), [seed for *_, seed in items]
 
 
 class GlobalBatchSampler(Sampler):
@@ -80,9 +112,10 @@ class GlobalBatchSampler(Sampler):
         return self.num_items // self.batch_size - self.start_step
 
     def __iter__(self):
+        """Items (image, the seed of its augmentation this epoch)."""
         batches = shuffled_batches(self.num_items, self.batch_size, seeded_generator("cpu", self.seed, self.epoch))
         for batch in batches[self.start_step:]:
-            yield batch[self.shard].tolist()
+            yield [(i, key_seed(self.seed, self.epoch, i)) for i in batch[self.shard].tolist()]
 
 
 class ImageFolderImages:
@@ -112,10 +145,10 @@ class ImageFolderImages:
                           prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
                           collate_fn=_raw_collate if self.gpu_decode else None)
 
-    def _on_device(self, images, labels):
+    def _on_device(self, images, labels, seeds=None):
         if self.gpu_decode:  # bytes -> decoded and transformed on the GPU, one image at a time
-            decoded = decode_jpeg(images, mode=ImageReadMode.RGB, device=self.device)
-            images = torch.stack([self.transform(image) for image in decoded])
+            decoded = decode_batch(images, self.device)
+            images = torch.stack([seeded_transform(self.transform, image, seed) for image, seed in zip(decoded, seeds)])
         images = images.to(self.device, non_blocking=True)
         return normalize(images, self.mean, self.std, self.memory_format), labels.to(self.device, non_blocking=True)
 
@@ -125,16 +158,16 @@ class ImageFolderImages:
             self.sampler = GlobalBatchSampler(len(self), batch_size, shard, seed)
             self.loader = self._loader(self.sampler)
         self.sampler.set_epoch(epoch, start_step)
-        for images, labels in self.loader:
-            yield self._on_device(images, labels)
+        for batch in self.loader:
+            yield self._on_device(*batch)
 
     def eval_batches(self, batch_size: int, rank: int = 0, world_size: int = 1):
         """A contiguous 1/world_size share of the images, in order."""
         if self.loader is None:
             share = torch.arange(len(self)).tensor_split(world_size)[rank]
-            self.loader = self._loader([part.tolist() for part in share.split(batch_size)])
-        for images, labels in self.loader:
-            yield self._on_device(images, labels)
+            self.loader = self._loader([[(i, None) for i in part.tolist()] for part in share.split(batch_size)])
+        for batch in self.loader:
+            yield self._on_device(*batch)
 
 
 def load(cfg, device, channels_last: bool):
