@@ -85,6 +85,21 @@ def test_training_crops_depend_on_seed_epoch_and_image_alone():
     assert draws[0] == draws[1] != draws[2] and torch.equal(state, torch.get_rng_state())
 
 
+def test_gpu_decode_path_run_on_the_cpu_gives_the_workers_batches():
+    # dataset.gpu_decode's code path (bytes from the workers, decoded and augmented in the training
+    # process) with the CPU as its device: the same seeded crops as decoding in the workers.
+    # With one tensor per file from the workers this hung on a broken queue ("Bad file descriptor").
+    def batches(gpu_decode):
+        loaded = data("dataset.image_size=48")
+        for split in (loaded.train, loaded.test):
+            split.gpu_decode, split.files.decode = gpu_decode, not gpu_decode
+        return [*loaded.train.train_batches(seed=0, epoch=1, batch_size=50, shard=slice(0, 50)),
+                *loaded.test.eval_batches(40)]
+
+    for (x, y), (xg, yg) in zip(batches(False), batches(True), strict=True):
+        assert torch.equal(x, xg) and torch.equal(y, yg)
+
+
 def test_files_that_are_not_jpeg_decode_on_the_cpu_instead():
     # ImageNet's train set holds a PNG under a .JPEG name; a batch with one decodes the rest as JPEGs.
     jpeg = read_file(str(find_images(SAMPLE, "train")[0][0]))

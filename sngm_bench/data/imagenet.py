@@ -93,7 +93,11 @@ def decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _raw_collate(items):
-    return [data for data, _, _ in items], torch.stack([label for _, label, _ in items]), [seed for *_, seed in items]
+    """A batch of file bytes as ONE tensor and the files' lengths: a worker sends each tensor of a
+    batch through its own shared-memory file descriptor, and with one per file the queue broke
+    ("Bad file descriptor") and the training process waited on it forever."""
+    files, labels, seeds = zip(*items)
+    return torch.cat(files), torch.tensor([len(data) for data in files]), torch.stack(labels), list(seeds)
 
 
 class GlobalBatchSampler(Sampler):
@@ -145,10 +149,13 @@ class ImageFolderImages:
                           prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
                           collate_fn=_raw_collate if self.gpu_decode else None)
 
-    def _on_device(self, images, labels, seeds=None):
+    def _on_device(self, *batch):
         if self.gpu_decode:  # bytes -> decoded and transformed on the GPU, one image at a time
-            decoded = decode_batch(images, self.device)
+            files, lengths, labels, seeds = batch
+            decoded = decode_batch(list(files.split(lengths.tolist())), self.device)
             images = torch.stack([seeded_transform(self.transform, image, seed) for image, seed in zip(decoded, seeds)])
+        else:
+            images, labels = batch
         images = images.to(self.device, non_blocking=True)
         return normalize(images, self.mean, self.std, self.memory_format), labels.to(self.device, non_blocking=True)
 
