@@ -19,13 +19,13 @@ precision, ...: the report's `protocol`) are judged separately, one section per 
    +`within` points.
 
 A verdict never rests on a cell whose selected LR is at the grid's edge (the smallest or largest
-of several tried, `report.grid_edge_sides`, or the only one tried) where a better LR outside the
-grid could overturn it: such a verdict is "not resolved", and the evidence says which grid to
-extend. An optimizer compared at one LR per batch size is not compared at its best. Claim 1: a rival SNGM
-beats at such an LR, or SNGM at one when a rival beats it. Claim 2: any cell of the optimizer the
-verdict favours (a better mean raises the bar its batch sizes are held to), or one of the other's
-beyond its largest batch within, and a batch size of either where no LR tried completed. Claim 3:
-the layer series for "supported", global SNGM for "not supported" (a gain of layer over it).
+of several tried, `report.grid_edge_sides`, or the only one tried: an optimizer run at one LR is
+not compared at its best) where a better LR outside the grid could overturn it: such a verdict is
+"not resolved", and the evidence says which grid to extend. Claim 1: a rival SNGM beats at such
+an LR, or SNGM at one when a rival beats it. Claim 2: any cell of the optimizer the verdict
+favours (a better mean raises the bar its batch sizes are held to), or one of the other's beyond
+its largest batch within, and a batch size of either where no LR tried completed. Claim 3: the
+layer series for "supported", global SNGM for "not supported" (a gain of layer over it).
 """
 
 from __future__ import annotations
