@@ -16,8 +16,6 @@ from sngm_bench.bench import throughput_table
 from sngm_bench.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-# results/<name> -> report options other than the defaults (its README states them).
-OPTIONS = {"cifar10_reduced": {"target_acc": 0.35}}
 RESULTS = ("<!-- results: rebuilt by scripts/paper_figures.py from results/*/runs; do not edit by hand -->",
            "<!-- end of results -->")
 THROUGHPUT = ("<!-- GPU throughput: rebuilt by scripts/paper_figures.py from results/bench/*/bench_train.csv; "
@@ -45,7 +43,7 @@ def main() -> None:
     os.chdir(ROOT)  # the run folders in the CSVs are then relative to the repository
     blocks = []
     for folder in sorted(p.parent for p in Path("results").glob("*/runs")):
-        table = write_report([folder / "runs"], folder, **OPTIONS.get(folder.name, {}))
+        table = write_report([folder / "runs"], folder)
         caption = (folder / "caption.md").read_text().strip()
         print(f"## {folder}\n\n{table}\n{caption}\n")
         blocks.append(readme_block(folder, table, caption))

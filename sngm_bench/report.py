@@ -388,7 +388,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("report"), help="folder for the files (default: report)")
     parser.add_argument("--target-acc", type=fraction,
                         help="test accuracy (0-1) for the time-to-target figure (default: the highest accuracy, in "
-                        "whole percent, that every series reached)")
+                        "whole percent, that every optimizer reached at every batch size)")
     parser.add_argument("--select-by", choices=list(SELECTION_RULES), default="final_test_acc",
                         help="per optimizer and batch size, keep the LR with the best mean of this over seeds")
     parser.add_argument("--steps", type=positive_int, help="optimizer steps of the equal-steps view (default: the step "

@@ -180,7 +180,7 @@ def test_figures_that_leave_something_out_say_so(tmp_path, cifar_root):
     warnings = report_warnings("--target-acc", "0.99")
     assert any("time_to_target has nothing to plot: no run reached 99 % test accuracy" in w for w in warnings)
     assert any("gradient_budget's equal-steps panel (4 steps) leaves out msgd at batch 200" in w for w in warnings)
-    # The default target is one that every series reached: its figure leaves nothing out.
+    # The default target is one that every series reached at every batch size: its figure leaves nothing out.
     assert not any("time_to_target" in w for w in report_warnings())
     # A step count no run came near: the panel is empty, and the warning names every pair it lacks.
     warnings = report_warnings("--steps", "100000")
