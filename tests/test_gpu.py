@@ -19,9 +19,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torchvision.io import ImageReadMode, decode_image, encode_png, read_file
 
 from sngm_bench.config import compose_config
 from sngm_bench.data import build_data
+from sngm_bench.data.imagenet import decode_batch, find_images
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import build_optimizer
 from sngm_bench.train import train_step
@@ -165,6 +167,16 @@ def test_gpu_decode_gives_the_cpu_pipeline_images():
         assert torch.equal(y_gpu.cpu(), y_cpu)
         # nvJPEG and libjpeg round differently, and resizing differs by a level here and there.
         assert ((x_gpu.cpu() - x_cpu) * std).abs().mean() < 3.0
+
+
+@needs_sample
+def test_nvjpeg_hands_a_file_it_cannot_decode_to_the_cpu():
+    # ImageNet's train set holds a PNG under a .JPEG name: nvJPEG's batch call fails on it.
+    jpeg = read_file(str(find_images(IMAGENET_SAMPLE, "train")[0][0]))
+    png = encode_png(decode_image(jpeg, mode=ImageReadMode.RGB))
+    decoded = decode_batch([jpeg, png, jpeg], CUDA)
+    assert all(image.is_cuda and image.shape[0] == 3 for image in decoded)
+    assert torch.equal(decoded[1].cpu(), decode_image(png)) and torch.equal(decoded[0], decoded[2])
 
 
 @needs_sample
