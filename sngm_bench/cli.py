@@ -122,8 +122,8 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
         for combination in combinations:
             try:
                 config = compose("config", overrides=combination, return_hydra_config=True)
-                for key in keys_outside_schema(config)[:1]:  # added by `+key=...`
-                    raise UserError(_unknown_key_message(key, combination))
+                if outside := keys_outside_schema(config):  # added by `+key=...`
+                    raise UserError(_unknown_key_message(outside[0], combination))
                 optimizer_settings(config.optimizer)  # a `_target_` class and its arguments, before any run starts
                 HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the folder names
                 folders.add(os.path.abspath(config.hydra.sweep.dir if multirun else config.hydra.run.dir))

@@ -55,7 +55,7 @@ REQUIRED_COLUMNS = ["optimizer", "lr", "batch_size", "seed"]
 LR_KEYS = ["lr", "lr_factor"]  # together they set a run's LR; a sweep over either is an LR grid
 # The trained keys a table ranges over: its columns, each cell's LR grid and its seeds. A run's other
 # trained keys are its setting: the runs of one optimizer with one setting are a series (a table row).
-TABLE_KEYS = {"batch_size", "optimizer.lr", "lr_factor", "seed"}
+TABLE_KEYS = {CONFIG_COLUMNS[column] for column in ["batch_size", *LR_KEYS, "seed"]}
 # --select-by: summary value averaged over seeds -> whether larger is better.
 SELECTION_RULES = {"final_test_acc": True, "best_test_acc": True, "final_train_loss": False}
 UNREADABLE = (OSError, ValueError, TypeError, KeyError, yaml.YAMLError, OmegaConfBaseException)
