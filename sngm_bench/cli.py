@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import shutil
 import sys
 from importlib import metadata, resources
 from pathlib import Path
@@ -125,6 +126,10 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
                 if outside := keys_outside_schema(config):  # added by `+key=...`
                     raise UserError(_unknown_key_message(outside[0], combination))
                 optimizer_settings(config.optimizer)  # a `_target_` class and its arguments, before any run starts
+                if multirun and config.hydra.launcher._target_.endswith(".SlurmLauncher") and not shutil.which("sbatch"):
+                    raise UserError("hydra/launcher=slurm submits jobs with sbatch, which is not on this machine's "
+                                    "PATH: run the sweep on a SLURM login node (hydra/launcher=submitit_local "
+                                    "runs it here)")
                 HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the folder names
                 folders.add(os.path.abspath(config.hydra.sweep.dir if multirun else config.hydra.run.dir))
             except (HydraException, OmegaConfBaseException, UserError) as err:

@@ -100,3 +100,26 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, cifar_root):
     runs = [p for p in (tmp_path / "multirun" / "smoke").iterdir() if p.name.startswith("batch_size")]
     assert len(runs) == 2
     assert all(json.loads((r / "summary.json").read_text())["status"] == "completed" for r in runs)
+
+
+def _stand_in(folder, name, script):
+    """An executable `name` in `folder` running the shell `script`: SLURM's commands, on a machine without SLURM."""
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+
+
+def test_slurm_launcher_needs_sbatch_and_says_so_in_one_line(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra")
+    sweep = ["-m", "hydra/launcher=slurm", "experiment=smoke", "seed=0,1"]
+    result = run_cli(sweep, cwd=tmp_path, env_extra={"PATH": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.startswith("sngm-bench: error: hydra/launcher=slurm submits jobs with sbatch")
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "multirun").exists()
+    # On a login node the sweep goes on to sbatch (a stand-in that keeps the job script and refuses it).
+    (tmp_path / "bin").mkdir()
+    _stand_in(tmp_path / "bin", "sbatch", f'cp "$1" {tmp_path}/job.sh; exit 1')
+    _stand_in(tmp_path / "bin", "srun", "exit 1")
+    run_cli(sweep, cwd=tmp_path, env_extra={"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+    job = (tmp_path / "job.sh").read_text()
+    assert "#SBATCH --array=0-1" in job and "submitit.core._submit" in job
