@@ -33,12 +33,17 @@ from sngm_bench.models import build_model
 from sngm_bench.records import environment
 from sngm_bench.train import Trainer
 
-# Dense peak FLOP/s by GPU name and precision (vendor data sheets: H100/H200 SXM, no sparsity).
-PEAK_FLOPS = {
-    ("H100", "bf16"): 989e12, ("H100", "fp32"): 67e12,
-    ("H200", "bf16"): 989e12, ("H200", "fp32"): 67e12,
-    ("A100", "bf16"): 312e12, ("A100", "fp32"): 19.5e12,
-}
+# Dense peak FLOP/s by precision (NVIDIA's data sheets, their figures "with sparsity" halved) of the
+# first of these names found in torch's device name. A PCIe H100 has fewer SMs and lower clocks than
+# an SXM one ("NVIDIA H100 80GB HBM3"); the NVL cards, whose peaks are not checked here, get none
+# (no MFU) rather than the SXM card's.
+PEAK_FLOPS = (
+    ("H100 PCIe", {"bf16": 756.5e12, "fp32": 51e12}),
+    ("H100 NVL", {}), ("H200 NVL", {}),
+    ("H100", {"bf16": 989e12, "fp32": 67e12}),
+    ("H200", {"bf16": 989e12, "fp32": 67e12}),
+    ("A100", {"bf16": 312e12, "fp32": 19.5e12}),
+)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -71,7 +76,7 @@ def flops_per_image(model: torch.nn.Module, image_shape, device, batch: int = 8)
 
 
 def peak_flops(device_name: str, precision: str) -> float | None:
-    return next((peak for (gpu, prec), peak in PEAK_FLOPS.items() if gpu in device_name and prec == precision), None)
+    return next((peaks.get(precision) for gpu, peaks in PEAK_FLOPS if gpu in device_name), None)
 
 
 def reference_step(cfg: DictConfig, trainer: Trainer):

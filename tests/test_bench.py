@@ -27,6 +27,12 @@ def test_peak_flops_lookup():
     assert peak_flops("AMD EPYC", "fp32") is None
 
 
+def test_peak_flops_of_a_pcie_or_nvl_h100_is_not_the_sxm_one():
+    assert peak_flops("NVIDIA H100 PCIe", "bf16") == 756.5e12
+    assert peak_flops("NVIDIA H100 NVL", "bf16") is None and peak_flops("NVIDIA H200 NVL", "bf16") is None
+    assert peak_flops("NVIDIA H200", "bf16") == 989e12
+
+
 def test_bench_reports_the_product_step_and_the_reference(cifar_root, monkeypatch):
     monkeypatch.setenv("SNGM_DATA", str(cifar_root))
     cfg = compose_config(["experiment=smoke", "model.width=4", "dataset.subset=200", "batch_size=32", "device=cpu"])
