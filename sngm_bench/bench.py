@@ -38,11 +38,11 @@ from sngm_bench.train import Trainer
 # an SXM one ("NVIDIA H100 80GB HBM3"); the NVL cards, whose peaks are not checked here, get none
 # (no MFU) rather than the SXM card's.
 PEAK_FLOPS = (
-    ("H100 PCIe", {"bf16": 756.5e12, "fp32": 51e12}),
+    ("H100 PCIe", {"bf16": 756.5e12, "tf32": 378e12, "fp32": 51e12}),
     ("H100 NVL", {}), ("H200 NVL", {}),
-    ("H100", {"bf16": 989e12, "fp32": 67e12}),
-    ("H200", {"bf16": 989e12, "fp32": 67e12}),
-    ("A100", {"bf16": 312e12, "fp32": 19.5e12}),
+    ("H100", {"bf16": 989e12, "tf32": 494.5e12, "fp32": 67e12}),
+    ("H200", {"bf16": 989e12, "tf32": 494.5e12, "fp32": 67e12}),
+    ("A100", {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
 )
 
 
@@ -76,6 +76,10 @@ def flops_per_image(model: torch.nn.Module, image_shape, device, batch: int = 8)
 
 
 def peak_flops(device_name: str, precision: str) -> float | None:
+    """The GPU's peak for a run in `precision`; an fp32 run's convolutions (nearly all its FLOPs) run
+    on the TF32 tensor cores while cuDNN allows it, as torch does by default."""
+    if precision == "fp32" and torch.backends.cudnn.allow_tf32:
+        precision = "tf32"
     return next((peaks.get(precision) for gpu, peaks in PEAK_FLOPS if gpu in device_name), None)
 
 

@@ -33,6 +33,12 @@ def test_peak_flops_of_a_pcie_or_nvl_h100_is_not_the_sxm_one():
     assert peak_flops("NVIDIA H200", "bf16") == 989e12
 
 
+def test_peak_flops_of_fp32_is_the_tf32_one_while_cudnn_convolutions_use_tf32(monkeypatch):
+    assert peak_flops("NVIDIA H100 80GB HBM3", "fp32") == 494.5e12  # torch's default: TF32 convolutions
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert peak_flops("NVIDIA H100 80GB HBM3", "fp32") == 67e12
+
+
 def test_bench_reports_the_product_step_and_the_reference(cifar_root, monkeypatch):
     monkeypatch.setenv("SNGM_DATA", str(cifar_root))
     cfg = compose_config(["experiment=smoke", "model.width=4", "dataset.subset=200", "batch_size=32", "device=cpu"])
