@@ -90,6 +90,7 @@ def test_claims_that_hold(tmp_path):
     assert "| 128 | msgd 92.20 (n=3) | sngm optimizer.norm=global 92.00 (n=3) | +0.20 [" in text
     assert "| 128 |" in text and "(best) |" in text
     assert "SNGM 1024 (best 92.00), MSGD 128 (best 92.20)" in text
+    assert "MSGD (the paper proves it for convergence to an ε-stationary point; judged here by test accuracy)" in text
     assert "sngm optimizer.norm=layer" in text and "`sngm-layer-4096-lr0.1-warmup5-2`" in text
 
 
