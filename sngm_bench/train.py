@@ -386,28 +386,29 @@ def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict
     procs = distributed.setup(Device(cfg.device))
     try:
         with ExitStack() as stack:
-            if procs.is_main:
-                stack.enter_context(FolderLock(run_dir))
-            try:
+            try:  # a start that does not train, refused or failed, leaves .hydra/ to the one that trained
+                if procs.is_main:
+                    stack.enter_context(FolderLock(run_dir))
                 plan = plan_run(run_dir, cfg, cfg.overwrite)
-            except UserError:
+                procs.barrier()  # every process has read the folder before the first write
+                if plan is Plan.skip:
+                    summary = records.read_summary(run_dir)
+                    if procs.is_main:
+                        restore_hydra_files(hydra_dir)
+                        log.info("%s already holds a %s run (final test accuracy %s); nothing to do. "
+                                 "overwrite=true trains it again", run_dir, summary["status"],
+                                 summary.get("final_test_acc"))
+                    return summary
+                trainer = Trainer(cfg, run_dir, procs)
+                if plan is Plan.resume:
+                    trainer.load_checkpoint()
+                elif procs.is_main:
+                    clear_run(run_dir)
+                logger = stack.enter_context(closing(open_logger(cfg.logger, run_dir, procs.is_main)))
+            except BaseException:
                 if procs.is_main:
                     restore_hydra_files(hydra_dir)
                 raise
-            procs.barrier()  # every process has read the folder before the first write
-            if plan is Plan.skip:
-                summary = records.read_summary(run_dir)
-                if procs.is_main:
-                    restore_hydra_files(hydra_dir)
-                    log.info("%s already holds a %s run (final test accuracy %s); nothing to do. "
-                             "overwrite=true trains it again", run_dir, summary["status"], summary.get("final_test_acc"))
-                return summary
-            trainer = Trainer(cfg, run_dir, procs)
-            if plan is Plan.resume:
-                trainer.load_checkpoint()
-            elif procs.is_main:
-                clear_run(run_dir)
-            logger = stack.enter_context(closing(open_logger(cfg.logger, run_dir, procs.is_main)))
             if procs.is_main:
                 keep_hydra_files(hydra_dir)
             with StopRequest(deadline(cfg.max_minutes)) as stop:

@@ -262,3 +262,18 @@ def test_a_report_shows_a_run_whose_process_died_as_interrupted(tmp_path, cifar_
         process.wait()
     assert summary(tmp_path / "run")["status"] == "running"  # what it wrote before it was killed
     assert collect_runs([tmp_path])["status"].tolist() == ["interrupted"]
+
+
+def test_a_start_that_does_not_train_leaves_the_record_of_the_one_that_did(tmp_path, cli):
+    from sngm_bench.run_folder import FolderLock
+
+    run_dir = tmp_path / "run"
+    assert cli("hydra.run.dir=run").returncode == 0
+    hydra_files = {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")}
+    with FolderLock(run_dir):  # as a live run holds it
+        assert "another process is training in" in one_line_error(cli("hydra.run.dir=run", "batch_size=50"))
+    assert {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")} == hydra_files
+    assert "exceeds the 400 training images" in one_line_error(cli("hydra.run.dir=run", "batch_size=800",
+                                                                   "overwrite=true"))
+    assert {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")} == hydra_files
+    assert collect_runs([tmp_path])["batch_size"].tolist() == [100]  # the batch size it trained with
