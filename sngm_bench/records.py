@@ -112,7 +112,9 @@ def environment(device) -> dict:
     the report, do not pay for it.)"""
     import torch
 
-    commit = _git("rev-parse", "HEAD")
+    # The commit of the repository that tracks sngm_bench's own files: none for an installed package,
+    # even one below another repository (a virtual environment inside a project).
+    commit = _git("rev-parse", "HEAD") if _git("ls-files", "--error-unmatch", "__init__.py") else None
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {

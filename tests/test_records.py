@@ -277,3 +277,22 @@ def test_a_start_that_does_not_train_leaves_the_record_of_the_one_that_did(tmp_p
                                                                    "overwrite=true"))
     assert {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")} == hydra_files
     assert collect_runs([tmp_path])["batch_size"].tolist() == [100]  # the batch size it trained with
+
+
+def test_an_installed_package_inside_another_repository_records_no_commit_of_that_repository(tmp_path):
+    import shutil
+
+    import sngm_bench
+
+    project, site = tmp_path / "project", tmp_path / "project" / ".venv" / "site-packages"
+    shutil.copytree(os.path.dirname(sngm_bench.__file__), site / "sngm_bench")  # as pip installs it
+    (project / ".gitignore").write_text(".venv/\n")
+    git = ["git", "-C", project, "-c", "user.name=u", "-c", "user.email=u@x"]
+    for args in (["init", "-q"], ["add", ".gitignore"], ["commit", "-qm", "a project with a venv"]):
+        run_command([*git, *args], tmp_path).check_returncode()
+    environment = run_command([sys.executable, "-c", "import json, torch, sngm_bench.records as r; "
+                               "print(json.dumps(r.environment(torch.device('cpu'))))"], tmp_path,
+                              {"PYTHONPATH": str(site)})
+    recorded = json.loads(environment.stdout)
+    assert recorded["sngm_bench_version"] == sngm_bench.__version__
+    assert (recorded["git_commit"], recorded["git_dirty"]) == ("unknown", None)
