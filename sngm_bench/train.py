@@ -164,6 +164,7 @@ class Trainer:
 
         self.rows: list[dict] = []
         self.epoch, self.step = 1, 0  # next step to run: (epoch, step within it)
+        self.saved_at = (1, 0)  # where the newest checkpoint continues (the start while there is none)
         self.carried = None  # an interrupted epoch's totals, generator state and seconds so far
         self.seconds_before = 0.0  # wall time of earlier sessions of this run
         self.summary = {
@@ -201,6 +202,7 @@ class Trainer:
             "resumed_at": self.summary["resumed_at"], "first_session": records.session(self.summary),
             "noise_scale": self.noise_scale.state_dict(),
         })
+        self.saved_at = (self.epoch, self.step)
 
     def load_checkpoint(self) -> None:
         state = checkpoint.load(self.run_dir, self.procs.device)
@@ -210,6 +212,7 @@ class Trainer:
         checkpoint.restore_rng(state["rng"])
         self.noise_scale.load_state_dict(state.get("noise_scale"))
         self.rows, self.epoch, self.step = state["rows"], state["epoch"], state["step"]
+        self.saved_at = (self.epoch, self.step)
         self.carried, self.seconds_before = state["carried"], state["seconds"]
         # The summary keeps the start's hardware and code; this continuation notes where its own differ.
         this_session = records.session(self.summary)
@@ -240,8 +243,9 @@ class Trainer:
                     outcome = self.train_epoch(stop, progress, logger)
                     if outcome is not None:
                         return self.finish(outcome)
-        except (Interrupted, KeyboardInterrupt) as err:  # KeyboardInterrupt: a second signal
-            self.finish({"status": "interrupted", "interrupted_epoch": self.epoch, "interrupted_step": self.step,
+        except (Interrupted, KeyboardInterrupt) as err:  # KeyboardInterrupt: a second signal, no checkpoint
+            epoch, step = self.saved_at
+            self.finish({"status": "interrupted", "interrupted_epoch": epoch, "interrupted_step": step,
                          "interrupted_by": err.cause if isinstance(err, Interrupted) else "a second signal"})
             raise
         except torch.OutOfMemoryError as err:

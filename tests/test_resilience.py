@@ -239,6 +239,35 @@ def test_a_signal_leaves_status_interrupted_with_the_signal_and_the_step(tmp_pat
         == ("interrupted", signal.Signals(signum).name, state["epoch"], state["step"])
 
 
+# The command line, with two SIGINTs (a second Ctrl-C) delivered inside the 6th optimizer step.
+TWO_SIGNALS_IN_STEP_6 = """import os, signal, sys
+import sngm_bench.train as train
+real_step, steps = train.train_step, []
+def train_step(*args, **kwargs):
+    steps.append(1)
+    if len(steps) == 6:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_step(*args, **kwargs)
+train.train_step = train_step
+sys.argv[0] = "sngm-bench"
+from sngm_bench.cli import main
+main()
+"""
+
+
+def test_a_second_signal_records_where_the_saved_checkpoint_continues(tmp_path, cifar_root):
+    tiny = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=2", "batch_size=100",  # 4 steps an epoch
+            "hydra.run.dir=run"]
+    result = run_command([sys.executable, "-c", TWO_SIGNALS_IN_STEP_6, *tiny], tmp_path, {"SNGM_DATA": str(cifar_root)})
+    assert result.returncode != 0
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (state["epoch"], state["step"]) == (2, 0)  # the end of epoch 1: step 6 stopped at once
+    assert (summary["status"], summary["interrupted_by"], summary["interrupted_epoch"], summary["interrupted_step"]) \
+        == ("interrupted", "a second signal", 2, 0)
+
+
 def test_the_signal_handler_it_replaced_still_gets_the_signal_after_the_checkpoint():
     """Under hydra-submitit-launcher, SIGUSR2's handler requeues the job; it must still run."""
     from sngm_bench.errors import Interrupted
