@@ -10,7 +10,7 @@ on the device and are read every `log_every` steps, once early in each epoch and
 A run writes metrics.csv after every epoch, a checkpoint after every epoch and when it is
 stopped (`sngm_bench.stop`: a signal or its deadline; then after the current step), and
 summary.json at the start and end: `interrupted` with the cause and the step where it will
-continue, `failed` with the error when it runs out of memory or disk.
+continue, `failed` with the error (one line when it runs out of GPU memory or disk).
 """
 
 from __future__ import annotations
@@ -253,6 +253,9 @@ class Trainer:
         except OSError as err:  # a full disk, an unwritable folder
             failure = f"cannot write {err.filename or self.run_dir}: {err.strerror or err}; free space or fix " \
                       "the folder, then run the same command again to continue"
+        except Exception as err:  # a bug, or an error it cannot name (CPU memory): recorded, then its traceback
+            self.finish({"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]})
+            raise
         if failure is not None:  # outside the handler, so the failed step's tensors are freed
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -296,3 +296,33 @@ def test_an_installed_package_inside_another_repository_records_no_commit_of_tha
     recorded = json.loads(environment.stdout)
     assert recorded["sngm_bench_version"] == sngm_bench.__version__
     assert (recorded["git_commit"], recorded["git_dirty"]) == ("unknown", None)
+
+
+# The command line, with a step that runs out of CPU memory: a plain RuntimeError, which the run
+# cannot name (torch.OutOfMemoryError is the GPU's).
+CPU_OUT_OF_MEMORY = """
+import sys, torch
+import sngm_bench.train as train
+
+real_step, steps = train.train_step, []
+
+def train_step(*args, **kwargs):
+    steps.append(1)
+    if len(steps) == 2:
+        torch.empty(2 ** 50, dtype=torch.uint8)  # a petabyte
+    return real_step(*args, **kwargs)
+
+train.train_step = train_step
+from sngm_bench.cli import main
+main()
+"""
+
+
+def test_a_run_that_fails_with_an_unexpected_error_is_recorded_as_failed(tmp_path, cifar_root):
+    result = run_command([sys.executable, "-c", CPU_OUT_OF_MEMORY, *TINY, "hydra.run.dir=run"], tmp_path,
+                         {"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 1 and "DefaultCPUAllocator" in result.stderr
+    recorded = summary(tmp_path / "run")
+    assert recorded["status"] == "failed" and "RuntimeError: " in recorded["error"]
+    assert "DefaultCPUAllocator: can't allocate memory" in recorded["error"]
+    assert collect_runs([tmp_path])["status"].tolist() == ["failed"]  # not interrupted: its process is gone
