@@ -7,6 +7,7 @@ run) never sees half a file.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import platform
@@ -96,9 +97,9 @@ def cpu_name() -> str:
 
 # What one session of a run trained on: the summary's values are those of the session that started
 # the run, and each later session's `resumed_at` entry lists those of its own that differ.
-SESSION_KEYS = ("world_size", "micro_batch_size", "bn_batch_size", "git_commit", "git_dirty", "sngm_bench_version",
-                "torch_version", "cuda_version", "python_version", "device", "device_name", "device_count",
-                "cpu_threads", "hostname", "command")
+SESSION_KEYS = ("world_size", "micro_batch_size", "bn_batch_size", "git_commit", "git_dirty", "git_diff_hash",
+                "sngm_bench_version", "torch_version", "cuda_version", "python_version", "device", "device_name",
+                "device_count", "cpu_threads", "hostname", "command")
 
 
 def session(summary: dict) -> dict:
@@ -116,10 +117,12 @@ def environment(device) -> dict:
     # even one below another repository (a virtual environment inside a project).
     commit = _git("rev-parse", "HEAD") if _git("ls-files", "--error-unmatch", "__init__.py") else None
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    diff = _git("diff", "HEAD") if status else None  # the uncommitted changes: sessions that differ in them differ
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "git_commit": commit or "unknown",
         "git_dirty": bool(status) if commit else None,
+        "git_diff_hash": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None,
         "sngm_bench_version": sngm_bench.__version__,
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,

@@ -279,6 +279,23 @@ def test_a_start_that_does_not_train_leaves_the_record_of_the_one_that_did(tmp_p
     assert collect_runs([tmp_path])["batch_size"].tolist() == [100]  # the batch size it trained with
 
 
+def recorded_code(package_parent, cwd) -> tuple:
+    """git_commit, git_dirty and git_diff_hash as a run records them with sngm_bench imported from `package_parent`."""
+    environment = run_command([sys.executable, "-c", "import json, torch, sngm_bench.records as r; "
+                               "print(json.dumps(r.environment(torch.device('cpu'))))"], cwd,
+                              {"PYTHONPATH": str(package_parent)})
+    recorded = json.loads(environment.stdout)
+    return recorded["git_commit"], recorded["git_dirty"], recorded["git_diff_hash"]
+
+
+def git_repository(folder, *tracked) -> list:
+    """`folder` made a git repository with `tracked` committed; returns the git command for it."""
+    git = ["git", "-C", folder, "-c", "user.name=u", "-c", "user.email=u@x"]
+    for args in (["init", "-q"], ["add", *tracked], ["commit", "-qm", "first"]):
+        run_command([*git, *args], folder).check_returncode()
+    return git
+
+
 def test_an_installed_package_inside_another_repository_records_no_commit_of_that_repository(tmp_path):
     import shutil
 
@@ -287,15 +304,28 @@ def test_an_installed_package_inside_another_repository_records_no_commit_of_tha
     project, site = tmp_path / "project", tmp_path / "project" / ".venv" / "site-packages"
     shutil.copytree(os.path.dirname(sngm_bench.__file__), site / "sngm_bench")  # as pip installs it
     (project / ".gitignore").write_text(".venv/\n")
-    git = ["git", "-C", project, "-c", "user.name=u", "-c", "user.email=u@x"]
-    for args in (["init", "-q"], ["add", ".gitignore"], ["commit", "-qm", "a project with a venv"]):
-        run_command([*git, *args], tmp_path).check_returncode()
-    environment = run_command([sys.executable, "-c", "import json, torch, sngm_bench.records as r; "
-                               "print(json.dumps(r.environment(torch.device('cpu'))))"], tmp_path,
-                              {"PYTHONPATH": str(site)})
-    recorded = json.loads(environment.stdout)
-    assert recorded["sngm_bench_version"] == sngm_bench.__version__
-    assert (recorded["git_commit"], recorded["git_dirty"]) == ("unknown", None)
+    git_repository(project, ".gitignore")
+    assert recorded_code(site, tmp_path) == ("unknown", None, None)
+
+
+def test_sessions_with_different_uncommitted_changes_record_different_code(tmp_path):
+    import shutil
+
+    import sngm_bench
+
+    shutil.copytree(os.path.dirname(sngm_bench.__file__), tmp_path / "sngm_bench",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    git = git_repository(tmp_path, "sngm_bench")
+    commit = run_command([*git, "rev-parse", "HEAD"], tmp_path).stdout.strip()
+    assert recorded_code(tmp_path, tmp_path) == (commit, False, None)
+    schedule = tmp_path / "sngm_bench" / "schedule.py"
+    hashes = []
+    for change in ("# one change\n", "# another change\n"):
+        schedule.write_text(schedule.read_text() + change)
+        code = recorded_code(tmp_path, tmp_path)
+        assert code[:2] == (commit, True)
+        hashes.append(code[2])
+    assert None not in hashes and hashes[0] != hashes[1]
 
 
 # The command line, with a step that runs out of CPU memory: a plain RuntimeError, which the run
