@@ -9,8 +9,9 @@ on the device and are read every `log_every` steps, once early in each epoch and
 
 A run writes metrics.csv after every epoch, a checkpoint after every epoch and when it is
 stopped (`sngm_bench.stop`: a signal or its deadline; then after the current step), and
-summary.json at the start and end: `interrupted` with the cause and the step where it will
-continue, `failed` with the error (one line when it runs out of GPU memory or disk).
+summary.json at the start, after every epoch and at the end: `interrupted` with the cause and
+the step where it will continue, `failed` with the error (one line when it runs out of GPU
+memory or disk).
 """
 
 from __future__ import annotations
@@ -229,8 +230,8 @@ class Trainer:
         self.session_start = time.perf_counter()
         failure = None
         try:
+            self.record({"status": "running"})
             if procs.is_main:
-                records.write_json(self.run_dir / records.SUMMARY_FILE, self.summary)
                 records.write_metrics(self.run_dir, self.rows)  # readers find the file from the start
                 log.info("run folder %s", self.run_dir)
                 compiled = " (compiled step)" if self.summary["optimizer_step_compiled"] else ""
@@ -242,10 +243,10 @@ class Trainer:
                 while self.epoch <= cfg.epochs:
                     outcome = self.train_epoch(stop, progress, logger)
                     if outcome is not None:
-                        return self.finish(outcome)
+                        return self.record(outcome)
         except (Interrupted, KeyboardInterrupt) as err:  # KeyboardInterrupt: a second signal, no checkpoint
             epoch, step = self.saved_at
-            self.finish({"status": "interrupted", "interrupted_epoch": epoch, "interrupted_step": step,
+            self.record({"status": "interrupted", "interrupted_epoch": epoch, "interrupted_step": step,
                          "interrupted_by": err.cause if isinstance(err, Interrupted) else "a second signal"})
             raise
         except torch.OutOfMemoryError as err:
@@ -254,17 +255,17 @@ class Trainer:
             failure = f"cannot write {err.filename or self.run_dir}: {err.strerror or err}; free space or fix " \
                       "the folder, then run the same command again to continue"
         except Exception as err:  # a bug, or an error it cannot name (CPU memory): recorded, then its traceback
-            self.finish({"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]})
+            self.record({"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]})
             raise
         if failure is not None:  # outside the handler, so the failed step's tensors are freed
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             try:
-                self.finish({"status": "failed", "error": failure})
+                self.record({"status": "failed", "error": failure})
             except OSError:
                 pass  # the earlier summary.json stays whole
             raise UserError(failure)
-        return self.finish({"status": "completed"})
+        return self.record({"status": "completed"})
 
     def out_of_memory_message(self, err: BaseException) -> str:
         if any(frame.f_code is evaluate.__code__ for frame, _ in traceback.walk_tb(err.__traceback__)):
@@ -357,6 +358,7 @@ class Trainer:
             log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.0f img/s", epoch, cfg.epochs,
                      row["train_loss"], row["train_acc"], test_loss, test_acc, row["images_per_second"])
         self.save_checkpoint()
+        self.record({"status": "running"})  # what a reader (or a run killed from now on) has so far
         if stopping and self.epoch <= cfg.epochs:
             raise Interrupted(stop.reason(), self.run_dir)
         return None
@@ -367,7 +369,8 @@ class Trainer:
         return {"status": "diverged", "diverged_epoch": self.epoch, "diverged_step": self.step,
                 "diverged_reason": reason}
 
-    def finish(self, outcome: dict) -> dict:
+    def record(self, outcome: dict) -> dict:
+        """Write summary.json: `outcome` (the status and its details) and the figures of the epochs so far."""
         rows = self.rows
         self.summary.update(outcome)
         self.summary.update({

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from conftest import TWO_PROCESSES, run_cli, run_command
+from sngm_bench.records import read_metrics
 from sngm_bench.report import collect_runs
 
 TINY = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]  # 4 steps
@@ -356,3 +357,32 @@ def test_a_run_that_fails_with_an_unexpected_error_is_recorded_as_failed(tmp_pat
     assert recorded["status"] == "failed" and "RuntimeError: " in recorded["error"]
     assert "DefaultCPUAllocator: can't allocate memory" in recorded["error"]
     assert collect_runs([tmp_path])["status"].tolist() == ["failed"]  # not interrupted: its process is gone
+
+
+# The command line, killed (as by kill -9) while it evaluates epoch 2.
+KILLED_IN_SECOND_EVALUATION = """
+import os
+import sngm_bench.train as train
+
+real_evaluate, calls = train.evaluate, []
+
+def evaluate(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        os._exit(9)
+    return real_evaluate(*args, **kwargs)
+
+train.evaluate = evaluate
+from sngm_bench.cli import main
+main()
+"""
+
+
+def test_a_killed_runs_summary_counts_the_epochs_it_saved(tmp_path, cifar_root):
+    result = run_command([sys.executable, "-c", KILLED_IN_SECOND_EVALUATION, *TINY, "epochs=2", "hydra.run.dir=run"],
+                         tmp_path, {"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 9
+    recorded, (row,) = summary(tmp_path / "run"), read_metrics(tmp_path / "run")
+    assert (recorded["status"], recorded["epochs"], recorded["best_test_acc"]) == ("running", 1, row["test_acc"])
+    assert recorded["wall_seconds"] >= row["epoch_seconds"]
+    assert collect_runs([tmp_path])[["status", "epochs"]].values.tolist() == [["interrupted", 1]]
