@@ -87,11 +87,18 @@ def restore_hydra_files(hydra_dir: Path | None) -> None:
 
 
 def remove_stub(run_dir: Path, created_below: Path) -> None:
-    """Remove `run_dir` when it holds only what Hydra put there, and the folders up to
-    `created_below` (exclusive) that are left empty. For folders this command created."""
-    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - HYDRA_ONLY:
+    """Remove `run_dir` when it holds only what Hydra put there and no live run holds it (a command
+    started at the same time may have created it too), and the folders up to `created_below`
+    (exclusive) that are left empty. For folders this command created."""
+    if not run_dir.is_dir():
         return
-    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        with FolderLock(run_dir):
+            if {p.name for p in run_dir.iterdir()} - HYDRA_ONLY:
+                return
+            shutil.rmtree(run_dir, ignore_errors=True)
+    except UserError:
+        return
     for parent in run_dir.parents:
         if parent == created_below or created_below not in parent.parents:
             break

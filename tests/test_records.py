@@ -386,3 +386,17 @@ def test_a_killed_runs_summary_counts_the_epochs_it_saved(tmp_path, cifar_root):
     assert (recorded["status"], recorded["epochs"], recorded["best_test_acc"]) == ("running", 1, row["test_acc"])
     assert recorded["wall_seconds"] >= row["epoch_seconds"]
     assert collect_runs([tmp_path])[["status", "epochs"]].values.tolist() == [["interrupted", 1]]
+
+
+def test_a_folder_a_live_run_holds_is_never_removed_as_a_stub(tmp_path):
+    """Two commands that both created the folder: the one refused must not remove it under the other."""
+    from sngm_bench.run_folder import FolderLock, remove_stub
+
+    run_dir = tmp_path / "outputs" / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "train.log").write_text("")
+    with FolderLock(run_dir):  # the other command, loading its data
+        remove_stub(run_dir, tmp_path)
+        assert (run_dir / "train.log").exists()
+    remove_stub(run_dir, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # its own stub goes, and the folders it created for it
