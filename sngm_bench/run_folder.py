@@ -7,9 +7,10 @@ equal the one the folder's run was trained with (`sngm_bench.identity`), else it
 one line naming every difference. `overwrite=true` trains from scratch in any case. A lock
 keeps two live processes out of one folder, and tells a reader whether a run is alive.
 
-Hydra rewrites `.hydra/` at every start, before any of this runs; a start that trains keeps a
-copy of it (`.hydra/trained/`), and a start that does not train puts that copy back, so
-`.hydra/` always describes the session that trained the run.
+Hydra rewrites `.hydra/` at every start, before any of this runs; a start that trains writes
+its own files there again (a start at the same time may have rewritten them) and a copy
+(`.hydra/trained/`), and a start that does not train puts that copy back, so `.hydra/` always
+describes the session that trained the run.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import shutil
 from enum import Enum
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
 from sngm_bench import checkpoint
 from sngm_bench.errors import UserError
 from sngm_bench.identity import differences, training_config
 from sngm_bench.loggers import EVENT_FILES
-from sngm_bench.records import METRICS_FILE, SUMMARY_FILE, read_summary
+from sngm_bench.records import METRICS_FILE, SUMMARY_FILE, read_summary, write_atomic
 
 FINISHED = ("completed", "diverged")
 HYDRA_COPY = "trained"  # under Hydra's output subfolder (.hydra)
@@ -68,14 +72,17 @@ def clear_run(run_dir: Path) -> None:
         path.unlink()
 
 
-def keep_hydra_files(hydra_dir: Path | None) -> None:
-    """Copy Hydra's files of a start that trains (see the module docstring)."""
-    if hydra_dir is None or not hydra_dir.is_dir():
+def keep_hydra_files(hydra_dir: Path | None, cfg) -> None:
+    """Write Hydra's files of a start that trains with `cfg` into `.hydra/` and its copy, made as Hydra
+    makes them from what this start holds in memory: a start at the same time may have rewritten them."""
+    if hydra_dir is None:
         return
-    copy = hydra_dir / HYDRA_COPY
-    copy.mkdir(exist_ok=True)
-    for path in hydra_dir.glob("*.yaml"):
-        shutil.copy2(path, copy / path.name)
+    hydra = HydraConfig.instance().cfg
+    files = {"config.yaml": cfg, "hydra.yaml": hydra, "overrides.yaml": hydra.hydra.overrides.task}
+    for folder in (hydra_dir, hydra_dir / HYDRA_COPY):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, config in files.items():
+            write_atomic(folder / name, OmegaConf.to_yaml(config))
 
 
 def restore_hydra_files(hydra_dir: Path | None) -> None:

@@ -420,7 +420,7 @@ def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict
                     restore_hydra_files(hydra_dir)
                 raise
             if procs.is_main:
-                keep_hydra_files(hydra_dir)
+                keep_hydra_files(hydra_dir, cfg)
             with StopRequest(deadline(cfg.max_minutes)) as stop:
                 summary = trainer.fit(stop, logger)
                 if stop.requested:  # it came after the last step: this run is done, the command stops

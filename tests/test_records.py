@@ -400,3 +400,29 @@ def test_a_folder_a_live_run_holds_is_never_removed_as_a_stub(tmp_path):
         assert (run_dir / "train.log").exists()
     remove_stub(run_dir, tmp_path)
     assert list(tmp_path.iterdir()) == []  # its own stub goes, and the folders it created for it
+
+
+# The command line, with another start's Hydra rewriting .hydra/config.yaml while this one loads its data.
+HYDRA_FILES_REWRITTEN_DURING_SETUP = """
+from pathlib import Path
+from hydra.core.hydra_config import HydraConfig
+import sngm_bench.train as train
+
+real_build_data = train.build_data
+
+def build_data(*args, **kwargs):
+    (Path(HydraConfig.get().runtime.output_dir) / ".hydra" / "config.yaml").write_text("log_every: 7\\n")
+    return real_build_data(*args, **kwargs)
+
+train.build_data = build_data
+from sngm_bench.cli import main
+main()
+"""
+
+
+def test_the_hydra_record_is_the_training_starts_even_if_another_start_rewrote_it(tmp_path, cifar_root):
+    result = run_command([sys.executable, "-c", HYDRA_FILES_REWRITTEN_DURING_SETUP, *TINY, "log_every=5",
+                          "hydra.run.dir=run"], tmp_path, {"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    for folder in (".hydra", ".hydra/trained"):
+        assert yaml.safe_load((tmp_path / "run" / folder / "config.yaml").read_text())["log_every"] == 5, folder
