@@ -85,7 +85,9 @@ def read_run(run_dir: Path) -> tuple[dict, str]:
     missing = [c for c in REQUIRED_COLUMNS if row[c] is None]
     if missing:
         raise KeyError(f"{CONFIG_FILE} has no {', '.join(CONFIG_COLUMNS[c] for c in missing)}")
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    # No summary.json yet: a run still setting up (loading its data), or one that died doing so.
+    summary_file = run_dir / SUMMARY_FILE
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "running"}
     scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) and k not in row}
     status = live_status(run_dir, summary.get("status", "unknown"))
     return {**row, **scalars, "status": status, "run_dir": str(run_dir)}, identity

@@ -265,6 +265,16 @@ def test_a_report_shows_a_run_whose_process_died_as_interrupted(tmp_path, cifar_
     assert collect_runs([tmp_path])["status"].tolist() == ["interrupted"]
 
 
+def test_a_report_shows_a_run_that_has_not_written_its_summary_yet(tmp_path, cli):
+    from sngm_bench.run_folder import FolderLock
+
+    assert cli("hydra.run.dir=run").returncode == 0
+    (tmp_path / "run" / "summary.json").unlink()  # as before the run's first write: it is loading its data
+    with FolderLock(tmp_path / "run"):
+        assert collect_runs([tmp_path])["status"].tolist() == ["running"]
+    assert collect_runs([tmp_path])["status"].tolist() == ["interrupted"]  # it died while setting up
+
+
 def test_a_start_that_does_not_train_leaves_the_record_of_the_one_that_did(tmp_path, cli):
     from sngm_bench.run_folder import FolderLock
 
