@@ -34,13 +34,15 @@ class TensorBoardLogger(NullLogger):
     progress checks, `epoch/<column>` from each metrics.csv row (test accuracy, and any column a
     measurement adds, such as the noise scale)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, start_step: int = 0):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError("logger=tensorboard needs the tensorboard extra: "
                             "pip install 'sngm-bench[tensorboard]'") from None
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+        # A run continued from its checkpoint at `start_step` hides what a crashed session logged after
+        # it (TensorBoard purges the later steps), so no step shows twice.
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
 
     def log_step(self, step: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
@@ -56,9 +58,9 @@ class TensorBoardLogger(NullLogger):
         self.writer.close()
 
 
-def open_logger(kind, run_dir: Path, is_main: bool) -> NullLogger:
-    """The logger `kind` (a config value) for the run in `run_dir`; others than the main process
-    get one that does nothing."""
+def open_logger(kind, run_dir: Path, is_main: bool, start_step: int = 0) -> NullLogger:
+    """The logger `kind` (a config value) for the run in `run_dir`, which continues after optimizer
+    step `start_step`; others than the main process get one that does nothing."""
     if is_main and Logger(kind) is Logger.tensorboard:
-        return TensorBoardLogger(run_dir)
+        return TensorBoardLogger(run_dir, start_step)
     return NullLogger()

@@ -89,3 +89,34 @@ def test_tensorboard_without_the_extra_is_one_line(tmp_path, cifar_root):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "sngm-bench: error: logger=tensorboard needs the tensorboard extra: pip install 'sngm-bench[tensorboard]'"]
+
+
+def test_tensorboard_shows_each_step_once_after_a_crashed_run_continues(tmp_path, monkeypatch, cifar_root):
+    # The crash comes at step 6 of 8, after step 5 was logged; the rerun continues from the checkpoint
+    # of step 4 and logs step 5 again: TensorBoard must show the rerun's, once.
+    (tmp_path / "crashing.py").write_text(
+        "import torch\n"
+        "class SGD(torch.optim.SGD):\n"
+        "    crash_at = 6\n"
+        "    def step(self, closure=None):\n"
+        "        self.steps = getattr(self, 'steps', 0) + 1\n"
+        "        if self.steps == self.crash_at:\n"
+        "            raise RuntimeError('crash')\n"
+        "        return super().step(closure)\n")
+    (tmp_path / "configs" / "optimizer").mkdir(parents=True)
+    (tmp_path / "configs" / "optimizer" / "crashing.yaml").write_text("_target_: crashing.SGD\nlr: 0.1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = [*TINY[:-2], "epochs=2", "batch_size=100", f"dataset.root={cifar_root}", "logger=tensorboard",
+            "log_every=1", f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "optimizer=crashing"]
+    with pytest.raises(RuntimeError, match="crash"):
+        sngm_bench.run(args)
+    import crashing
+
+    monkeypatch.setattr(crashing.SGD, "crash_at", 0)
+    assert sngm_bench.run(args)["resumed_at"] == [{"epoch": 2, "step": 0}]
+    (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [e.step for e in events.Scalars("epoch/test_acc")] == [4, 8]
