@@ -62,6 +62,12 @@ def test_the_command_line_wins_over_the_preset_grid():
     assert {run["batch_size"] for run in runs} == {"512"} and {run["seed"] for run in runs} == {"0", "1", "2"}
 
 
+def test_a_glob_sweeps_the_options_it_matches_as_hydra_does():
+    runs = grid(["+sweep=smoke", "optimizer=glob(l*)", "batch_size=64", "lr_factor=1"])
+    assert [run["optimizer"] for run in runs] == ["lamb", "lars"]  # the basic sweeper's order: sorted options
+    check_overrides(["optimizer=glob(*,exclude=[s*,l*])"], multirun=True)
+
+
 def test_every_run_of_the_smoke_preset_composes():
     check_overrides(["+sweep=smoke"], multirun=True)  # as the command line checks every preset before it runs
 
