@@ -91,6 +91,13 @@ def test_a_bad_value_the_class_rejects_is_one_line_at_run_time(tmp_path, cifar_r
         "sngm-bench: error: optimizer: Adam: Invalid beta parameter at index 0: 1.5"]
 
 
+def test_arguments_the_class_refuses_together_are_one_line(tmp_path):
+    # torch.optim refuses some combinations with a RuntimeError, not a ValueError.
+    cfg = compose_config(["optimizer=adamw", "+optimizer.foreach=true", "+optimizer.fused=true"]).optimizer
+    with pytest.raises(UserError, match="^optimizer: AdamW: `fused` and `foreach` cannot be `True` together.$"):
+        build_optimizer(cfg, small_model(), lr=1e-3)
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, cifar_root):
     """A 2-run sweep of a YAML-only optimizer from a user's folder, beside msgd: its multirun folder."""

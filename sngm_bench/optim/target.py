@@ -40,7 +40,7 @@ class TargetOptimizer:
     def build(self, param_groups: list[dict], lr: float):
         try:
             return self.cls(param_groups, lr=lr, **self.kwargs)
-        except (TypeError, ValueError) as err:  # torch.optim checks its arguments with ValueError
+        except (TypeError, ValueError, RuntimeError) as err:  # torch.optim refuses arguments with these
             raise UserError(f"optimizer: {self.cls.__name__}: {err}") from None
 
 
