@@ -139,13 +139,15 @@ class RunReport(Callback):
         if self.sweep_start is None:  # a launcher's worker: the launching process keeps the sweep's pace
             return
         summaries = {d: read_summary(d) for d in others}
-        statuses = [s.get("status") for s in summaries.values()]
+        failures = failures_of(sweep_dir)
+        refusals = {d for d, s in summaries.items() if refused(d, s, failures)}  # failed, whatever their summary says
+        statuses = ["failed" if d in refusals else s.get("status") for d, s in summaries.items()]
         ended = sum(status in ENDED for status in statuses)
         counts = ", ".join(f"{statuses.count(status)} {status}" for status in ENDED)
         total = self.sweep_runs
-        # Runs that ended without training in this sweep (finished earlier) do not count towards the pace.
-        trained = sum(s.get("status") in ENDED and (d / SUMMARY_FILE).stat().st_mtime >= self.sweep_start
-                      for d, s in summaries.items())
+        # Runs that ended without training in this sweep (finished earlier, refused) do not count towards the pace.
+        trained = sum(s.get("status") in ENDED and d not in refusals
+                      and (d / SUMMARY_FILE).stat().st_mtime >= self.sweep_start for d, s in summaries.items())
         eta = ""
         if total and trained:
             eta = f"; ETA {duration((time.time() - self.sweep_start) / trained * (total - ended))}"

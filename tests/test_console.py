@@ -3,9 +3,15 @@ and when the loss is read (real CLI, tiny runs on real CIFAR-10)."""
 
 import fcntl
 import json
+import logging
 import re
+import time
+
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from conftest import run_cli
+from sngm_bench import callbacks
 from sngm_bench.progress import EARLY_READOUT, is_readout
 
 TINIEST = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1"]
@@ -111,3 +117,19 @@ def test_a_sweep_run_refused_by_its_folder_shows_as_refused_not_as_the_run_it_ho
         refused_sweep(["experiment=smoke"], "another process is training in")
     # experiment= stays out of folder names: another experiment's run lands in the same folder, whose config differs.
     refused_sweep(["experiment=paper_cifar10"], "holds a run trained with model.depth=8 (now 20)")
+
+
+def test_a_refused_run_counts_as_failed_in_the_sweeps_progress(tmp_path, caplog):
+    # Its folder holds another run, completed earlier: the sweep lists it as failed, as its table and exit code do.
+    sweep_dir, refused, starting = tmp_path, tmp_path / "seed=0", tmp_path / "seed=1"
+    refused.mkdir()
+    (refused / "summary.json").write_text(json.dumps({"status": "completed", "final_test_acc": 0.5}))
+    for list_file in (callbacks.STARTED_FILE, callbacks.FAILURES_FILE):
+        callbacks.add_to_list(sweep_dir, list_file, refused)
+    report = callbacks.RunReport()
+    report.sweep_start, report.sweep_runs = time.time(), 2
+    config = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(sweep_dir)},
+                                         "runtime": {"output_dir": str(starting)}, "job": {"num": 1}}})
+    with caplog.at_level(logging.INFO, logger="sngm_bench"):
+        report.on_job_start(config)
+    assert caplog.messages == ["sweep: run 2 of 2 (0 completed, 1 failed, 0 diverged so far)"]
