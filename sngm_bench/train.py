@@ -321,7 +321,7 @@ class Trainer:
                     return self.diverged("non-finite training loss")
                 seen = self.step * self.local_batch
                 live = {"loss": loss_sum / self.step, "accuracy": correct_sum / seen, "lr": lr,
-                        "images_per_second": seen * procs.world_size / (time.perf_counter() - start)}
+                        "images_per_second": seen * procs.world_size / (seconds_before + time.perf_counter() - start)}
                 progress.show(epoch, cfg.epochs, live["loss"], live["accuracy"], lr, live["images_per_second"])
                 logger.log_step(self.global_step, live)
             if stop.requested if procs.world_size == 1 else (at_check and procs.any(stop.requested)):

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import types
 
 import pandas as pd
 import pytest
@@ -9,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import sngm_bench
 from conftest import run_cli
-from sngm_bench.errors import UserError
+from sngm_bench.errors import Interrupted, UserError
 from sngm_bench.records import read_summary
 
 TINY = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]
@@ -120,3 +121,40 @@ def test_tensorboard_shows_each_step_once_after_a_crashed_run_continues(tmp_path
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert [e.step for e in events.Scalars("epoch/test_acc")] == [4, 8]
+
+
+def test_live_images_per_second_after_a_mid_epoch_resume_counts_the_earlier_sessions_time(
+        tmp_path, monkeypatch, cifar_root):
+    # A clock that advances 1 s per optimizer step only: 20 images per step are 20 images/s, before
+    # the stop at step 16 of 20 and after the rerun continues the epoch there.
+    (tmp_path / "stopping.py").write_text(
+        "import os, signal, torch\n"
+        "clock = [0.0]\n"
+        "class SGD(torch.optim.SGD):\n"
+        "    stop_at = 16\n"
+        "    def step(self, closure=None):\n"
+        "        clock[0] += 1\n"
+        "        self.steps = getattr(self, 'steps', 0) + 1\n"
+        "        if self.steps == self.stop_at:\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        return super().step(closure)\n")
+    (tmp_path / "configs" / "optimizer").mkdir(parents=True)
+    (tmp_path / "configs" / "optimizer" / "stopping.yaml").write_text("_target_: stopping.SGD\nlr: 0.1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import stopping
+
+    monkeypatch.setattr("sngm_bench.train.time", types.SimpleNamespace(perf_counter=lambda: stopping.clock[0]))
+    args = [*TINY[:-1], "batch_size=20", f"dataset.root={cifar_root}", "logger=tensorboard", "log_every=2",
+            f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "optimizer=stopping"]
+    with pytest.raises(Interrupted):
+        sngm_bench.run(args)
+    monkeypatch.setattr(stopping.SGD, "stop_at", 0)
+    assert sngm_bench.run(args)["resumed_at"] == [{"epoch": 1, "step": 16}]
+    (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert [e.value for e in events.Scalars("epoch/images_per_second")] == [20.0]
+    live = [(e.step, e.value) for e in events.Scalars("train/images_per_second")]
+    assert [step for step, _ in live] == [2, 4, 5, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert {value for _, value in live} == {20.0}
