@@ -126,7 +126,8 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
                 if outside := keys_outside_schema(config):  # added by `+key=...`
                     raise UserError(_unknown_key_message(outside[0], combination))
                 optimizer_settings(config.optimizer)  # a `_target_` class and its arguments, before any run starts
-                if multirun and config.hydra.launcher._target_.endswith(".SlurmLauncher") and not shutil.which("sbatch"):
+                slurm = config.hydra.launcher._target_.endswith(".SlurmLauncher")
+                if multirun and slurm and not shutil.which("sbatch"):
                     raise UserError("hydra/launcher=slurm submits jobs with sbatch, which is not on this machine's "
                                     "PATH: run the sweep on a SLURM login node (hydra/launcher=submitit_local "
                                     "runs it here)")

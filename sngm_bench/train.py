@@ -414,7 +414,8 @@ def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict
                     trainer.load_checkpoint()
                 elif procs.is_main:
                     clear_run(run_dir)
-                logger = stack.enter_context(closing(open_logger(cfg.logger, run_dir, procs.is_main, trainer.global_step)))
+                logger = open_logger(cfg.logger, run_dir, procs.is_main, trainer.global_step)
+                stack.enter_context(closing(logger))
             except BaseException:
                 if procs.is_main:
                     restore_hydra_files(hydra_dir)
