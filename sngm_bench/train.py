@@ -148,6 +148,9 @@ class Trainer:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if cfg.sync_batch_norm and procs.world_size > 1:
+            if device.type != "cuda":  # DDP refuses SyncBatchNorm layers on any other device
+                raise UserError(f"sync_batch_norm=true needs CUDA: torch's SyncBatchNorm does not run on "
+                                f"{device.type}; set sync_batch_norm=false")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
         self.lr = peak_lr(optimizer_settings(cfg.optimizer), cfg.batch_size, cfg.lr_factor)

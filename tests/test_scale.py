@@ -71,6 +71,16 @@ def test_two_process_ddp_equals_one_process(tmp_path, cifar_root):
     assert summary_two["final_test_acc"] == pytest.approx(summary_one["final_test_acc"], abs=2e-3)
 
 
+def test_sync_batch_norm_over_cpu_processes_is_one_line(tmp_path, cifar_root):
+    # DDP refuses SyncBatchNorm layers off CUDA: a traceback from its constructor, unless we say so first.
+    result = subprocess.run([*TWO_PROCESSES, "-m", "sngm_bench", *TINY, "model.batch_norm=true", "sync_batch_norm=true"],
+                            cwd=tmp_path, env={**os.environ, "SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "sngm-bench: error: sync_batch_norm=true needs CUDA" in result.stderr, result.stderr[-3000:]
+    assert "SyncBatchNorm layers only work with GPU modules" not in result.stderr
+
+
 def test_an_interrupted_epochs_sums_carry_over_to_any_number_of_processes():
     # Two processes stopped after 3 steps: loss sums (3 per-process means each), correct counts, non-finite.
     saved = torch.tensor([[6.0, 70.0, 0.0], [9.0, 80.0, 1.0]], dtype=torch.float64)
