@@ -19,7 +19,8 @@ batch's mean gradient, all-reduced under DDP). A process whose share of the batc
 micro-batch splits it in two on these steps only, so BatchNorm sees half-size micro-batches
 there; that is why `noise_scale_every` is part of what a run trains. With accumulation the
 split is the one training uses anyway and training is unchanged. The averages stay on the
-device; they are read, and averaged over processes, once per epoch.
+device; they are read, and averaged over processes, once per epoch. A checkpoint keeps each
+process's own.
 """
 
 from __future__ import annotations
@@ -83,10 +84,17 @@ class NoiseScale:
         squared_gradient, trace = averages.tolist()
         return trace / squared_gradient if squared_gradient > 0 and trace > 0 else None
 
-    def state_dict(self) -> dict:
-        return {"averages": self.averages.cpu(), "measurements": self.measurements}
+    def state_dict(self, procs) -> dict:
+        """Every process's averages, one row each (a collective under DDP: every process calls it)."""
+        return {"averages": procs.gather(self.averages).cpu(), "measurements": self.measurements}
 
-    def load_state_dict(self, state: dict | None) -> None:
+    def load_state_dict(self, state: dict | None, procs) -> None:
+        """This process's row when as many processes continue; otherwise each takes the rows' mean,
+        so that their sum still weighs every process alike. An older checkpoint's single row goes
+        to every process."""
         if state is not None:  # None: a checkpoint written before this run measured anything
-            self.averages.copy_(state["averages"])
+            averages = state["averages"]
+            if averages.dim() == 2:
+                averages = averages[procs.rank] if len(averages) == procs.world_size else averages.mean(0)
+            self.averages.copy_(averages)
             self.measurements = state["measurements"]

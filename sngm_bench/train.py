@@ -196,6 +196,7 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
 
     def save_checkpoint(self, carried=None) -> None:
+        noise_scale = self.noise_scale.state_dict(self.procs)  # every process's: all take part
         if not self.procs.is_main:
             return
         checkpoint.save(self.run_dir, {
@@ -204,7 +205,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "rows": self.rows, "rng": checkpoint.capture_rng(),
             "seconds": self.seconds_before + time.perf_counter() - self.session_start,
             "resumed_at": self.summary["resumed_at"], "first_session": records.session(self.summary),
-            "noise_scale": self.noise_scale.state_dict(),
+            "noise_scale": noise_scale,
         })
         self.saved_at = (self.epoch, self.step)
 
@@ -214,7 +215,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.restore_rng(state["rng"])
-        self.noise_scale.load_state_dict(state.get("noise_scale"))
+        self.noise_scale.load_state_dict(state.get("noise_scale"), self.procs)
         self.rows, self.epoch, self.step = state["rows"], state["epoch"], state["step"]
         self.saved_at = (self.epoch, self.step)
         self.carried, self.seconds_before = state["carried"], state["seconds"]

@@ -1,6 +1,7 @@
 """Large batch at any scale: accumulation, DDP over processes, the submitit launcher."""
 
 import copy
+import csv
 import json
 import os
 import subprocess
@@ -79,6 +80,26 @@ def test_sync_batch_norm_over_cpu_processes_is_one_line(tmp_path, cifar_root):
     assert result.returncode != 0
     assert "sngm-bench: error: sync_batch_norm=true needs CUDA" in result.stderr, result.stderr[-3000:]
     assert "SyncBatchNorm layers only work with GPU modules" not in result.stderr
+
+
+def test_two_processes_resumed_record_the_noise_scale_of_the_uninterrupted_run(tmp_path, cifar_root):
+    # Each process averages its own small batches: a checkpoint with rank 0's alone loses rank 1's.
+    env = {**os.environ, "SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"}
+    torchrun = [*TWO_PROCESSES, "-m", "sngm_bench", *TINY, "epochs=2", "noise_scale_every=1"]
+    starts = {"straight": [[]], "stopped": [["max_minutes=0.0001"], []]}  # the deadline stops it after epoch 1
+    noise_scales = {}
+    for name, overrides in starts.items():
+        (tmp_path / name).mkdir()
+        for extra in overrides:
+            result = subprocess.run([*torchrun, *extra], cwd=tmp_path / name, env=env, capture_output=True,
+                                    text=True, timeout=600)
+            assert (result.returncode != 0) == bool(extra), result.stderr[-3000:]
+        (run_dir,) = (tmp_path / name / "outputs" / "smoke").iterdir()
+        with open(run_dir / "metrics.csv") as f:
+            noise_scales[name] = [row["noise_scale"] for row in csv.DictReader(f)]
+    resumed_at = json.loads((run_dir / "summary.json").read_text())["resumed_at"]
+    assert [(at["epoch"], at["step"]) for at in resumed_at] == [(2, 0)]
+    assert all(noise_scales["straight"]) and noise_scales["stopped"] == noise_scales["straight"]
 
 
 def test_an_interrupted_epochs_sums_carry_over_to_any_number_of_processes():
