@@ -65,11 +65,18 @@ def test_run_that_cannot_start_on_its_data_leaves_no_folder(tmp_path, monkeypatc
     assert not (tmp_path / "outputs").exists()
 
 
-def test_tensorboard_events_hold_the_scalars(api_run):
-    cwd, summary = api_run
+def tensorboard_events(cwd) -> EventAccumulator:
+    """The TensorBoard events of the one run under cwd/outputs/smoke."""
     (run_dir,) = (cwd / "outputs" / "smoke").iterdir()
     events = EventAccumulator(str(run_dir))
     events.Reload()
+    return events
+
+
+def test_tensorboard_events_hold_the_scalars(api_run):
+    cwd, summary = api_run
+    (run_dir,) = (cwd / "outputs" / "smoke").iterdir()
+    events = tensorboard_events(cwd)
     scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     for tag in ("train/loss", "train/accuracy", "train/lr", "train/images_per_second"):
         assert [step for step, _ in scalars[tag]] == [2, 4]  # every log_every=2 steps of the epoch's 4
@@ -92,6 +99,16 @@ def test_tensorboard_without_the_extra_is_one_line(tmp_path, cifar_root):
         "sngm-bench: error: logger=tensorboard needs the tensorboard extra: pip install 'sngm-bench[tensorboard]'"]
 
 
+def user_optimizer(tmp_path, monkeypatch, module: str) -> list[str]:
+    """The overrides that train with `module`.SGD (tmp_path/`module`.py), as a user's optimizer config
+    would; the test runs in tmp_path with it importable."""
+    (tmp_path / "configs" / "optimizer").mkdir(parents=True)
+    (tmp_path / "configs" / "optimizer" / f"{module}.yaml").write_text(f"_target_: {module}.SGD\nlr: 0.1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return [f"hydra.searchpath=[file://{tmp_path / 'configs'}]", f"optimizer={module}"]
+
+
 def test_tensorboard_shows_each_step_once_after_a_crashed_run_continues(tmp_path, monkeypatch, cifar_root):
     # The crash comes at step 6 of 8, after step 5 was logged; the rerun continues from the checkpoint
     # of step 4 and logs step 5 again: TensorBoard must show the rerun's, once.
@@ -104,21 +121,15 @@ def test_tensorboard_shows_each_step_once_after_a_crashed_run_continues(tmp_path
         "        if self.steps == self.crash_at:\n"
         "            raise RuntimeError('crash')\n"
         "        return super().step(closure)\n")
-    (tmp_path / "configs" / "optimizer").mkdir(parents=True)
-    (tmp_path / "configs" / "optimizer" / "crashing.yaml").write_text("_target_: crashing.SGD\nlr: 0.1\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
     args = [*TINY[:-2], "epochs=2", "batch_size=100", f"dataset.root={cifar_root}", "logger=tensorboard",
-            "log_every=1", f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "optimizer=crashing"]
+            "log_every=1", *user_optimizer(tmp_path, monkeypatch, "crashing")]
     with pytest.raises(RuntimeError, match="crash"):
         sngm_bench.run(args)
     import crashing
 
     monkeypatch.setattr(crashing.SGD, "crash_at", 0)
     assert sngm_bench.run(args)["resumed_at"] == [{"epoch": 2, "step": 0}]
-    (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
+    events = tensorboard_events(tmp_path)
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert [e.step for e in events.Scalars("epoch/test_acc")] == [4, 8]
 
@@ -138,22 +149,17 @@ def test_live_images_per_second_after_a_mid_epoch_resume_counts_the_earlier_sess
         "        if self.steps == self.stop_at:\n"
         "            os.kill(os.getpid(), signal.SIGTERM)\n"
         "        return super().step(closure)\n")
-    (tmp_path / "configs" / "optimizer").mkdir(parents=True)
-    (tmp_path / "configs" / "optimizer" / "stopping.yaml").write_text("_target_: stopping.SGD\nlr: 0.1\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    user_overrides = user_optimizer(tmp_path, monkeypatch, "stopping")
     import stopping
 
     monkeypatch.setattr("sngm_bench.train.time", types.SimpleNamespace(perf_counter=lambda: stopping.clock[0]))
     args = [*TINY[:-1], "batch_size=20", f"dataset.root={cifar_root}", "logger=tensorboard", "log_every=2",
-            f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "optimizer=stopping"]
+            *user_overrides]
     with pytest.raises(Interrupted):
         sngm_bench.run(args)
     monkeypatch.setattr(stopping.SGD, "stop_at", 0)
     assert sngm_bench.run(args)["resumed_at"] == [{"epoch": 1, "step": 16}]
-    (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
+    events = tensorboard_events(tmp_path)
     assert [e.value for e in events.Scalars("epoch/images_per_second")] == [20.0]
     live = [(e.step, e.value) for e in events.Scalars("train/images_per_second")]
     assert [step for step, _ in live] == [2, 4, 5, 6, 8, 10, 12, 14, 16, 18, 20]
