@@ -400,7 +400,8 @@ def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict
     procs = distributed.setup(Device(cfg.device))
     try:
         with ExitStack() as stack:
-            try:  # a start that does not train, refused or failed, leaves .hydra/ to the one that trained
+            trains = False
+            try:  # a start that does not train (finished, refused, failed) leaves .hydra/ to the one that did
                 if procs.is_main:
                     stack.enter_context(FolderLock(run_dir))
                 plan = plan_run(run_dir, cfg, cfg.overwrite)
@@ -408,7 +409,6 @@ def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict
                 if plan is Plan.skip:
                     summary = records.read_summary(run_dir)
                     if procs.is_main:
-                        restore_hydra_files(hydra_dir)
                         log.info("%s already holds a %s run (final test accuracy %s); nothing to do. "
                                  "overwrite=true trains it again", run_dir, summary["status"],
                                  summary.get("final_test_acc"))
@@ -420,10 +420,10 @@ def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict
                     clear_run(run_dir)
                 logger = open_logger(cfg.logger, run_dir, procs.is_main, trainer.global_step)
                 stack.enter_context(closing(logger))
-            except BaseException:
-                if procs.is_main:
+                trains = True
+            finally:
+                if procs.is_main and not trains:
                     restore_hydra_files(hydra_dir)
-                raise
             if procs.is_main:
                 keep_hydra_files(hydra_dir, cfg)
             with StopRequest(deadline(cfg.max_minutes)) as stop:
