@@ -3,7 +3,9 @@ and whether the SNGM paper's claims hold on this run set (Zhao et al., arXiv 200
 
 Every comparison uses, per optimizer and batch size, the completed seeds of the LR the report
 selected, and their final test accuracy. A margin is a difference of means over seeds with a
-two-sided 95 % Welch t interval; it is "not resolved" with fewer than two seeds on either side.
+two-sided 95 % Welch t interval; it is "not resolved" with fewer than two seeds on either side, or when
+the seeds of each side agree exactly (their spread, hence the interval, is unknown): one seed, or
+identical ones, show an observed difference, never a significant one.
 Runs that differ in a trained setting outside `optimizer.*` (dataset, model, epochs, schedule,
 precision, ...: the report's `protocol`) are judged separately, one section per protocol. The claims:
 
@@ -109,20 +111,23 @@ class Margin:
         return self.low is not None
 
     def __str__(self) -> str:
-        if not self.resolved:
-            seeds = f"{self.n_a} seed" if self.n_a == self.n_b == 1 else f"{self.n_a} and {self.n_b} seeds"
-            return f"{self.diff:+.2f}, not resolved with {seeds}"
-        return f"{self.diff:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
+        if self.resolved:
+            return f"{self.diff:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
+        if min(self.n_a, self.n_b) >= 2:
+            return f"{self.diff:+.2f}, not resolved: the seeds agree exactly on both sides, so their spread is unknown"
+        seeds = f"{self.n_a} seed" if self.n_a == self.n_b == 1 else f"{self.n_a} and {self.n_b} seeds"
+        return f"{self.diff:+.2f}, not resolved with {seeds}"
 
 
 def welch(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> Margin:
-    """mean(a) − mean(b) with its two-sided Welch t interval (none with fewer than 2 values a side)."""
+    """mean(a) − mean(b) with its two-sided Welch t interval; none with fewer than 2 values a side, or when
+    each side's values all agree: a spread of 0 measured on a few seeds (accuracies are rounded to the test
+    set's size) is no evidence that seeds do not matter, and Welch's degrees of freedom are then 0/0."""
     margin = Margin(statistics.mean(a) - statistics.mean(b), len(a), len(b))
     if len(a) < 2 or len(b) < 2:
         return margin
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:  # identical seeds on both sides: the difference is exact
-        margin.low = margin.high = margin.diff
+    if va + vb == 0:
         return margin
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = t_quantile(0.5 + confidence / 2, df) * math.sqrt(va + vb)
@@ -237,7 +242,8 @@ def claim_large_batch(cells: list[Cell]) -> tuple[str, list[str]]:
         return SUPPORTED, lines
     lines += map(grid_edge_caution, under_tuned)
     if not all(m.resolved and (m.low > 0 or m.high <= 0) for _, m in margins):
-        lines.append("The intervals include 0 or too few seeds ran: more seeds are needed.")
+        lines.append("Some intervals include 0, or could not be computed (too few seeds, or seeds that agree "
+                     "exactly): more seeds are needed.")
     return NOT_RESOLVED, lines
 
 
@@ -313,7 +319,8 @@ def claim_block_wise(cells: list[Cell], within: float) -> tuple[str, list[str]]:
         return SUPPORTED, lines + [f"At every batch size the interval excludes a gain of {within:g} point(s) or more."]
     lines += map(grid_edge_caution, under_tuned)
     if not all(m.resolved and (m.low > 0 or m.high < within) for m in margins.values()):
-        lines.append("Some intervals are too wide or too few seeds ran: more seeds are needed.")
+        lines.append("Some intervals are too wide, or could not be computed (too few seeds, or seeds that agree "
+                     "exactly): more seeds are needed.")
     return NOT_RESOLVED, lines
 
 

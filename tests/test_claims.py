@@ -45,6 +45,27 @@ def test_welch_interval_by_hand():
     assert str(claims.welch([3.0], [1.0, 2.0])) == "+1.50, not resolved with 1 and 2 seeds"
 
 
+@pytest.mark.parametrize("a, b, low, high", [
+    # SciPy 1.17 stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95), an independent implementation.
+    ([91.2, 90.4, 90.9], [89.1, 88.2], -0.7227856, 5.0894522),
+    ([90.0, 90.0], [88.0, 89.0, 90.0], -1.4841377, 3.4841377),  # one side without spread: df = 3 - 1
+])
+def test_welch_interval_matches_scipy(a, b, low, high):
+    margin = claims.welch(a, b)
+    assert (margin.low, margin.high) == pytest.approx((low, high), abs=1e-6)
+
+
+def test_seeds_that_agree_exactly_give_no_interval(tmp_path):
+    # Two seeds a cell, identical to the last digit: a spread of 0 is no evidence that SNGM's 0.01-point lead is
+    # certain, so the claim must not be supported on a zero-width interval.
+    for lr, (sngm, msgd) in {0.05: (80.0, 80.0), 0.1: (85.01, 85.0), 0.2: (80.0, 80.0)}.items():
+        make_run(tmp_path, "sngm", 4096, [sngm, sngm], "global", lr)
+        make_run(tmp_path, "msgd", 4096, [msgd, msgd], lr=lr)
+    found, text = verdicts(tmp_path)
+    assert found[0] == "not resolved", text
+    assert "SNGM − msgd (85.00, n=2): +0.01, not resolved: the seeds agree exactly on both sides" in text
+
+
 def make_run(root: Path, optimizer: str, batch_size: int, accs: list[float], norm: str | None = None,
              lr: float = 0.1, status: str = "completed", warmup_epochs: int = 5) -> None:
     """One folder per seed, as sngm-bench writes them (config and summary only), final accuracy in %."""
