@@ -15,9 +15,12 @@ precision, ...: the report's `protocol`) are judged separately, one section per 
    or below 0. Other optimizers are listed, not judged: the paper claims nothing about them.
 2. At the same number of gradient computations (equal epochs), SNGM can use a larger batch than
    MSGD (a theorem of the paper, on convergence to an ε-stationary point; here its test-accuracy
-   counterpart): per optimizer, the largest batch size (of those both ran) whose mean accuracy is within
-   `within` points of that optimizer's own best; supported when SNGM's is larger, not supported when
-   MSGD's is, not resolved when they are the same (this grid of batch sizes does not tell them apart).
+   counterpart): per optimizer, a batch size (of those both ran) keeps its best accuracy (the best
+   mean over them) when the interval of its accuracy minus the best lies wholly above −`within`
+   points, and loses it when the interval lies wholly below; supported when SNGM keeps its best
+   accuracy at a larger batch than MSGD does and MSGD is shown to lose its own there, not supported
+   the other way round, else not resolved (the same largest batch kept, or one that these seeds show
+   neither to keep nor to lose it). The means alone, noise aside, are shown beside as observed.
 3. Block-wise normalization (`optimizer.norm=layer`) does not help SNGM: not supported when some
    interval of layer − global lies wholly above 0, supported when every one lies wholly below
    +`within` points.
@@ -28,7 +31,7 @@ not compared at its best) where a better LR outside the grid could overturn it: 
 "not resolved", and the evidence says which grid to extend. Claim 1: a rival SNGM beats at such
 an LR, or SNGM at one when a rival beats it. Claim 2: any cell of the optimizer the verdict
 favours (a better mean raises the bar its batch sizes are held to), or one of the other's beyond
-its largest batch within, and a batch size of either where no LR tried completed. Claim 3: the
+its largest batch kept, and a batch size of either where no LR tried completed. Claim 3: the
 layer series for "supported", global SNGM for "not supported" (a gain of layer over it).
 """
 
@@ -247,14 +250,52 @@ def claim_large_batch(cells: list[Cell]) -> tuple[str, list[str]]:
     return NOT_RESOLVED, lines
 
 
-def largest_within(cells: list[Cell], which, batch_sizes: list[int], within: float) -> tuple[int | None, float]:
-    """The largest of `batch_sizes` whose mean is within `within` points of the best mean over them;
-    a batch size without completed runs is not within."""
-    means = {b: cell.mean for b in batch_sizes if (cell := best(cells, b, which)) is not None}
-    if not means:
-        return None, math.nan
-    top = max(means.values())
-    return max(b for b, mean in means.items() if mean >= top - within), top
+@dataclass
+class Reach:
+    """How far up the batch sizes one optimizer keeps its own best accuracy: its best cell (the best mean
+    over the batch sizes compared) and, per other batch size it completed, the margin of that cell over it.
+    A batch size keeps the best accuracy when the margin's interval lies wholly above −`within` points,
+    and loses it when the interval lies wholly below; else these seeds do not tell."""
+
+    name: str
+    cells: dict[int, Cell]
+    top: Cell
+    margins: dict[int, Margin]
+    within: float
+
+    def keeps(self, batch_size: int) -> bool:
+        margin = self.margins.get(batch_size)
+        return batch_size == self.top.batch_size or (margin is not None and margin.resolved
+                                                     and margin.low > -self.within)
+
+    def loses(self, batch_size: int) -> bool:
+        margin = self.margins.get(batch_size)
+        return margin is not None and margin.resolved and margin.high < -self.within
+
+    def largest_kept(self) -> int:
+        return max(b for b in self.cells if self.keeps(b))
+
+    def largest_on_means(self) -> int:
+        """The largest batch size whose mean is within `within` points of the best: observed, noise aside."""
+        return max(b for b, c in self.cells.items() if c.mean >= self.top.mean - self.within)
+
+    def undecided(self, beyond: int) -> list[int]:
+        """The batch sizes above `beyond` that these seeds show neither to keep nor to lose the best accuracy."""
+        return [b for b in self.margins if b > beyond and not self.keeps(b) and not self.loses(b)]
+
+    def __str__(self) -> str:
+        top = self.top
+        margins = "; ".join(f"batch {b} {m}" for b, m in self.margins.items()) or "no other batch size completed"
+        return f"{self.name}: best {top.mean:.2f} at batch {top.batch_size} (n={len(top.accs)}); minus it: {margins}"
+
+
+def reach(cells: list[Cell], which, name: str, batch_sizes: list[int], within: float) -> Reach | None:
+    """The Reach of the optimizer `which` accepts over `batch_sizes`; None when it completed none of them."""
+    found = {b: cell for b in batch_sizes if (cell := best(cells, b, which)) is not None}
+    if not found:
+        return None
+    top = max(found.values(), key=lambda c: c.mean)
+    return Reach(name, found, top, {b: welch(c.accs, top.accs) for b, c in found.items() if c is not top}, within)
 
 
 def claim_larger_batch(cells: list[Cell], runs: pd.DataFrame, within: float) -> tuple[str, list[str]]:
@@ -265,37 +306,50 @@ def claim_larger_batch(cells: list[Cell], runs: pd.DataFrame, within: float) -> 
     if len(batch_sizes) < 2:
         return NOT_RESOLVED, ["SNGM and MSGD need at least two batch sizes in common (they have "
                               f"{', '.join(map(str, batch_sizes)) or 'none'})."]
-    sngm, sngm_best = largest_within(cells, is_sngm, batch_sizes, within)
-    msgd, msgd_best = largest_within(cells, is_msgd, batch_sizes, within)
-    lines = [f"Batch sizes run by both, at equal epochs: {', '.join(map(str, batch_sizes))}. Largest batch within "
-             f"{within:g} point(s) of the optimizer's own best mean: SNGM {sngm} (best {sngm_best:.2f}), "
-             f"MSGD {msgd} (best {msgd_best:.2f}). Means over seeds; seed noise is not in this comparison."]
+    sngm, msgd = (reach(cells, which, name, batch_sizes, within)
+                  for which, name in ((is_sngm, "SNGM"), (is_msgd, "MSGD")))
+    lines = [f"Batch sizes run by both, at equal epochs: {', '.join(map(str, batch_sizes))}. A batch size keeps an "
+             "optimizer's best accuracy (its best mean over these batch sizes) when the interval of its accuracy "
+             f"minus the best lies wholly above −{within:g} point(s), and loses it when the interval lies wholly "
+             "below."]
     if sngm is None or msgd is None:
         return NOT_RESOLVED, lines + ["One of them has no completed run at these batch sizes."]
-    if sngm == msgd == batch_sizes[-1]:
-        return NOT_RESOLVED, lines + [f"Both stay within {within:g} point(s) up to the largest batch run "
-                                      f"({batch_sizes[-1]}); larger batches are needed to tell them apart."]
-    if sngm == msgd:
-        return NOT_RESOLVED, lines + [f"Both keep their accuracy up to batch {sngm}: these batch sizes do not tell "
-                                      "them apart; batch sizes between it and the next, or more seeds, may."]
-    sngm_cells, msgd_cells = ([c for b in batch_sizes if (c := best(cells, b, which))] for which in (is_sngm, is_msgd))
-    favoured, other, other_largest = (sngm_cells, msgd_cells, msgd) if sngm > msgd else (msgd_cells, sngm_cells, sngm)
-    names = ("SNGM", "MSGD") if sngm > msgd else ("MSGD", "SNGM")
+    lines += [f"- {sngm}", f"- {msgd}",
+              f"Largest batch that keeps it: SNGM {sngm.largest_kept()}, MSGD {msgd.largest_kept()} (on means alone, "
+              f"noise aside: SNGM {sngm.largest_on_means()}, MSGD {msgd.largest_on_means()})."]
+    if sngm.largest_kept() == msgd.largest_kept():
+        kept = sngm.largest_kept()
+        undecided = [f"{r.name} at batch {b}" for r in (sngm, msgd) for b in r.undecided(kept)]
+        if undecided:
+            return NOT_RESOLVED, lines + [f"Both are shown to keep it up to batch {kept}; whether "
+                                          f"{', '.join(undecided)} keep it is not resolved on these seeds: more "
+                                          "seeds are needed."]
+        if kept == batch_sizes[-1]:
+            return NOT_RESOLVED, lines + [f"Both keep it up to the largest batch run ({kept}); larger batches are "
+                                          "needed to tell them apart."]
+        return NOT_RESOLVED, lines + [f"Both keep their accuracy up to batch {kept}: these batch sizes do not tell "
+                                      "them apart; batch sizes between it and the next may."]
+    favoured, other = (sngm, msgd) if sngm.largest_kept() > msgd.largest_kept() else (msgd, sngm)
+    at, other_largest = favoured.largest_kept(), other.largest_kept()
     # A better LR could turn the verdict for any cell of the optimizer it favours (a higher best raises the
-    # bar) or for one of the other's beyond that one's largest batch within (it could come within); so
+    # bar) or for one of the other's beyond that one's largest batch kept (it could come within); so
     # could any LR at all at a batch size where none of those tried completed.
-    under_tuned = [c for c in favoured if c.grid_edge]
-    under_tuned += [c for c in other if c.batch_size > other_largest and c.grid_edge]
-    never_completed = [(names[0], b) for b in batch_sizes if b not in {c.batch_size for c in favoured}]
-    never_completed += [(names[1], b) for b in batch_sizes
-                        if b > other_largest and b not in {c.batch_size for c in other}]
-    if under_tuned or never_completed:
-        return NOT_RESOLVED, lines + [grid_edge_caution(c) for c in under_tuned] + [
-            f"{name} at batch {b}: no LR tried completed, so one outside the grid may: extend the grid there."
-            for name, b in never_completed]
-    if sngm > msgd:
-        return SUPPORTED, lines
-    return NOT_SUPPORTED, lines + [f"The claim fails: SNGM keeps its accuracy up to batch {sngm}, MSGD up to {msgd}."]
+    under_tuned = [c for c in favoured.cells.values() if c.grid_edge]
+    under_tuned += [c for b, c in other.cells.items() if b > other_largest and c.grid_edge]
+    never_completed = [(favoured.name, b) for b in batch_sizes if b not in favoured.cells]
+    never_completed += [(other.name, b) for b in batch_sizes if b > other_largest and b not in other.cells]
+    cautions = [grid_edge_caution(c) for c in under_tuned] + [
+        f"{name} at batch {b}: no LR tried completed, so one outside the grid may: extend the grid there."
+        for name, b in never_completed]
+    if at in other.margins and not other.loses(at):
+        cautions.append(f"{other.name} at batch {at}: {other.margins[at]}, shown neither to keep nor to lose its "
+                        "best accuracy: more seeds are needed.")
+    if cautions:
+        return NOT_RESOLVED, lines + cautions
+    if favoured is sngm:
+        return SUPPORTED, lines + [f"SNGM keeps its best accuracy at batch {at}, where MSGD is shown to lose its own."]
+    return NOT_SUPPORTED, lines + [f"The claim fails: MSGD keeps its best accuracy at batch {at}, where SNGM is "
+                                   "shown to lose its own."]
 
 
 def claim_block_wise(cells: list[Cell], within: float) -> tuple[str, list[str]]:

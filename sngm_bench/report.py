@@ -395,8 +395,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="per optimizer and batch size, keep the LR with the best mean of this over seeds")
     parser.add_argument("--steps", type=positive_int, help="optimizer steps of the equal-steps view (default: the step "
                         "count at which the most optimizer/batch-size pairs have an evaluation)")
-    parser.add_argument("--within", type=float, default=1.0, help="claims.md: points of test accuracy within which "
-                        "a batch size keeps an optimizer's best accuracy (default: 1)")
+    parser.add_argument("--within", type=float, default=1.0, help="claims.md: points of test accuracy; a batch size "
+                        "keeps an optimizer's best accuracy when its 95 %% interval lies above best − within, and "
+                        "block-wise normalization does not help when its gain's interval lies below +within "
+                        "(default: 1)")
     return parser.parse_args(argv)
 
 
