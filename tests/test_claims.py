@@ -277,6 +277,16 @@ def test_global_sngm_at_the_grid_edge_does_not_hold_back_a_supported_block_wise_
     assert "layer − global +0.20 [" in text
 
 
+@pytest.mark.parametrize("select_by, optimistic", [("final_test_acc", True), ("best_test_acc", True),
+                                                   ("final_train_loss", False)])
+def test_an_lr_chosen_on_the_judged_test_accuracy_is_said_to_lean_optimistic(tmp_path, select_by, optimistic):
+    make_three_arms(tmp_path, [(128, 92.0, 92.2, 90.0), (1024, 91.5, 89.0, 89.5)])
+    runs = report.collect_runs([tmp_path])
+    text = claims.verdict(runs, report.aggregate(runs, select_by), select_by)
+    assert ("The LR is chosen on the test accuracy that is judged: a selected mean is the highest of the LRs' "
+            "means, so it leans optimistic" in text) == optimistic, text
+
+
 def test_runs_that_differ_in_any_trained_setting_are_not_pooled_as_seeds(tmp_path):
     # The same grid at two warmups: two protocols, each judged alone, and four table rows, not two with 6 seeds.
     for warmup, (sngm_means, msgd_mean) in {0: ({0.1: 80.0, 0.2: 70.0}, 85.0), 5: ({0.1: 80.0, 0.2: 88.0}, 85.0)}.items():
