@@ -31,8 +31,9 @@ not compared at its best) where a better LR outside the grid could overturn it: 
 "not resolved", and the evidence says which grid to extend. Claim 1: a rival SNGM beats at such
 an LR, or SNGM at one when a rival beats it. Claim 2: any cell of the optimizer the verdict
 favours (a better mean raises the bar its batch sizes are held to), or one of the other's beyond
-its largest batch kept, and a batch size of either where no LR tried completed. Claim 3: the
-layer series for "supported", global SNGM for "not supported" (a gain of layer over it).
+its largest batch kept, and a batch size of either where no LR tried completed (when both keep
+their accuracy up to the same batch, every such cell of either is listed: any may break the tie).
+Claim 3: the layer series for "supported", global SNGM for "not supported" (a gain of layer over it).
 """
 
 from __future__ import annotations
@@ -300,6 +301,14 @@ def reach(cells: list[Cell], which, name: str, batch_sizes: list[int], within: f
     return Reach(name, found, top, {b: welch(c.accs, top.accs) for b, c in found.items() if c is not top}, within)
 
 
+def lr_cautions(under_tuned: list[Cell], never_completed: list[tuple[str, int]]) -> list[str]:
+    """Why a verdict is not resolved: cells whose LR is at the grid's edge, and (optimizer name, batch size)
+    pairs where no LR tried completed; either may hold a better LR outside the grid."""
+    return [grid_edge_caution(c) for c in under_tuned] + [
+        f"{name} at batch {b}: no LR tried completed, so one outside the grid may: extend the grid there."
+        for name, b in never_completed]
+
+
 def claim_larger_batch(cells: list[Cell], runs: pd.DataFrame, within: float) -> tuple[str, list[str]]:
     """Claim 2: at equal gradient computations (equal epochs), SNGM keeps its accuracy to a larger batch than
     MSGD. The batch sizes compared are those both ran, whatever became of the runs."""
@@ -323,26 +332,27 @@ def claim_larger_batch(cells: list[Cell], runs: pd.DataFrame, within: float) -> 
         kept = sngm.largest_kept()
         undecided = [f"{r.name} at batch {b}" for r in (sngm, msgd) for b in r.undecided(kept)]
         if undecided:
-            return NOT_RESOLVED, lines + [f"Both are shown to keep it up to batch {kept}; whether "
-                                          f"{', '.join(undecided)} keep it is not resolved on these seeds: more "
-                                          "seeds are needed."]
-        if kept == batch_sizes[-1]:
-            return NOT_RESOLVED, lines + [f"Both keep it up to the largest batch run ({kept}); larger batches are "
-                                          "needed to tell them apart."]
-        return NOT_RESOLVED, lines + [f"Both keep their accuracy up to batch {kept}: these batch sizes do not tell "
-                                      "them apart; batch sizes between it and the next may."]
+            reason = (f"Both are shown to keep it up to batch {kept}; these seeds do not show whether it is kept by "
+                      f"{', '.join(undecided)}: more seeds are needed.")
+        elif kept == batch_sizes[-1]:
+            reason = f"Both keep it up to the largest batch run ({kept}); larger batches are needed to tell them apart."
+        else:
+            reason = (f"Both keep their accuracy up to batch {kept}: these batch sizes do not tell them apart; batch "
+                      "sizes between it and the next may.")
+        # A better LR in any cell of either could break the tie (or the best it is measured from).
+        return NOT_RESOLVED, lines + [reason] + lr_cautions(
+            [c for r in (sngm, msgd) for c in r.cells.values() if c.grid_edge],
+            [(r.name, b) for r in (sngm, msgd) for b in batch_sizes if b not in r.cells])
     favoured, other = (sngm, msgd) if sngm.largest_kept() > msgd.largest_kept() else (msgd, sngm)
     at, other_largest = favoured.largest_kept(), other.largest_kept()
     # A better LR could turn the verdict for any cell of the optimizer it favours (a higher best raises the
     # bar) or for one of the other's beyond that one's largest batch kept (it could come within); so
     # could any LR at all at a batch size where none of those tried completed.
-    under_tuned = [c for c in favoured.cells.values() if c.grid_edge]
-    under_tuned += [c for b, c in other.cells.items() if b > other_largest and c.grid_edge]
-    never_completed = [(favoured.name, b) for b in batch_sizes if b not in favoured.cells]
-    never_completed += [(other.name, b) for b in batch_sizes if b > other_largest and b not in other.cells]
-    cautions = [grid_edge_caution(c) for c in under_tuned] + [
-        f"{name} at batch {b}: no LR tried completed, so one outside the grid may: extend the grid there."
-        for name, b in never_completed]
+    cautions = lr_cautions(
+        [c for c in favoured.cells.values() if c.grid_edge]
+        + [c for b, c in other.cells.items() if b > other_largest and c.grid_edge],
+        [(favoured.name, b) for b in batch_sizes if b not in favoured.cells]
+        + [(other.name, b) for b in batch_sizes if b > other_largest and b not in other.cells])
     if at in other.margins and not other.loses(at):
         cautions.append(f"{other.name} at batch {at}: {other.margins[at]}, shown neither to keep nor to lose its "
                         "best accuracy: more seeds are needed.")

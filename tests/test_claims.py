@@ -134,7 +134,7 @@ def test_claims_without_enough_runs_are_not_resolved(tmp_path):
     assert found == ["not resolved"] * 3, text
     assert "SNGM − msgd (90.50, n=1): +1.00, not resolved with 1 seed" in text
     assert "(on means alone, noise aside: SNGM 1024, MSGD 1024)" in text
-    assert "whether SNGM at batch 1024, MSGD at batch 1024 keep it is not resolved on these seeds" in text
+    assert "these seeds do not show whether it is kept by SNGM at batch 1024, MSGD at batch 1024" in text
     assert "No batch size has completed runs of SNGM with both optimizer.norm=layer and global." in text
 
 
@@ -222,6 +222,9 @@ def test_a_tie_in_the_largest_batch_kept_is_not_resolved(tmp_path):
     assert found[1] == "not resolved", text
     assert "Both keep their accuracy up to batch 1024: these batch sizes do not tell them apart" in text
     assert "The claim fails" not in text
+    # One LR each: a better one anywhere could break the tie.
+    larger_batch = text.split("2. **")[1].split("3. **")[0]
+    assert larger_batch.count("only one LR (optimizer.lr x lr_factor), 0.1, was tried") == 6, larger_batch
 
 
 @pytest.mark.parametrize("sngm_accs, msgd_accs", [
