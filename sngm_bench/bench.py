@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +29,7 @@ from sngm_bench import distributed
 from sngm_bench.config import Device, Precision, optimizer_settings
 from sngm_bench.models import build_model
 from sngm_bench.records import environment
+from sngm_bench.timing import median_seconds
 from sngm_bench.train import Trainer
 
 # Dense peak FLOP/s by precision (NVIDIA's data sheets, their figures "with sparsity" halved) of the
@@ -44,25 +43,6 @@ PEAK_FLOPS = (
     ("H200", {"bf16": 989e12, "tf32": 494.5e12, "fp32": 67e12}),
     ("A100", {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
 )
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_seconds(device, steps: int, *fns) -> list[float]:
-    """Median seconds of each of `fns`, each call timed between device synchronizations, over
-    `steps` rounds that call them in turn: interleaved, a slowly varying machine affects all alike."""
-    times = [[] for _ in fns]
-    for _ in range(steps):
-        for fn, fn_times in zip(fns, times):
-            _synchronize(device)
-            start = time.perf_counter()
-            fn()
-            _synchronize(device)
-            fn_times.append(time.perf_counter() - start)
-    return [statistics.median(fn_times) for fn_times in times]
 
 
 def flops_per_image(model: torch.nn.Module, image_shape, device, batch: int = 8) -> float:
@@ -150,10 +130,10 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step_seconds, fixed_batch_seconds = _median_seconds(device, steps, product_step, fixed_batch_step)
+    step_seconds, fixed_batch_seconds = median_seconds(device, steps, product_step, fixed_batch_step)
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    (data_seconds,) = _median_seconds(device, steps, data_only)
-    (optimizer_seconds,) = _median_seconds(device, steps, trainer.optimizer.step)
+    (data_seconds,) = median_seconds(device, steps, data_only)
+    (optimizer_seconds,) = median_seconds(device, steps, trainer.optimizer.step)
 
     env = environment(device)
     precision = Precision(cfg.precision).value
@@ -179,7 +159,7 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
         reference = reference_step(cfg, trainer)
         for _ in range(warmup):
             reference()
-        (reference_seconds,) = _median_seconds(device, steps, reference)
+        (reference_seconds,) = median_seconds(device, steps, reference)
         result["reference_images_per_second"] = cfg.batch_size / reference_seconds
         result["throughput_vs_reference"] = reference_seconds / step_seconds
     result.update(device_name=env["device_name"], torch_version=env["torch_version"])

@@ -1,17 +1,20 @@
 """The throughput harness runs the product's step and the reference loop and reports sane
 fields (no timing is asserted: speed is measured by the benchmark, not by tests)."""
 
+import inspect
 import math
 import types
 
 import pandas as pd
+import pytest
 import torch
 
-from sngm_bench import bench
+from sngm_bench import bench, timing
 from sngm_bench.bench import bench_train, flops_per_image, peak_flops
 from sngm_bench.config import compose_config
 from sngm_bench.data.device_loader import DeviceImages
 from sngm_bench.models.cifar_resnet import CifarResNet
+from sngm_bench.train import Trainer
 
 
 def test_flop_count_of_resnet20_matches_a_hand_count():
@@ -54,28 +57,42 @@ def test_bench_reports_the_product_step_and_the_reference(cifar_root, monkeypatc
     assert result["gflops_per_image"] > 0 and result["torch_version"] == torch.__version__
 
 
-def test_data_fraction_in_step_is_the_time_the_data_work_adds_to_the_step(cifar_root, monkeypatch):
-    # A fake clock makes the timing exact: every reading advances it by 1 s, and every batch the
-    # data stream yields by 3 s more, so a product step takes 4 s and a fixed-batch step 1 s.
+@pytest.fixture
+def clock(monkeypatch):
+    """The benchmarks' clock, advanced only by `charge`: the timings come out exact."""
     clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    return clock
 
-    def perf_counter():
-        clock.now += 1.0
-        return clock.now
 
-    def slow_batches(self, *args, **kwargs):
-        for batch in original_batches(self, *args, **kwargs):
-            clock.now += 3.0
-            yield batch
+def charge(monkeypatch, clock, owner, name: str, seconds: float) -> None:
+    """Every call of the method `owner.name` (or, for a generator method, every item it yields)
+    advances `clock` by `seconds`; the method still does its work."""
+    original = getattr(owner, name)
 
-    original_batches = DeviceImages.train_batches
-    monkeypatch.setattr(DeviceImages, "train_batches", slow_batches)
-    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    if inspect.isgeneratorfunction(original):
+        def charged(*args, **kwargs):
+            for item in original(*args, **kwargs):
+                clock.now += seconds
+                yield item
+    else:
+        def charged(*args, **kwargs):
+            clock.now += seconds
+            return original(*args, **kwargs)
+    monkeypatch.setattr(owner, name, charged)
+
+
+def test_data_fraction_in_step_is_the_time_the_data_work_adds_to_the_step(cifar_root, monkeypatch, clock):
+    # A training step takes 1 s and every batch the data stream yields 3 s more: a product step
+    # takes 4 s and a fixed-batch step 1 s.
+    charge(monkeypatch, clock, Trainer, "train_batch", 1.0)
+    charge(monkeypatch, clock, DeviceImages, "train_batches", 3.0)
     monkeypatch.setenv("SNGM_DATA", str(cifar_root))
     cfg = compose_config(["experiment=smoke", "model.width=4", "dataset.subset=200", "batch_size=32", "device=cpu"])
     result = bench_train(cfg, steps=2, warmup=1)
+    assert result["step_ms"] == 4000
     assert result["data_fraction_in_step"] == 3 / 4
-    assert result["data_fraction"] == 1  # next(stream) timed alone: 1 + 3 s, as long as the whole step
+    assert result["data_fraction"] == 3 / 4  # next(stream) timed alone: here nothing overlaps it
 
 
 def test_throughput_table_has_a_row_per_measurement_with_its_device_date_and_settings(tmp_path):

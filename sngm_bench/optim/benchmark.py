@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import platform
 import statistics
-import time
 from typing import Callable
 
 import torch
@@ -34,6 +33,7 @@ from torch import nn
 from sngm_bench.config import compose_config
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import build_optimizer
+from sngm_bench.timing import time_rounds
 
 PARAMETER_SETS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: torchvision.models.resnet50(),  # 25.6 M parameters in 161 tensors
@@ -88,35 +88,25 @@ def step_seconds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmu
                  device: torch.device) -> dict[str, tuple[float, float, float]]:
     """Each optimizer's untimed `warmup` steps together (at least one: state allocation, and
     compilation for a compiled step), its median step over the `steps` rounds after them, and the
-    median time `step()` took to return, before the device finished its work, in seconds. On a GPU
-    the last two are close when the step is bound by issuing its kernels (Python and launches)
-    rather than by the kernels themselves; on a CPU they are the same."""
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    median time `step()` took to return, before the device finished its work, in seconds (see
+    `timing.time_rounds`). Before each step its lr is set as a warm-up schedule would set it and
+    the caches are evicted."""
     evict = torch.empty(CACHE_EVICTION_BYTES, dtype=torch.uint8, device=device)
-    totals: dict[str, list[float]] = {name: [] for name in optimizers}
-    returns: dict[str, list[float]] = {name: [] for name in optimizers}
     warmup = max(warmup, 1)
-    peak_lrs = {name: [group["lr"] for group in optimizer.param_groups] for name, optimizer in optimizers.items()}
+    named = list(optimizers.items())
+    peak_lrs = [[group["lr"] for group in optimizer.param_groups] for _, optimizer in named]
 
-    def one_round(round_):
-        for name, optimizer in optimizers.items():
-            for group, peak in zip(optimizer.param_groups, peak_lrs[name]):
-                group["lr"] = peak * (round_ + 1) / (warmup + steps)  # a warmup schedule's lr
-            evict.fill_(round_ % 256)
-            synchronize()
-            start = time.perf_counter()
-            optimizer.step()
-            returns[name].append(time.perf_counter() - start)
-            synchronize()
-            totals[name].append(time.perf_counter() - start)
+    def before_step(round_, index):
+        for group, peak in zip(named[index][1].param_groups, peak_lrs[index]):
+            group["lr"] = peak * (round_ + 1) / (warmup + steps)
+        evict.fill_(round_ % 256)
 
-    for round_ in range(warmup):
-        one_round(round_)
+    step_fns = [optimizer.step for _, optimizer in named]
+    warmups = time_rounds(device, warmup, step_fns, before_step)
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for round_ in range(warmup, warmup + steps):
-            one_round(round_)
-    return {name: (sum(totals[name][:warmup]), statistics.median(totals[name][warmup:]),
-                   statistics.median(returns[name][warmup:])) for name in optimizers}
+        timed = time_rounds(device, steps, step_fns, lambda round_, index: before_step(warmup + round_, index))
+    return {name: (sum(warm.done), times.median, statistics.median(times.returned))
+            for (name, _), warm, times in zip(named, warmups, timed)}
 
 
 def bench_optimizers(parameter_sets=tuple(PARAMETER_SETS), steps: int = 50, warmup: int = 5,

@@ -1,0 +1,59 @@
+"""The step timer of the benchmarks (`bench.bench_train`, `optim.benchmark`): alternatives called
+in turn, each call between device synchronizations.
+
+Interleaved rounds let a slowly varying machine (a shared CPU, a GPU's clocks) slow every
+alternative alike, where timing one after another would credit the drift to whichever ran last.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for the device's queued work (CUDA runs asynchronously; a CPU has none queued)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Times:
+    """One alternative's seconds, one entry per round."""
+
+    done: list[float] = field(default_factory=list)  # from the call until the device finished its work
+    returned: list[float] = field(default_factory=list)  # from the call until it returned to Python
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.done)
+
+
+def time_rounds(device: torch.device, rounds: int, fns: Sequence[Callable[[], object]],
+                before_call: Callable[[int, int], object] | None = None) -> list[Times]:
+    """The times of each of `fns` over `rounds` rounds that call every one of them once, in turn.
+
+    `before_call(round, index)`, if given, runs untimed before each call (e.g. to evict caches).
+    On a GPU, `returned` close to `done` means the call is bound by issuing its kernels rather than
+    by the kernels themselves; on a CPU the two are the same."""
+    times = [Times() for _ in fns]
+    for round_ in range(rounds):
+        for index, (fn, fn_times) in enumerate(zip(fns, times)):
+            if before_call is not None:
+                before_call(round_, index)
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            fn_times.returned.append(time.perf_counter() - start)
+            synchronize(device)
+            fn_times.done.append(time.perf_counter() - start)
+    return times
+
+
+def median_seconds(device: torch.device, rounds: int, *fns: Callable[[], object]) -> list[float]:
+    """The median seconds of each of `fns`, timed in `rounds` interleaved rounds."""
+    return [times.median for times in time_rounds(device, rounds, fns)]
