@@ -6,9 +6,9 @@ splits it into data / forward+backward / optimizer. The data share is measured t
 (`data_fraction`, an upper bound: in a real step its small kernels are launched asynchronously
 and overlap the rest) and as the time it adds to the step (`data_fraction_in_step`: the step
 against the same step on one fixed batch). With `compare_reference`, it times in the
-same process a minimal loop on the same model, batch and flags whose data already sits on the
-device as a ready float batch and whose optimizer is torch's fused (CUDA) or foreach (CPU) SGD,
-and reports the product's throughput as a fraction of it. FLOPs per image come from
+same process a minimal loop on the same model, batch, micro-batches and flags whose data already
+sits on the device as a ready float batch and whose optimizer is torch's fused (CUDA) or foreach
+(CPU) SGD, and reports the product's throughput as a fraction of it. FLOPs per image come from
 `torch.utils.flop_counter`, so model FLOP utilization is reported where the peak is known.
 """
 
@@ -27,7 +27,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sngm_bench import distributed
 from sngm_bench.config import Device, Precision, optimizer_settings
+from sngm_bench.errors import UserError
 from sngm_bench.models import build_model
+from sngm_bench.noise_scale import NoiseScale
 from sngm_bench.records import environment
 from sngm_bench.timing import median_seconds
 from sngm_bench.train import Trainer
@@ -64,7 +66,8 @@ def peak_flops(device_name: str, precision: str) -> float | None:
 
 
 def reference_step(cfg: DictConfig, trainer: Trainer):
-    """A minimal hand-written training step on a fresh copy of the model: data ready on the device."""
+    """A minimal hand-written training step on a fresh copy of the model: data ready on the device,
+    in the product's micro-batches (gradient accumulation), so that both do the same work."""
     device = trainer.procs.device
     model = build_model(cfg.model, trainer.data.num_classes).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -75,16 +78,29 @@ def reference_step(cfg: DictConfig, trainer: Trainer):
     x = torch.randn(trainer.local_batch, *trainer.data.train.image_shape, device=device)
     x = x.contiguous(memory_format=memory_format)
     y = torch.randint(0, trainer.data.num_classes, (trainer.local_batch,), device=device)
+    chunks = list(zip(x.split(trainer.micro_batch), y.split(trainer.micro_batch)))
     model.train()
 
     def step():
-        with trainer.autocast:
-            loss = F.cross_entropy(forward(x), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for xm, ym in chunks:
+            with trainer.autocast:
+                loss = F.cross_entropy(forward(xm), ym)
+            (loss / len(chunks) if len(chunks) > 1 else loss).backward()
         optimizer.step()
 
     return step
+
+
+def step_kinds(noise_scale: NoiseScale) -> list[tuple[int, float]]:
+    """The kinds of training step a run takes, as (the first global step of the kind, its share of
+    all steps): over one period of `noise_scale_every`, the steps that measure the noise scale and
+    the others; one kind when every step or none measures it."""
+    period = noise_scale.every or 1
+    kinds: dict[bool, list[int]] = {}
+    for step in range(1, period + 1):
+        kinds.setdefault(noise_scale.probe(step) is not None, []).append(step)
+    return [(steps[0], len(steps) / period) for steps in kinds.values()]
 
 
 def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_reference: bool = False) -> dict:
@@ -99,7 +115,14 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
     fixed-batch step trains on one batch taken before timing, so it does no data work; the two
     are timed in alternation. It is not clamped: a slightly negative value is noise and means
     "not measurable at this precision". With a DataLoader (ImageNet) the interleaved fixed-batch
-    steps give the workers extra time, so a loader that cannot keep up shows in `data_fraction`."""
+    steps give the workers extra time, so a loader that cannot keep up shows in `data_fraction`.
+
+    With `noise_scale_every=N`, one step in N also measures the gradient noise scale: each kind of
+    step (`step_kinds`) is timed, and the step time is a run's mean step, their medians weighted
+    by their shares. The reference does not measure it, so `compare_reference` refuses it."""
+    if compare_reference and cfg.noise_scale_every is not None:
+        raise UserError("the hand-written reference step does not measure the gradient noise scale, so its ratio "
+                        "would not compare the same work: set noise_scale_every=null, or time without the reference")
     torch._dynamo.reset()
     procs = distributed.setup(Device(cfg.device))
     device = procs.device
@@ -115,22 +138,37 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
 
     stream = batches()  # one stream: a DataLoader-backed dataset cannot serve two at once
 
+    kinds = step_kinds(trainer.noise_scale)
+
+    def at_step(global_step: int, step):
+        def call():
+            trainer.step = global_step  # in epoch 1: the global step NoiseScale.probe is asked about
+            step()
+        return call
+
     def product_step():
         trainer.train_batch(*next(stream), totals)
 
     def data_only():
         next(stream)
 
-    for _ in range(warmup):  # also absorbs torch.compile
-        product_step()
+    product_steps = [at_step(global_step, product_step) for global_step, _ in kinds]
+    for _ in range(warmup):  # also absorbs torch.compile, for every kind of step
+        for step in product_steps:
+            step()
     fixed_x, fixed_y = next(stream)
 
     def fixed_batch_step():
         trainer.train_batch(fixed_x, fixed_y, totals)
 
+    def run_mean(medians):
+        return sum(share * seconds for (_, share), seconds in zip(kinds, medians))
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step_seconds, fixed_batch_seconds = median_seconds(device, steps, product_step, fixed_batch_step)
+    medians = median_seconds(device, steps, *product_steps,
+                             *[at_step(global_step, fixed_batch_step) for global_step, _ in kinds])
+    step_seconds, fixed_batch_seconds = run_mean(medians[:len(kinds)]), run_mean(medians[len(kinds):])
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     (data_seconds,) = median_seconds(device, steps, data_only)
     (optimizer_seconds,) = median_seconds(device, steps, trainer.optimizer.step)
@@ -143,7 +181,7 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
     result = {
         "dataset": cfg.dataset.name, "image_size": data.image_shape[-1],
         "model": cfg.model.name, "optimizer": optimizer_settings(cfg.optimizer).name, "batch_size": cfg.batch_size,
-        "micro_batch_size": trainer.micro_batch, "precision": precision,
+        "micro_batch_size": trainer.micro_batch, "noise_scale_every": cfg.noise_scale_every, "precision": precision,
         "channels_last": cfg.channels_last, "compile": cfg.compile,
         "optimizer_step_compiled": trainer.summary["optimizer_step_compiled"],
         "images_per_second": cfg.batch_size / step_seconds, "step_ms": 1000 * step_seconds,

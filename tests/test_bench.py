@@ -9,11 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from sngm_bench import bench, timing
-from sngm_bench.bench import bench_train, flops_per_image, peak_flops
-from sngm_bench.config import compose_config
+from sngm_bench import bench, distributed, timing
+from sngm_bench.bench import bench_train, flops_per_image, peak_flops, reference_step, step_kinds
+from sngm_bench.config import Device, compose_config
 from sngm_bench.data.device_loader import DeviceImages
+from sngm_bench.errors import UserError
 from sngm_bench.models.cifar_resnet import CifarResNet
+from sngm_bench.noise_scale import NoiseScale
 from sngm_bench.train import Trainer
 
 
@@ -128,3 +130,51 @@ def test_appended_rows_keep_each_value_under_its_own_column(tmp_path):
     assert rows["device_name"].tolist() == ["A", "B", "C"]
     assert rows["images_per_second"].tolist() == [100.0, 50.0, 10.0]
     assert rows["throughput_vs_reference"].iloc[1] == 0.9 and rows["throughput_vs_reference"].drop(1).isna().all()
+
+
+def test_step_kinds_follow_the_noise_scale_cadence():
+    def kinds(every):
+        return step_kinds(NoiseScale(every, 32, 32, [], torch.device("cpu")))
+
+    assert kinds(None) == [(1, 1.0)] and kinds(1) == [(1, 1.0)]
+    assert kinds(4) == [(1, 0.75), (4, 0.25)]  # steps 1-3 unmeasured, step 4 measured
+
+
+def test_bench_times_a_runs_mean_step_when_one_in_n_measures_the_noise_scale(cifar_root, monkeypatch, clock):
+    # A step takes 1 s, its batch 3 s more, a noise-scale measurement 4 s more. With
+    # noise_scale_every=4 a run's steps take 4, 4, 4 and 8 s: 5 s on average (not 8 s, nor the
+    # median 4 s); the fixed-batch steps 1, 1, 1 and 5 s: 2 s.
+    charge(monkeypatch, clock, Trainer, "train_batch", 1.0)
+    charge(monkeypatch, clock, DeviceImages, "train_batches", 3.0)
+    charge(monkeypatch, clock, NoiseScale, "big", 4.0)
+    monkeypatch.setenv("SNGM_DATA", str(cifar_root))
+    cfg = compose_config(["experiment=smoke", "model.width=4", "dataset.subset=200", "batch_size=32", "device=cpu",
+                          "noise_scale_every=4"])
+    result = bench_train(cfg, steps=3, warmup=1)
+    assert result["step_ms"] == 5000 and result["noise_scale_every"] == 4
+    assert result["data_fraction_in_step"] == 3 / 5
+
+
+def test_reference_step_accumulates_over_the_products_micro_batches(cifar_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("SNGM_DATA", str(cifar_root))
+    cfg = compose_config(["experiment=smoke", "model.width=4", "dataset.subset=200", "batch_size=32", "device=cpu",
+                          "micro_batch_size=8"])
+    trainer = Trainer(cfg, tmp_path, distributed.setup(Device.cpu))
+    step = reference_step(cfg, trainer)
+    forward_batches = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: forward_batches.append(len(args[0])) if isinstance(module, CifarResNet) else None)
+    try:
+        step()
+    finally:
+        hook.remove()
+    assert forward_batches == [8, 8, 8, 8]
+
+
+def test_the_reference_refuses_a_noise_scale_measuring_step_in_one_line(cifar_root, monkeypatch):
+    monkeypatch.setenv("SNGM_DATA", str(cifar_root))
+    cfg = compose_config(["experiment=smoke", "device=cpu", "noise_scale_every=10"])
+    with pytest.raises(UserError, match="noise_scale_every=null") as err:
+        bench_train(cfg, steps=1, warmup=1, compare_reference=True)
+    assert "\n" not in str(err.value)
+
