@@ -10,10 +10,13 @@ and CUDA start once), appending each result to `--csv` as soon as it is measured
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from sngm_bench.bench import append_row, bench_train
-from sngm_bench.config import compose_config
+from sngm_bench.cli import check_overrides
+from sngm_bench.config import check_values, compose_config
+from sngm_bench.errors import UserError
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--steps", type=int, default=50, help="timed steps (median)")
@@ -23,11 +26,15 @@ parser.add_argument("--compare-reference", action="store_true", help="also time 
 parser.add_argument("--csv", type=Path, help="append each result as a row to this CSV file")
 parser.add_argument("overrides", nargs="*", help="sngm-bench config overrides")
 args = parser.parse_args()
-for batch_size in args.batch_sizes or [None]:
-    overrides = args.overrides + ([f"batch_size={batch_size}"] if batch_size else [])
-    result = bench_train(compose_config(overrides), steps=args.steps, warmup=args.warmup,
-                         compare_reference=args.compare_reference)
-    for key, value in result.items():
-        print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
-    if args.csv:
-        append_row(args.csv, result)
+try:
+    check_overrides(args.overrides, multirun=False)  # a bad key or value: one line, as sngm-bench says it
+    for batch_size in args.batch_sizes or [None]:
+        cfg = compose_config(args.overrides + ([f"batch_size={batch_size}"] if batch_size else []))
+        check_values(cfg)
+        result = bench_train(cfg, steps=args.steps, warmup=args.warmup, compare_reference=args.compare_reference)
+        for key, value in result.items():
+            print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+        if args.csv:
+            append_row(args.csv, result)
+except UserError as err:
+    sys.exit(f"bench_train: error: {err}")

@@ -3,6 +3,8 @@ fields (no timing is asserted: speed is measured by the benchmark, not by tests)
 
 import inspect
 import math
+import subprocess
+import sys
 import types
 
 import pandas as pd
@@ -17,6 +19,7 @@ from sngm_bench.errors import UserError
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.noise_scale import NoiseScale
 from sngm_bench.train import Trainer
+from conftest import ROOT
 
 
 def test_flop_count_of_resnet20_matches_a_hand_count():
@@ -178,3 +181,10 @@ def test_the_reference_refuses_a_noise_scale_measuring_step_in_one_line(cifar_ro
         bench_train(cfg, steps=1, warmup=1, compare_reference=True)
     assert "\n" not in str(err.value)
 
+
+@pytest.mark.parametrize("override", ["batch_sise=3", "batch_size=0"])
+def test_bench_train_script_says_a_bad_override_in_one_line(override):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_train.py"), "device=cpu", override],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("bench_train: error: ") and done.stderr.count("\n") == 1, done.stderr
