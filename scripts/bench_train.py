@@ -1,8 +1,8 @@
 """Training throughput on this device: `python scripts/bench_train.py [options] [overrides...]`.
 
 Overrides are the `sngm-bench` ones, e.g. `model=resnet56 batch_size=4096 precision=bf16
-channels_last=true compile=true`. Prints images/s, the step-time split (data / forward+backward
-/ optimizer; the data share both timed alone, an upper bound, and as the time it adds to the step),
+channels_last=true compile=true`. Prints images/s, the step-time split (data / optimizer / the
+rest; the data share both timed alone, an upper bound, and as the time it adds to the step),
 peak memory, FLOPs and model FLOP utilization; `--compare-reference` adds a
 hand-written loop on the same model and flags, and the product's throughput as a fraction of it.
 `--batch-sizes 512 4096 8192` times each batch size in turn in this one process (so torch.compile

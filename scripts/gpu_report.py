@@ -51,8 +51,10 @@ def tables(out: Path) -> str:
         rows = pd.read_csv(out / "bench_train.csv")
         columns = ["dataset", "image_size", "model", "batch_size", "precision", "channels_last", "compile",
                    *[c for c in ("optimizer_step_compiled",) if c in rows.columns], "images_per_second",
-                   "reference_images_per_second", "throughput_vs_reference", "data_fraction",
-                   *[c for c in ("data_fraction_in_step",) if c in rows.columns],  # older CSVs lack it
+                   "reference_images_per_second", "throughput_vs_reference",
+                   # older CSVs name the upper bound data_fraction, and lack data_fraction_in_step
+                   *[c for c in ("data_fraction", "data_fraction_upper_bound", "data_fraction_in_step")
+                     if c in rows.columns],
                    "optimizer_fraction", "mfu", "peak_memory_gib"]
         parts.append("**Training step** (scripts/bench_train.py --compare-reference)\n\n" + markdown(rows[columns]))
     for name, title in (("bench_optim", "**Optimizer step** (scripts/bench_optim.py)"),

@@ -2,10 +2,11 @@
 
 `bench_train` times `Trainer.train_batch` — the exact step `sngm-bench` runs: batch gather and
 augmentation on the device, forward, backward, optimizer, schedule, device-side metrics — and
-splits it into data / forward+backward / optimizer. The data share is measured two ways: alone
-(`data_fraction`, an upper bound: in a real step its small kernels are launched asynchronously
-and overlap the rest) and as the time it adds to the step (`data_fraction_in_step`: the step
-against the same step on one fixed batch). With `compare_reference`, it times in the
+splits it into data / optimizer / the rest. The data share is measured two ways: alone
+(`data_fraction_upper_bound`: in a real step its small kernels are launched asynchronously and
+overlap the rest) and as the time it adds to the step (`data_fraction_in_step`: the step against
+the same step on one fixed batch). The rest (forward, backward and the step's small work) is what
+the other two leave (`rest_fraction_estimate`). With `compare_reference`, it times in the
 same process a minimal loop on the same model, batch, micro-batches and flags whose data already
 sits on the device as a ready float batch and whose optimizer is torch's fused (CUDA) or foreach
 (CPU) SGD, and reports the product's throughput as a fraction of it. FLOPs per image come from
@@ -110,12 +111,17 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
     fresh run would: otherwise a second batch size in one process recompiles the model with a
     symbolic batch dimension (automatic dynamic shapes), whose kernels a real run never uses.
 
-    `data_fraction` is `next(stream)` timed alone over the step time: an upper bound on the data
-    work's cost. `data_fraction_in_step` is (step − fixed-batch step) / step, where the
-    fixed-batch step trains on one batch taken before timing, so it does no data work; the two
-    are timed in alternation. It is not clamped: a slightly negative value is noise and means
+    `data_fraction_upper_bound` is `next(stream)` timed alone over the step time: an upper bound
+    on the data work's cost. `data_fraction_in_step` is (step − fixed-batch step) / step, where
+    the fixed-batch step trains on one batch taken before timing, so it does no data work; the
+    two are timed in alternation. It is not clamped: a slightly negative value is noise and means
     "not measurable at this precision". With a DataLoader (ImageNet) the interleaved fixed-batch
-    steps give the workers extra time, so a loader that cannot keep up shows in `data_fraction`.
+    steps give the workers extra time, so a loader that cannot keep up shows in
+    `data_fraction_upper_bound`. `optimizer_fraction` is `optimizer.step()` timed alone, an
+    estimate (in a step its launches can overlap the backward pass's kernels; alone, its tensors
+    may still be in cache). `rest_fraction_estimate` = 1 − `data_fraction_in_step` −
+    `optimizer_fraction`: forward, backward, loss and metrics, schedule and any noise-scale
+    measurement, by difference, so the three add up to the step; not clamped either.
 
     With `noise_scale_every=N`, one step in N also measures the gradient noise scale: each kind of
     step (`step_kinds`) is timed, and the step time is a run's mean step, their medians weighted
@@ -185,10 +191,10 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
         "channels_last": cfg.channels_last, "compile": cfg.compile,
         "optimizer_step_compiled": trainer.summary["optimizer_step_compiled"],
         "images_per_second": cfg.batch_size / step_seconds, "step_ms": 1000 * step_seconds,
-        "data_fraction": data_seconds / step_seconds,
+        "data_fraction_upper_bound": data_seconds / step_seconds,
         "data_fraction_in_step": (step_seconds - fixed_batch_seconds) / step_seconds,
         "optimizer_fraction": optimizer_seconds / step_seconds,
-        "forward_backward_fraction": max(0.0, 1 - (data_seconds + optimizer_seconds) / step_seconds),
+        "rest_fraction_estimate": (fixed_batch_seconds - optimizer_seconds) / step_seconds,
         "peak_memory_gib": peak_memory / 2**30 if peak_memory is not None else None,
         "gflops_per_image": flops / 1e9, "achieved_tflops": achieved / 1e12,
         "mfu": achieved / peak if peak else None,
