@@ -10,11 +10,14 @@ end the same way, leaving no run folder behind; inside a sweep they are recorded
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import json
 import logging
 import os
 import shutil
 import sys
+import time
 from importlib import metadata, resources
 from pathlib import Path
 
@@ -243,8 +246,27 @@ def run_overrides(overrides: list[str]) -> dict:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    print(f"sngm-bench: error: {message}", file=sys.stderr)
+    """End the command with `message` as one line on stderr and exit code `code`. The processes
+    torchrun starts share one terminal and end alike (same config, same data, decisions taken
+    together): rank 0 says it, and each leaves it in its error file, where torchrun's failure
+    report reads it (for an error only another process met, that report is where the user sees
+    it). Elsewhere every process says it (a SLURM task writes its own log)."""
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    if under_torchrun:
+        _tell_torchrun(message)
+    if not under_torchrun or int(os.environ.get("RANK", "0")) == 0:
+        print(f"sngm-bench: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def _tell_torchrun(message: str) -> None:
+    """Write `message` to the file torchrun names in TORCHELASTIC_ERROR_FILE, in the form its
+    ErrorHandler writes (less the traceback), so its report shows the line instead of a link."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        error = {"message": {"message": message, "extraInfo": {"timestamp": str(int(time.time()))}}}
+        with contextlib.suppress(OSError):
+            Path(path).write_text(json.dumps(error))
 
 
 def main() -> None:
@@ -265,8 +287,6 @@ def main() -> None:
                 for folder in folders:
                     _make_output_folder(folder, args.multirun)
         except UserError as err:
-            if int(os.environ.get("RANK", "0")) > 0:
-                sys.exit(2)  # every process finds the same error in the command line: rank 0 says it
             _fail(str(err))
     if int(os.environ.get("RANK", "0")) > 0:
         # Every process composes the same config and run folder; only rank 0 writes Hydra's files.

@@ -123,6 +123,42 @@ def test_torchrun_refuses_a_sweep_in_one_line(tmp_path):
     assert not (tmp_path / "multirun").exists()
 
 
+def test_under_torchrun_an_error_is_said_once_and_named_in_torchruns_report(tmp_path):
+    result = subprocess.run([*TWO_PROCESSES, "-m", "sngm_bench", "experiment=smoke", "batch_size=0"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.count("sngm-bench: error: ") == 1, result.stderr
+    assert "sngm-bench: error: batch_size=0 must be a positive integer" in result.stderr
+    # torchrun's own report follows; it names the error, not a link to torch's docs.
+    assert "traceback : batch_size=0 must be a positive integer" in result.stderr.split("Root Cause")[-1]
+
+
+def test_outside_torchrun_a_process_of_another_rank_says_its_error_itself(tmp_path):
+    # As a SLURM task of rank 1 does: its log is its own, and no torchrun report would name the error.
+    result = run_cli(["experiment=smoke", "batch_size=0"], cwd=tmp_path, env_extra={"RANK": "1", "WORLD_SIZE": "2"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "sngm-bench: error: batch_size=0 must be a positive integer", result.stderr
+
+
+# `python -m sngm_bench` for torchrun, where the process of rank 1 finds no data (as on a node without a copy).
+RANK_1_WITHOUT_DATA = """
+import os, runpy
+if os.environ["RANK"] == "1":
+    os.environ["SNGM_DATA"] = "nowhere"
+runpy.run_module("sngm_bench", run_name="__main__")
+"""
+
+
+def test_under_torchrun_an_error_of_one_process_only_is_named_in_torchruns_report(tmp_path, cifar_root):
+    script = tmp_path / "rank_1_without_data.py"
+    script.write_text(RANK_1_WITHOUT_DATA)
+    result = subprocess.run([*TWO_PROCESSES, str(script), *TINY], cwd=tmp_path,
+                            env={**os.environ, "SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "traceback : CIFAR-10 not found: no cifar-10-batches-py/ under " in result.stderr, result.stderr
+
+
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, cifar_root):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra")
     result = run_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *TINY, "seed=0,1"],
