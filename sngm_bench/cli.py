@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from importlib import metadata, resources
@@ -32,7 +33,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from sngm_bench import callbacks, grid, run_folder
+from sngm_bench import callbacks, checkpoint, grid, run_folder
 from sngm_bench.config import CONFIG_MODULE, check_values, keys_outside_schema, optimizer_settings
 from sngm_bench.errors import Interrupted, UserError
 from sngm_bench.identity import flatten
@@ -205,6 +206,9 @@ def run(cfg: DictConfig) -> None:
         train_job(cfg)
     except Interrupted as err:
         _fail(str(err), err.exit_code)  # a sweep stops too: the user asked to stop, or time is up
+    except KeyboardInterrupt:  # Ctrl-C before training began (loading data), or a second signal during it
+        _remove_if_stub(run_dir)
+        _fail(_stopped_at_once(run_dir), 128 + signal.SIGINT)
     except UserError as err:
         if not in_sweep:
             _remove_if_stub(run_dir)
@@ -218,8 +222,17 @@ def run(cfg: DictConfig) -> None:
             _record_failure(run_dir, cfg, err)  # sngm_bench.callbacks logs it as the run's last line
 
 
+def _stopped_at_once(run_dir: Path) -> str:
+    """What a run stopped without writing a checkpoint of its own can do next."""
+    if checkpoint.exists(run_dir):
+        return f"stopped at once, without a new checkpoint; run the same command again to continue from " \
+               f"the last one in {run_dir}"
+    return "stopped at once, before the run's first checkpoint; run the same command again to start it"
+
+
 def _remove_if_stub(run_dir: Path) -> None:
-    """After a UserError: the run folder goes if this command created it and no run started there."""
+    """After a UserError or a stop before training: the run folder goes if this command created it
+    and no run started there."""
     if run_dir in _created and not run_folder.holds_run(run_dir):
         run_folder.remove_stub(run_dir, _created[run_dir])
 

@@ -260,12 +260,38 @@ def test_a_second_signal_records_where_the_saved_checkpoint_continues(tmp_path, 
     tiny = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=2", "batch_size=100",  # 4 steps an epoch
             "hydra.run.dir=run"]
     result = run_command([sys.executable, "-c", TWO_SIGNALS_IN_STEP_6, *tiny], tmp_path, {"SNGM_DATA": str(cifar_root)})
-    assert result.returncode != 0
+    assert result.returncode == 128 + signal.SIGINT
+    assert result.stderr.strip().splitlines()[-1] == "sngm-bench: error: stopped at once, without a new checkpoint; " \
+        f"run the same command again to continue from the last one in {tmp_path / 'run'}", result.stderr
+    assert "Traceback" not in result.stderr
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (state["epoch"], state["step"]) == (2, 0)  # the end of epoch 1: step 6 stopped at once
     assert (summary["status"], summary["interrupted_by"], summary["interrupted_epoch"], summary["interrupted_step"]) \
         == ("interrupted", "a second signal", 2, 0)
+
+
+# The command line, with Ctrl-C while it loads the data (before training, and so before its signal handling).
+SIGINT_WHILE_LOADING = """import os, signal, sys
+import sngm_bench.train as train
+real_build_data = train.build_data
+def build_data(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return real_build_data(*args, **kwargs)
+train.build_data = build_data
+sys.argv[0] = "sngm-bench"
+from sngm_bench.cli import main
+main()
+"""
+
+
+def test_ctrl_c_while_loading_the_data_is_one_line_and_leaves_no_run_folder(tmp_path, cifar_root):
+    result = run_command([sys.executable, "-c", SIGINT_WHILE_LOADING, *TINY, "hydra.run.dir=runs/run"], tmp_path,
+                         {"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 128 + signal.SIGINT
+    assert result.stderr.strip().splitlines() == ["sngm-bench: error: stopped at once, before the run's first "
+                                                  "checkpoint; run the same command again to start it"], result.stderr
+    assert not (tmp_path / "runs").exists()  # a stub would be reported as an interrupted run
 
 
 def test_the_signal_handler_it_replaced_still_gets_the_signal_after_the_checkpoint():
