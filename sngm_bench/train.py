@@ -44,12 +44,16 @@ from sngm_bench.stop import StopRequest, deadline
 log = logging.getLogger(__name__)
 
 
+def largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of `n` that is at most `limit` (a positive integer)."""
+    return max(d for d in range(1, min(limit, n) + 1) if n % d == 0)
+
+
 def micro_batch_size(cfg: DictConfig, local_batch: int, world_size: int) -> int:
     """Images per forward pass in each process: `micro_batch_size`, or else the largest divisor
     of the process's share of the batch that is at most `max_micro_batch_size`."""
     if cfg.micro_batch_size is None:
-        limit = cfg.max_micro_batch_size or local_batch
-        return max(d for d in range(1, min(limit, local_batch) + 1) if local_batch % d == 0)
+        return largest_divisor(local_batch, cfg.max_micro_batch_size or local_batch)
     if local_batch % cfg.micro_batch_size:
         raise UserError(
             f"batch_size={cfg.batch_size} is not divisible by {world_size} process(es) x "
@@ -275,9 +279,14 @@ class Trainer:
         if any(frame.f_code is evaluate.__code__ for frame, _ in traceback.walk_tb(err.__traceback__)):
             return f"out of GPU memory evaluating batches of eval_batch_size={self.cfg.eval_batch_size} images; " \
                    "set a smaller eval_batch_size"
-        return f"out of GPU memory in a forward/backward pass of a micro-batch of {self.micro_batch} images " \
-               f"(batch_size={self.cfg.batch_size} over {self.procs.world_size} process(es)); set " \
-               f"max_micro_batch_size={max(self.micro_batch // 2, 1)} or a smaller micro_batch_size"
+        failed = f"out of GPU memory in a forward/backward pass of a micro-batch of {self.micro_batch} images " \
+                 f"(batch_size={self.cfg.batch_size} over {self.procs.world_size} process(es))"
+        if self.micro_batch == 1:
+            return f"{failed}; not even one image fits: choose a smaller model, or precision=bf16"
+        half = largest_divisor(self.local_batch, self.micro_batch // 2)
+        if self.cfg.micro_batch_size is not None:  # it overrides max_micro_batch_size: that advice would not apply
+            return f"{failed}; set micro_batch_size={half} (a divisor of each process's {self.local_batch} images)"
+        return f"{failed}; set max_micro_batch_size={half} or a smaller micro_batch_size"
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, totals: torch.Tensor) -> float:
         """One optimizer step on this process's share (x, y) of a global batch; adds loss,

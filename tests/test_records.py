@@ -181,13 +181,14 @@ def test_a_deadline_mid_sweep_stops_it_and_the_rerun_trains_exactly_the_missing_
 
 
 OUT_OF_MEMORY = """
-import sys, torch
+import os, sys, torch
 import sngm_bench.train as train
 
 real_step = train.train_step
+FITS = int(os.environ.get("IMAGES_THAT_FIT", "50"))  # a device that holds micro-batches of up to 50 images
 
 def train_step(forward, optimizer, x, y, micro_batch_size, *args, **kwargs):
-    if micro_batch_size > 50:  # a device that holds micro-batches of up to 50 images
+    if micro_batch_size > FITS:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     return real_step(forward, optimizer, x, y, micro_batch_size, *args, **kwargs)
 
@@ -198,16 +199,21 @@ main()
 
 
 def test_out_of_memory_is_one_line_naming_the_micro_batch_and_a_sweep_goes_on(tmp_path, cifar_root):
-    def run(*args):
+    def run(*args, fits=50):
         options, overrides = [a for a in args if a == "-m"], [a for a in args if a != "-m"]
         return subprocess.run([sys.executable, "-c", OUT_OF_MEMORY, *options, *TINY, *overrides], cwd=tmp_path,
-                              capture_output=True,
-                              text=True, env={**os.environ, "SNGM_DATA": str(cifar_root)}, timeout=600)
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "SNGM_DATA": str(cifar_root), "IMAGES_THAT_FIT": str(fits)})
 
     error = one_line_error(run("hydra.run.dir=single"))
     assert "out of GPU memory in a forward/backward pass of a micro-batch of 100 images" in error
     assert "set max_micro_batch_size=50 or a smaller micro_batch_size" in error
     assert summary(tmp_path / "single")["status"] == "failed"
+    # A micro_batch_size that is set overrides max_micro_batch_size: the line names the setting that applies.
+    error = one_line_error(run("hydra.run.dir=set", "micro_batch_size=100"))
+    assert error.endswith("; set micro_batch_size=50 (a divisor of each process's 100 images)")
+    error = one_line_error(run("hydra.run.dir=one", "micro_batch_size=1", fits=0))
+    assert error.endswith("; not even one image fits: choose a smaller model, or precision=bf16")
 
     sweep = run("-m", "max_micro_batch_size=100,50")
     assert sweep.returncode == 2 and "1 run(s) of the sweep failed" in sweep.stderr.strip().splitlines()[-1]
