@@ -94,6 +94,8 @@ def test_two_processes_resumed_record_the_noise_scale_of_the_uninterrupted_run(t
             result = subprocess.run([*torchrun, *extra], cwd=tmp_path / name, env=env, capture_output=True,
                                     text=True, timeout=600)
             assert (result.returncode != 0) == bool(extra), result.stderr[-3000:]
+            # Both processes stop at the deadline; rank 0 alone says so.
+            assert result.stderr.count("sngm-bench: error: stopped at the max_minutes deadline") == len(extra)
         (run_dir,) = (tmp_path / name / "outputs" / "smoke").iterdir()
         with open(run_dir / "metrics.csv") as f:
             noise_scales[name] = [row["noise_scale"] for row in csv.DictReader(f)]
