@@ -412,3 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     print(markdown)
     print(f"wrote tables, CSVs and figures to {args.out}")
+
+
+if __name__ == "__main__":  # python -m sngm_bench.report, the same as sngm-bench-report
+    main()

@@ -131,6 +131,13 @@ def test_cli_on_an_empty_or_wrong_folder_fails_in_one_line(tmp_path, folder):
     assert not (tmp_path / "out").exists()
 
 
+def test_python_m_sngm_bench_report_is_the_command(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sngm_bench.report", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == \
+        (2, f"sngm-bench-report: error: no readable sngm-bench run folders under {tmp_path}\n")
+
+
 TINIEST = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]
 
 
