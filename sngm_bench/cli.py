@@ -15,6 +15,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -73,6 +74,12 @@ def _unknown_key_message(key: str, overrides: list[str]) -> str:
     return f"unknown key '{key}': {where} has {', '.join(siblings)}{hint}"
 
 
+def _group_not_in_defaults(err: Exception) -> str | None:
+    """The group of `sweep=smoke`, which Hydra cannot override because no default picks it."""
+    match = re.match(r"Could not override '([^']+)'\. No match in the defaults list", str(err))
+    return match[1] if match else None
+
+
 def _composition_error(err: Exception, overrides: list[str]) -> UserError:
     if isinstance(err, MissingConfigException) and "submitit" in (err.missing_cfg_file or ""):
         return UserError("the SLURM launcher needs the slurm extra: pip install 'sngm-bench[slurm]'")
@@ -81,6 +88,10 @@ def _composition_error(err: Exception, overrides: list[str]) -> UserError:
         options = sorted(err.options or [])
         return UserError(f"unknown {group} '{choice}': choose one of {', '.join(options)}"
                          f"{_did_you_mean(choice, options)}")
+    if group := _group_not_in_defaults(err):
+        choice = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == group), "NAME")
+        return UserError(f"no default picks a {group}, so {group}={choice} cannot replace one: add it with "
+                         f"+{group}={choice}")
     cause = err.__cause__ or err
     key = getattr(cause, "full_key", None)
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:

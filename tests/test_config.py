@@ -90,6 +90,7 @@ def test_data_root_defaults_to_env(monkeypatch):
     (["+optimizer.lrr=0.1"], False, "unknown key 'optimizer.lrr': 'optimizer' has "),
     (["+epoch=3"], False, "unknown key 'epoch': the top level has batch_size"),
     (["-m", "optimizer=msgd,lamb", "++schedule.powr=1"], True, "; did you mean 'schedule.power'?"),
+    (["-m", "sweep=smoke"], True, "add it with +sweep=smoke"),  # a preset is added, not overridden
 ])
 def test_bad_overrides_name_key_and_allowed_values(overrides, multirun, expected):
     overrides = [o for o in overrides if o != "-m"]
