@@ -12,6 +12,10 @@
 # script still leaves one. `note TEXT` adds a line under the table.
 
 set -u
+case "${1:-}" in  # the calling script's opening comment is its help; an option is no OUT_DIR
+    -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -*) echo "usage: $0 OUT_DIR [--dry-run] (--help: what it does)" >&2; exit 2 ;;
+esac
 OUT=${1:?usage: $0 OUT_DIR [--dry-run]}
 MODE=gpu
 if [ "${2:-}" = "--dry-run" ] || [ "${DEVICE:-cuda}" = "cpu" ]; then MODE=dry-run; fi

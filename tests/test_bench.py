@@ -19,7 +19,7 @@ from sngm_bench.errors import UserError
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.noise_scale import NoiseScale
 from sngm_bench.train import Trainer
-from conftest import ROOT
+from conftest import ROOT, run_command
 
 
 def test_flop_count_of_resnet20_matches_a_hand_count():
@@ -190,3 +190,15 @@ def test_bench_train_script_says_a_bad_override_in_one_line(override):
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith("bench_train: error: ") and done.stderr.count("\n") == 1, done.stderr
+
+
+@pytest.mark.parametrize("script", ["gpu_check.sh", "gpu_campaign.sh"])
+def test_gpu_scripts_print_their_help_and_take_no_option_for_a_folder(tmp_path, script):
+    # PY=false and a 1-second budget: a script that took --help for its OUT_DIR ends at once.
+    env = {"PY": "false", "BUDGET_S": "1"}
+    shown = run_command(["bash", ROOT / "scripts" / script, "--help"], tmp_path, env, timeout=60)
+    assert (shown.returncode, shown.stderr) == (0, "")
+    assert f"`bash scripts/{script} OUT_DIR [--dry-run]`" in shown.stdout.splitlines()[0]
+    refused = run_command(["bash", ROOT / "scripts" / script, "--dryrun"], tmp_path, env, timeout=60)
+    assert refused.returncode == 2 and "usage:" in refused.stderr
+    assert list(tmp_path.iterdir()) == []
