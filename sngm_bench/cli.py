@@ -122,8 +122,10 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
     Returns the run folder (the sweep folders with -m) they will write to."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException as err:
-        raise UserError(f"cannot parse the overrides: {_first_line(err)}") from None
+    except OverrideParseException as err:  # a character the grammar lacks, e.g. dataset.root=~/data, needs quotes
+        hint = "; a value with characters such as ~ or # goes in quotes: 'key=\"value\"'" \
+            if "LexerNoViableAltException" in str(err) else ""
+        raise UserError(f"cannot parse the overrides: {_first_line(err)}{hint}") from None
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise UserError(f"{sweeps[0]} is a sweep: add -m (--multirun) to run every combination")

@@ -81,6 +81,7 @@ def test_data_root_defaults_to_env(monkeypatch):
     (["model=vgg"], False, "unknown model 'vgg'"),
     (["optimizer=sngm,msgd"], False, "is a sweep: add -m"),
     (["batch_size=[1,"], False, "cannot parse the overrides"),
+    (["dataset.root=~/data"], False, """dataset.root=~/data; a value with characters such as ~ or # goes in quotes: 'key="value"'"""),
     (["-m", "optimizer=sngm,msgd", "optimizer.nesterov=true"], True,
      "unknown key 'optimizer.nesterov'"),
     (["optimizer.momentun=0.5"], False, "; did you mean 'optimizer.momentum'?"),
