@@ -141,7 +141,7 @@ def test_help_is_the_tools_own(tmp_path):
     assert "schema" not in out
     examples = [line for line in out.splitlines() if line.startswith("  sngm-bench ")]
     assert len(examples) == 5
-    assert "multirun/<experiment name>/<overrides>" in out and "sngm-bench-report" in out
+    assert "multirun/<name>/<overrides>" in out and "sweep_smoke for +sweep=smoke" in out and "sngm-bench-report" in out
     assert not (tmp_path / "outputs").exists()
 
 
