@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from importlib import metadata, resources
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def _unknown_key_message(key: str, overrides: list[str]) -> str:
     return f"unknown key '{key}': {where} has {', '.join(siblings)}{hint}"
 
 
+SEARCHPATH_MISSING = r"provider=hydra\.searchpath in command-line, path=(.*) is not available"
+
+
 def _group_not_in_defaults(err: Exception) -> str | None:
     """The group of `sweep=smoke`, which Hydra cannot override because no default picks it."""
     match = re.match(r"Could not override '([^']+)'\. No match in the defaults list", str(err))
@@ -88,6 +92,9 @@ def _composition_error(err: Exception, overrides: list[str]) -> UserError:
         options = sorted(err.options or [])
         return UserError(f"unknown {group} '{choice}': choose one of {', '.join(options)}"
                          f"{_did_you_mean(choice, options)}")
+    if missing := re.match(SEARCHPATH_MISSING, str(err)):
+        return UserError(f"hydra.searchpath: no config folder {missing[1]} (a relative path is read from the "
+                         f"working directory, {os.getcwd()})")
     if group := _group_not_in_defaults(err):
         choice = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == group), "NAME")
         return UserError(f"no default picks a {group}, so {group}={choice} cannot replace one: add it with "
@@ -112,7 +119,7 @@ def sweep_combinations(overrides: list[str]) -> list[list[str]]:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     try:
         params = compose("config", overrides=fixed, return_hydra_config=True).hydra.sweeper.params or {}
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, UserWarning) as err:
         raise _composition_error(err, fixed) from None
     return grid.expand(params, overrides)
 
@@ -129,7 +136,8 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise UserError(f"{sweeps[0]} is a sweep: add -m (--multirun) to run every combination")
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+    with warnings.catch_warnings(), initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        warnings.filterwarnings("error", SEARCHPATH_MISSING)  # Hydra only warns, then finds none of its configs
         combinations = sweep_combinations(overrides)
         if not multirun:
             if len(combinations) > 1:
@@ -150,7 +158,7 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
                                     "runs it here)")
                 HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the folder names
                 folders.add(os.path.abspath(config.hydra.sweep.dir if multirun else config.hydra.run.dir))
-            except (HydraException, OmegaConfBaseException, UserError) as err:
+            except (HydraException, OmegaConfBaseException, UserWarning, UserError) as err:
                 error = err if isinstance(err, UserError) else _composition_error(err, combination)
                 if len(combinations) > 1:
                     error = UserError(f"{error} (in the sweep combination {' '.join(combination)})")

@@ -92,6 +92,8 @@ def test_data_root_defaults_to_env(monkeypatch):
     (["+epoch=3"], False, "unknown key 'epoch': the top level has batch_size"),
     (["-m", "optimizer=msgd,lamb", "++schedule.powr=1"], True, "; did you mean 'schedule.power'?"),
     (["-m", "sweep=smoke"], True, "add it with +sweep=smoke"),  # a preset is added, not overridden
+    (["hydra.searchpath=[file://no_such_folder]", "optimizer=myadam"], False,
+     "hydra.searchpath: no config folder no_such_folder (a relative path is read from the working directory, "),
 ])
 def test_bad_overrides_name_key_and_allowed_values(overrides, multirun, expected):
     overrides = [o for o in overrides if o != "-m"]
