@@ -418,9 +418,8 @@ def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict
                 if plan is Plan.skip:
                     summary = records.read_summary(run_dir)
                     if procs.is_main:
-                        log.info("%s already holds a %s run (final test accuracy %s); nothing to do. "
-                                 "overwrite=true trains it again", run_dir, summary["status"],
-                                 summary.get("final_test_acc"))
+                        log.info("%s already holds a %s run; nothing to do. overwrite=true trains it again",
+                                 run_dir, summary["status"])  # its accuracy: the end-of-run line, in %
                     return summary
                 trainer = Trainer(cfg, run_dir, procs)
                 if plan is Plan.resume:

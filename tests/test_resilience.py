@@ -3,6 +3,7 @@ resumable sweeps, folders that are never overwritten unnoticed. Real processes o
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -109,7 +110,9 @@ def test_a_finished_run_is_never_trained_twice_single_or_in_a_sweep(tmp_path, ci
         first[root] = (run_dir / "summary.json").read_text()
         again = run_cli(args, cwd=tmp_path, env_extra=env)
         assert again.returncode == 0, again.stderr
-        assert f"{run_dir} already holds a completed run" in again.stdout and "nothing to do" in again.stdout
+        assert f"{run_dir} already holds a completed run; nothing to do" in again.stdout
+        accuracy = json.loads(first[root])["final_test_acc"]
+        assert re.findall(r"final test accuracy (\S+)", again.stdout) == [f"{100 * accuracy:.2f}"]  # once, in %
         assert (run_dir / "summary.json").read_text() == first[root]
     retrained = run_cli([*TINY, "overwrite=true"], cwd=tmp_path, env_extra=env)
     assert retrained.returncode == 0
