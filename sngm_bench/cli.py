@@ -72,6 +72,8 @@ def _unknown_key_message(key: str, overrides: list[str]) -> str:
     hint = _did_you_mean(name, {sibling: f"{parent}.{sibling}" for sibling in siblings}) if parent else ""
     if not hint:
         hint = _did_you_mean(name, {k.rpartition(".")[2]: k for k in flatten(OmegaConf.to_container(config))})
+    if not hint and parent == "optimizer" and "_target_" in node:  # a class argument the file does not set
+        hint = f"; to pass it to {node._target_}, add it with +{key}=..."
     return f"unknown key '{key}': {where} has {', '.join(siblings)}{hint}"
 
 

@@ -54,6 +54,13 @@ def test_class_arguments_and_benchmark_keys_are_split(tmp_path):
     assert optimizer.defaults["amsgrad"] is True and tuple(optimizer.defaults["betas"]) == (0.8, 0.9)
 
 
+def test_a_class_argument_the_file_lacks_is_pointed_to_its_plus_form(tmp_path):
+    search = user_configs(tmp_path, myadam="_target_: torch.optim.Adam\nlr: 1e-3\n")
+    with pytest.raises(UserError, match=r"to pass it to torch\.optim\.Adam, add it with \+optimizer\.betas=\.\.\.$"):
+        check_overrides([*search, "optimizer=myadam", "optimizer.betas=[0.8,0.9]"], multirun=False)
+    check_overrides([*search, "optimizer=myadam", "+optimizer.betas=[0.8,0.9]"], multirun=False)
+
+
 def test_shipped_baselines():
     adamw = compose_config(["optimizer=adamw"]).optimizer
     optimizer = build_optimizer(adamw, small_model(), lr=adamw.lr)
