@@ -75,13 +75,43 @@ def read_metrics(run_dir: Path) -> list[dict]:
                 for row in csv.DictReader(f)]
 
 
+PACKAGE = Path(sngm_bench.__file__).resolve().parent
+
+
 def _git(*args: str) -> str | None:
-    source = Path(sngm_bench.__file__).resolve().parent
+    """git's output, run in the package's folder; None where git fails or is missing."""
     try:
-        out = subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(PACKAGE), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_version() -> dict:
+    """The commit of the repository that tracks sngm_bench's own files ("unknown" for an installed
+    package, even one below another repository, such as a virtual environment inside a project),
+    whether the code differs from it, and a hash of how.
+
+    Differing code: a tracked file anywhere in the repository changed, or a file inside the package
+    that git neither tracks nor ignores (a new module not yet added); Python's bytecode caches and
+    untracked files elsewhere (run folders, notes) do not count. The hash covers the diff and those
+    files' names and contents, so that sessions with other changes record other hashes."""
+    commit = _git("rev-parse", "HEAD") if _git("ls-files", "--error-unmatch", "__init__.py") else None
+    if commit is None:
+        return {"git_commit": "unknown", "git_dirty": None, "git_diff_hash": None}
+    diff = _git("diff", "HEAD") or ""
+    untracked = sorted(filter(None, (_git("ls-files", "-z", "--others", "--exclude-standard", "-x", "__pycache__/")
+                                     or "").split("\0")))
+    if not (diff or untracked):
+        return {"git_commit": commit, "git_dirty": False, "git_diff_hash": None}
+    digest = hashlib.sha256(diff.encode())
+    for name in untracked:
+        try:
+            content = (PACKAGE / name).read_bytes()
+        except OSError:  # gone since git listed it, or unreadable: its name still counts
+            content = b""
+        digest.update(b"\0" + name.encode() + b"\0" + content)
+    return {"git_commit": commit, "git_dirty": True, "git_diff_hash": digest.hexdigest()[:16]}
 
 
 def cpu_name() -> str:
@@ -113,16 +143,9 @@ def environment(device) -> dict:
     the report, do not pay for it.)"""
     import torch
 
-    # The commit of the repository that tracks sngm_bench's own files: none for an installed package,
-    # even one below another repository (a virtual environment inside a project).
-    commit = _git("rev-parse", "HEAD") if _git("ls-files", "--error-unmatch", "__init__.py") else None
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    diff = _git("diff", "HEAD") if status else None  # the uncommitted changes: sessions that differ in them differ
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
-        "git_commit": commit or "unknown",
-        "git_dirty": bool(status) if commit else None,
-        "git_diff_hash": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None,
+        **code_version(),
         "sngm_bench_version": sngm_bench.__version__,
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,

@@ -345,6 +345,32 @@ def test_sessions_with_different_uncommitted_changes_record_different_code(tmp_p
     assert None not in hashes and hashes[0] != hashes[1]
 
 
+def test_a_new_module_not_yet_added_to_git_is_recorded_as_changed_code(tmp_path):
+    import shutil
+
+    import sngm_bench
+
+    shutil.copytree(os.path.dirname(sngm_bench.__file__), tmp_path / "sngm_bench",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    git = git_repository(tmp_path, "sngm_bench")
+    commit = run_command([*git, "rev-parse", "HEAD"], tmp_path).stdout.strip()
+    # Neither a run folder, notes beside the package nor Python's bytecode caches are code that runs.
+    (tmp_path / "outputs" / "run").mkdir(parents=True)
+    (tmp_path / "outputs" / "run" / "summary.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("notes")
+    (tmp_path / "sngm_bench" / "optim" / "__pycache__").mkdir()
+    (tmp_path / "sngm_bench" / "optim" / "__pycache__" / "sngm.cpython-311.pyc").write_bytes(b"\0")
+    assert recorded_code(tmp_path, tmp_path) == (commit, False, None)
+    module = tmp_path / "sngm_bench" / "optim" / "myopt.py"
+    hashes = []
+    for version in ("STEP = 1\n", "STEP = 2\n"):
+        module.write_text(version)
+        code = recorded_code(tmp_path, tmp_path)
+        assert code[:2] == (commit, True)
+        hashes.append(code[2])
+    assert None not in hashes and hashes[0] != hashes[1]
+
+
 # The command line, with a step that runs out of CPU memory: a plain RuntimeError, which the run
 # cannot name (torch.OutOfMemoryError is the GPU's).
 CPU_OUT_OF_MEMORY = """
