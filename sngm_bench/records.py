@@ -79,9 +79,11 @@ PACKAGE = Path(sngm_bench.__file__).resolve().parent
 
 
 def _git(*args: str) -> str | None:
-    """git's output, run in the package's folder; None where git fails or is missing."""
+    """git's output, run in the package's folder; None where git fails or is missing. Bytes that are
+    not UTF-8 (a Latin-1 source file in a diff) are kept as surrogates, which encode back to them."""
     try:
-        out = subprocess.run(["git", "-C", str(PACKAGE), *args], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(PACKAGE), *args], capture_output=True, text=True,
+                             encoding="utf-8", errors="surrogateescape", timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -104,13 +106,13 @@ def code_version() -> dict:
                                      or "").split("\0")))
     if not (diff or untracked):
         return {"git_commit": commit, "git_dirty": False, "git_diff_hash": None}
-    digest = hashlib.sha256(diff.encode())
+    digest = hashlib.sha256(diff.encode(errors="surrogateescape"))
     for name in untracked:
         try:
             content = (PACKAGE / name).read_bytes()
         except OSError:  # gone since git listed it, or unreadable: its name still counts
             content = b""
-        digest.update(b"\0" + name.encode() + b"\0" + content)
+        digest.update(b"\0" + name.encode(errors="surrogateescape") + b"\0" + content)
     return {"git_commit": commit, "git_dirty": True, "git_diff_hash": digest.hexdigest()[:16]}
 
 

@@ -301,6 +301,7 @@ def recorded_code(package_parent, cwd) -> tuple:
     environment = run_command([sys.executable, "-c", "import json, torch, sngm_bench.records as r; "
                                "print(json.dumps(r.environment(torch.device('cpu'))))"], cwd,
                               {"PYTHONPATH": str(package_parent)})
+    assert environment.returncode == 0, environment.stderr[-2000:]
     recorded = json.loads(environment.stdout)
     return recorded["git_commit"], recorded["git_dirty"], recorded["git_diff_hash"]
 
@@ -337,8 +338,8 @@ def test_sessions_with_different_uncommitted_changes_record_different_code(tmp_p
     assert recorded_code(tmp_path, tmp_path) == (commit, False, None)
     schedule = tmp_path / "sngm_bench" / "schedule.py"
     hashes = []
-    for change in ("# one change\n", "# another change\n"):
-        schedule.write_text(schedule.read_text() + change)
+    for change in (b"# one change\n", b"# a Latin-1 caf\xe9\n"):  # a diff need not be UTF-8
+        schedule.write_bytes(schedule.read_bytes() + change)
         code = recorded_code(tmp_path, tmp_path)
         assert code[:2] == (commit, True)
         hashes.append(code[2])
