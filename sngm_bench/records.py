@@ -26,11 +26,16 @@ METRIC_COLUMNS = [
 ]
 
 
+def temporary_path(path: Path) -> Path:
+    """Where `write_atomic` writes `path` until it is complete; one found later is a killed writer's."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def write_atomic(path: Path, data: str | bytes, keep: str | None = None) -> None:
     """Write `data` to `path` through a temporary file, renamed into place once complete; the
     file it replaces is renamed to `keep` when given. A failed write (a full disk) removes the
     temporary file and raises OSError naming `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "w" if isinstance(data, str) else "wb") as f:
             f.write(data)

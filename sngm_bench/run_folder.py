@@ -16,6 +16,7 @@ describes the session that trained the run.
 from __future__ import annotations
 
 import fcntl
+import logging
 import shutil
 from enum import Enum
 from pathlib import Path
@@ -27,9 +28,12 @@ from sngm_bench import checkpoint
 from sngm_bench.errors import UserError
 from sngm_bench.identity import differences, training_config
 from sngm_bench.loggers import EVENT_FILES
-from sngm_bench.records import METRICS_FILE, SUMMARY_FILE, read_summary, write_atomic
+from sngm_bench.records import METRICS_FILE, SUMMARY_FILE, read_summary, temporary_path, write_atomic
+
+log = logging.getLogger(__name__)
 
 FINISHED = ("completed", "diverged")
+RUN_FILES = (*checkpoint.CHECKPOINT_FILES, METRICS_FILE, SUMMARY_FILE)  # what a run writes, less its logs
 HYDRA_COPY = "trained"  # under Hydra's output subfolder (.hydra)
 HYDRA_ONLY = {".hydra", "train.log", ".lock"}  # what a folder holds before a run writes anything
 
@@ -66,10 +70,21 @@ def plan_run(run_dir: Path, cfg, overwrite: bool) -> Plan:
 
 def clear_run(run_dir: Path) -> None:
     """Remove the files of an earlier run before training afresh in its folder."""
-    for name in (*checkpoint.CHECKPOINT_FILES, METRICS_FILE, SUMMARY_FILE):
+    for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
     for path in run_dir.glob(EVENT_FILES):
         path.unlink()
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    """Remove what a process killed while writing a run file left of it (`records.write_atomic`'s
+    temporary file): a checkpoint's is as large as the checkpoint, and would otherwise stay until
+    the end of the next epoch, or for good. Only for the process that holds the folder's lock."""
+    for name in RUN_FILES:
+        partial = temporary_path(run_dir / name)
+        if partial.exists():
+            partial.unlink()
+            log.info("removed %s, which a killed process left half-written", partial.name)
 
 
 def keep_hydra_files(hydra_dir: Path | None, cfg) -> None:

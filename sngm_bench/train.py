@@ -37,7 +37,8 @@ from sngm_bench.models import build_model
 from sngm_bench.noise_scale import NoiseScale
 from sngm_bench.optim import build_optimizer
 from sngm_bench.progress import Progress, is_readout
-from sngm_bench.run_folder import FolderLock, Plan, clear_run, keep_hydra_files, plan_run, restore_hydra_files
+from sngm_bench.run_folder import (FolderLock, Plan, clear_run, keep_hydra_files, plan_run, remove_partial_writes,
+                                   restore_hydra_files)
 from sngm_bench.schedule import build_scheduler, peak_lr
 from sngm_bench.stop import StopRequest, deadline
 
@@ -426,6 +427,8 @@ def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict
                     trainer.load_checkpoint()
                 elif procs.is_main:
                     clear_run(run_dir)
+                if procs.is_main:
+                    remove_partial_writes(run_dir)
                 logger = open_logger(cfg.logger, run_dir, procs.is_main, trainer.global_step)
                 stack.enter_context(closing(logger))
                 trains = True

@@ -225,12 +225,28 @@ def test_out_of_memory_is_one_line_naming_the_micro_batch_and_a_sweep_goes_on(tm
     assert statuses[50]["status"] == "completed"
 
 
+# The command line, with every write to the run file {name} failing with ENOSPC from the start's
+# cleanup of half-written files on: its temporary file is a link to /dev/full.
+FULL_DISK_FOR = """
+import sngm_bench.train as train
+
+real_remove = train.remove_partial_writes
+
+def remove_partial_writes(run_dir):
+    real_remove(run_dir)
+    (run_dir / ".{name}.tmp").symlink_to("/dev/full")
+
+train.remove_partial_writes = remove_partial_writes
+from sngm_bench.cli import main
+main()
+"""
+
+
 @pytest.mark.parametrize("name", ["summary.json", "checkpoint.pt"])
-def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(tmp_path, cli, name):
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(tmp_path, cifar_root, name):
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / f".{name}.tmp").symlink_to("/dev/full")  # every write to `name` fails with ENOSPC
-    error = one_line_error(cli("hydra.run.dir=run"))
+    error = one_line_error(run_command([sys.executable, "-c", FULL_DISK_FOR.format(name=name), *TINY,
+                                        "hydra.run.dir=run"], tmp_path, {"SNGM_DATA": str(cifar_root)}))
     assert f"cannot write {run_dir / name}: No space left on device" in error
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
     assert not (run_dir / "checkpoint.pt").exists()
@@ -429,6 +445,64 @@ def test_a_killed_runs_summary_counts_the_epochs_it_saved(tmp_path, cifar_root):
     assert (recorded["status"], recorded["epochs"], recorded["best_test_acc"]) == ("running", 1, row["test_acc"])
     assert recorded["wall_seconds"] >= row["epoch_seconds"]
     assert collect_runs([tmp_path])[["status", "epochs"]].values.tolist() == [["interrupted", 1]]
+
+
+# The command line, killed (kill -9) while it writes its second checkpoint: the data written, not yet renamed.
+KILLED_WRITING_THE_SECOND_CHECKPOINT = """
+import os, signal
+import sngm_bench.records as records
+
+real_fsync, checkpoints = os.fsync, []
+
+def fsync(fd):
+    if os.readlink(f"/proc/self/fd/{fd}").endswith(".checkpoint.pt.tmp"):
+        checkpoints.append(fd)
+        if len(checkpoints) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    real_fsync(fd)
+
+records.os.fsync = fsync
+from sngm_bench.cli import main
+main()
+"""
+
+# The command line, saying at its first step whether a partial checkpoint is in the run folder `run`.
+PARTIAL_CHECKPOINT_AT_THE_FIRST_STEP = """
+import sys
+from pathlib import Path
+import sngm_bench.train as train
+
+real_step, steps = train.train_step, []
+
+def train_step(*args, **kwargs):
+    if not steps:
+        print("partial checkpoint at the first step:", Path("run/.checkpoint.pt.tmp").exists(), file=sys.stderr)
+    steps.append(1)
+    return real_step(*args, **kwargs)
+
+train.train_step = train_step
+from sngm_bench.cli import main
+main()
+"""
+
+
+def test_a_checkpoint_killed_mid_write_is_removed_and_the_run_resumes_from_the_one_before(tmp_path, cifar_root):
+    args, env = [*TINY, "epochs=2", "hydra.run.dir=run"], {"SNGM_DATA": str(cifar_root)}
+    killed = run_command([sys.executable, "-c", KILLED_WRITING_THE_SECOND_CHECKPOINT, *args], tmp_path, env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    partial = run_dir / ".checkpoint.pt.tmp"  # epoch 2's weights, all written: what the run would have ended with
+    uninterrupted = torch.load(partial, weights_only=False)["model"]
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["epoch"] == 2  # continues at epoch 2
+
+    rerun = run_command([sys.executable, "-c", PARTIAL_CHECKPOINT_AT_THE_FIRST_STEP, *args], tmp_path, env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "partial checkpoint at the first step: False" in rerun.stderr
+    recorded = summary(run_dir)
+    assert (recorded["status"], recorded["epochs"], resumed_where(recorded)) == ("completed", 2, [(2, 0)])
+    resumed = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
+    assert not list(run_dir.glob(".*.tmp"))
 
 
 def test_a_folder_a_live_run_holds_is_never_removed_as_a_stub(tmp_path):
