@@ -8,11 +8,12 @@ import pytest
 import torch
 from torchvision.io import ImageReadMode, decode_image, encode_png, read_file
 
+import sngm_bench
 from sngm_bench.config import compose_config
 from sngm_bench.data import build_data
 from sngm_bench.data.device_loader import key_seed
 from sngm_bench.data.imagenet import MEAN, STD, decode_batch, find_images, seeded_transform
-from sngm_bench.errors import UserError
+from sngm_bench.errors import Interrupted, UserError
 from conftest import IMAGENET_SAMPLE as SAMPLE, run_cli
 
 pytestmark = pytest.mark.skipif(SAMPLE is None, reason="needs the real ImageNet sample (../shared/data/imagenet-sample)")
@@ -85,6 +86,19 @@ def test_training_crops_depend_on_seed_epoch_and_image_alone():
     assert draws[0] == draws[1] != draws[2] and torch.equal(state, torch.get_rng_state())
 
 
+def test_reading_batches_leaves_the_training_random_state_alone():
+    # DataLoader draws its workers' base seed from the global generator unless given its own: at
+    # each epoch without workers, once with persistent ones. Whatever a model or optimizer draws
+    # from it would then change with a resume (the checkpoint restores that generator) or workers.
+    for workers in (0, 2):
+        loaded = data("dataset.image_size=8", "dataset.subset=20", f"dataset.workers={workers}")
+        state = torch.get_rng_state()
+        for epoch in (1, 2):
+            assert len(list(loaded.train.train_batches(seed=0, epoch=epoch, batch_size=10, shard=slice(0, 10)))) == 2
+            assert len(list(loaded.test.eval_batches(100))) == 1
+        assert torch.equal(state, torch.get_rng_state()), f"dataset.workers={workers}"
+
+
 def test_gpu_decode_path_run_on_the_cpu_gives_the_workers_batches():
     # dataset.gpu_decode's code path (bytes from the workers, decoded and augmented in the training
     # process) with the CPU as its device: the same seeded crops as decoding in the workers.
@@ -138,3 +152,45 @@ def test_wrong_layout_from_the_command_line(tmp_path):
         f"sngm-bench: error: ImageNet layout not found: no train/ under {tmp_path}; expected {tmp_path}/train/"
         "<wnid>/*.JPEG (train/ and val/ class folders under dataset.root)"]
 
+
+
+# SGD that adds noise to every update, drawn from the global torch RNG (as a Langevin-type method
+# does): the random state a checkpoint saves and restores, so a resume stays exact for it too.
+NOISY_SGD = '''
+import torch
+
+
+class NoisySGD(torch.optim.SGD):
+    @torch.no_grad()
+    def step(self, closure=None):
+        super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(torch.randn_like(p), alpha=1e-3)
+'''
+
+
+def test_resumed_mid_epoch_and_at_an_epoch_end_with_workers_it_trains_what_an_uninterrupted_run_does(
+        tmp_path, monkeypatch):
+    # The stopped run: a deadline at its first step stops it at (1, 1), mid-epoch; continued with the
+    # same deadline, at its next step, the epoch's last, so at (2, 0); then it runs to the end. It
+    # reads with 2 workers, the uninterrupted run with none (dataset.workers does not change what is
+    # trained). Weights bit for bit: the loader must leave the random state of the training alone.
+    (tmp_path / "noisy.py").write_text(NOISY_SGD)
+    (tmp_path / "my_configs" / "optimizer").mkdir(parents=True)
+    (tmp_path / "my_configs" / "optimizer" / "noisy.yaml").write_text("_target_: noisy.NoisySGD\nlr: 0.05\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = [f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]", "optimizer=noisy", "dataset=imagenet",
+            f"dataset.root={SAMPLE}", "dataset.subset=40", "dataset.image_size=16", "model=resnet50",
+            "model.arch=resnet18", "batch_size=20", "epochs=2", "eval_batch_size=100"]
+    sngm_bench.run([*args, "dataset.workers=0", "hydra.run.dir=straight"])
+    stopped = [*args, "dataset.workers=2", "hydra.run.dir=stopped"]
+    for _ in range(2):
+        with pytest.raises(Interrupted):
+            sngm_bench.run([*stopped, "max_minutes=1e-6"])
+    summary = sngm_bench.run(stopped)
+    assert [(entry["epoch"], entry["step"]) for entry in summary["resumed_at"]] == [(1, 1), (2, 0)]
+    final, reference = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)["model"]
+                        for run in ("stopped", "straight"))
+    assert [key for key in reference if not torch.equal(final[key], reference[key])] == []

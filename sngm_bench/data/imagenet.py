@@ -143,11 +143,15 @@ class ImageFolderImages:
         return len(self.files)
 
     def _loader(self, batch_sampler) -> DataLoader:
+        """A DataLoader with a generator of its own: it draws its workers' base seed (unused: every
+        augmentation is seeded per image) at each iteration without workers and once with persistent
+        ones, by default from the global generator, whose stream the checkpoint restores; drawn from
+        it, a resume or another number of workers would shift what a model or optimizer draws."""
         workers = self.cfg.workers
         return DataLoader(self.files, batch_sampler=batch_sampler, num_workers=workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                           prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
-                          collate_fn=_raw_collate if self.gpu_decode else None)
+                          collate_fn=_raw_collate if self.gpu_decode else None, generator=torch.Generator())
 
     def _on_device(self, *batch):
         if self.gpu_decode:  # bytes -> decoded and transformed on the GPU, one image at a time
