@@ -86,6 +86,15 @@ def test_training_crops_depend_on_seed_epoch_and_image_alone():
     assert draws[0] == draws[1] != draws[2] and torch.equal(state, torch.get_rng_state())
 
 
+def test_augmentation_seeds_the_cpu_generator_only(monkeypatch):
+    # torch.manual_seed reseeds every GPU's generator too, which fork_rng(devices=[]) does not restore:
+    # on a GPU, with no workers or gpu_decode, whatever the training draws there restarted at each image.
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    seeded_transform(lambda image: image + torch.rand(()), torch.zeros(()), 7)
+    assert seeded == []
+
+
 def test_reading_batches_leaves_the_training_random_state_alone():
     # DataLoader draws its workers' base seed from the global generator unless given its own: at
     # each epoch without workers, once with persistent ones. Whatever a model or optimizer draws

@@ -49,11 +49,13 @@ def find_images(root: Path, split: str, classes: list[str] | None = None):
 
 def seeded_transform(transform, image: torch.Tensor, seed: int | None) -> torch.Tensor:
     """`transform(image)` with its random draws taken from a generator seeded with `seed` (None:
-    a deterministic transform), leaving the process's own random state as it was."""
+    a deterministic transform), leaving the process's own random state as it was. Only the CPU
+    generator, which torchvision's transforms draw from, is seeded: torch.manual_seed would reseed
+    every GPU's too, for good, in the training process (no workers, or `gpu_decode`)."""
     if seed is None:
         return transform(image)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
         return transform(image)
 
 
