@@ -21,10 +21,12 @@ def run(overrides: list[str]) -> dict:
     >>> summary = sngm_bench.run(["experiment=smoke", "optimizer=msgd", "batch_size=256"])
     """
     from sngm_bench.cli import run_overrides
+    from sngm_bench.records import called_as
 
     if isinstance(overrides, str):
         raise TypeError("overrides is a list of strings, e.g. ['optimizer=msgd', 'batch_size=256']")
-    return run_overrides(list(overrides))
+    with called_as(f"sngm_bench.run({list(overrides)!r})"):  # the run's recorded command
+        return run_overrides(list(overrides))
 
 
 def collect(paths: str | os.PathLike | Iterable[str | os.PathLike]):

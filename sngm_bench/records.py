@@ -14,6 +14,7 @@ import platform
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import sngm_bench
@@ -81,6 +82,19 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 PACKAGE = Path(sngm_bench.__file__).resolve().parent
+_call: str | None = None  # the Python API call training now (`called_as`)
+
+
+@contextmanager
+def called_as(call: str):
+    """Record `call`, not the process's command line, as the command of a run trained inside: a
+    script's or a notebook kernel's arguments do not say what was run (for `sngm_bench.run`)."""
+    global _call
+    _call = call
+    try:
+        yield
+    finally:
+        _call = None
 
 
 def _git(*args: str) -> str | None:
@@ -162,5 +176,5 @@ def environment(device) -> dict:
         "device_count": torch.cuda.device_count() if device.type == "cuda" else 1,
         "cpu_threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
-        "command": " ".join(sys.argv),
+        "command": _call or " ".join(sys.argv),
     }

@@ -22,8 +22,12 @@ def api_run(tmp_path_factory, cifar_root):
     cwd = tmp_path_factory.mktemp("api")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(cwd)
-        summary = sngm_bench.run([*TINY, f"dataset.root={cifar_root}", "logger=tensorboard", "log_every=2"])
+        summary = sngm_bench.run(api_overrides(cifar_root))
     return cwd, summary
+
+
+def api_overrides(cifar_root) -> list[str]:
+    return [*TINY, f"dataset.root={cifar_root}", "logger=tensorboard", "log_every=2"]
 
 
 def test_import_is_light():
@@ -38,6 +42,7 @@ def test_run_returns_the_summary_of_the_run_the_cli_would_make(api_run, cifar_ro
     run_dir = cwd / "outputs" / "smoke" / "batch_size=100,dataset.subset=400,epochs=1,model.width=4"
     assert summary["status"] == "completed" and summary["epochs"] == 1
     assert summary == read_summary(run_dir)
+    assert summary["command"] == f"sngm_bench.run({api_overrides(cifar_root)!r})"  # not pytest's command line
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "train.log").exists()
     # The command line finds the same run finished there.
     result = run_cli(TINY, cwd=cwd, env_extra={"SNGM_DATA": str(cifar_root)})
