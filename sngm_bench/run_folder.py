@@ -33,6 +33,7 @@ from sngm_bench.records import METRICS_FILE, SUMMARY_FILE, read_summary, tempora
 log = logging.getLogger(__name__)
 
 FINISHED = ("completed", "diverged")
+DATA_KEYS = ("train_images", "test_images")  # of summary.json: the data a run trains on, as far as it is recorded
 RUN_FILES = (*checkpoint.CHECKPOINT_FILES, METRICS_FILE, SUMMARY_FILE)  # what a run writes, less its logs
 HYDRA_COPY = "trained"  # under Hydra's output subfolder (.hydra)
 HYDRA_ONLY = {".hydra", "train.log", ".lock"}  # what a folder holds before a run writes anything
@@ -62,10 +63,25 @@ def plan_run(run_dir: Path, cfg, overwrite: bool) -> Plan:
                         "add overwrite=true to train it again, or choose another folder")
     changed = differences(training_config(summary["config"]), training_config(cfg))
     if changed:
-        keys = ", ".join(f"{key}={old!r} (now {new!r})" for key, old, new in changed)
-        raise UserError(f"{run_dir} holds a run trained with {keys}; add overwrite=true to train it again "
-                        "with the new config, or choose another folder")
+        raise UserError(f"{run_dir} holds a run trained with {_listed(changed)}; add overwrite=true to train it "
+                        "again with the new config, or choose another folder")
     return Plan.skip if finished else Plan.resume
+
+
+def check_same_data(run_dir: Path, summary: dict) -> None:
+    """Raise UserError when the data a continuation found (the image counts of its `summary`) is not
+    what the folder's run trained on: `dataset.root` is where the data lives, not what is trained,
+    and a copy with files missing would otherwise continue the run on other data, unrecorded."""
+    recorded = read_summary(run_dir)
+    keys = [key for key in DATA_KEYS if key in recorded]  # a summary from before they were recorded: unknown
+    changed = differences({key: recorded[key] for key in keys}, {key: summary[key] for key in keys})
+    if changed:
+        raise UserError(f"{run_dir} holds a run trained on other data: {_listed(changed)}; set dataset.root to "
+                        "the data it was trained on, or add overwrite=true to train it again")
+
+
+def _listed(changed: list[tuple]) -> str:
+    return ", ".join(f"{key}={old!r} (now {new!r})" for key, old, new in changed)
 
 
 def clear_run(run_dir: Path) -> None:

@@ -37,8 +37,8 @@ from sngm_bench.models import build_model
 from sngm_bench.noise_scale import NoiseScale
 from sngm_bench.optim import build_optimizer
 from sngm_bench.progress import Progress, is_readout
-from sngm_bench.run_folder import (FolderLock, Plan, clear_run, keep_hydra_files, plan_run, remove_partial_writes,
-                                   restore_hydra_files)
+from sngm_bench.run_folder import (FolderLock, Plan, check_same_data, clear_run, keep_hydra_files, plan_run,
+                                   remove_partial_writes, restore_hydra_files)
 from sngm_bench.schedule import build_scheduler, peak_lr
 from sngm_bench.stop import StopRequest, deadline
 
@@ -424,6 +424,7 @@ def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict
                     return summary
                 trainer = Trainer(cfg, run_dir, procs)
                 if plan is Plan.resume:
+                    check_same_data(run_dir, trainer.summary)
                     trainer.load_checkpoint()
                 elif procs.is_main:
                     clear_run(run_dir)

@@ -203,3 +203,21 @@ def test_resumed_mid_epoch_and_at_an_epoch_end_with_workers_it_trains_what_an_un
     final, reference = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)["model"]
                         for run in ("stopped", "straight"))
     assert [key for key in reference if not torch.equal(final[key], reference[key])] == []
+
+
+def test_a_run_is_not_continued_on_other_data(tmp_path, monkeypatch):
+    # dataset.root is where the data lives, not what is trained: a copy with files missing must not
+    # continue the run (other batches, other steps per epoch) under its record.
+    root = tmp_path / "imagenet"
+    shutil.copytree(SAMPLE, root)
+    monkeypatch.chdir(tmp_path)
+    args = ["dataset=imagenet", f"dataset.root={root}", "dataset.image_size=8", "dataset.workers=0", "model=resnet50",
+            "model.arch=resnet18", "batch_size=50", "epochs=1", "eval_batch_size=100", "hydra.run.dir=run"]
+    with pytest.raises(Interrupted):
+        sngm_bench.run([*args, "max_minutes=1e-6"])
+    stopped = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for path in sorted((root / "train").rglob("*.JPEG"))[:10]:
+        path.unlink()
+    with pytest.raises(UserError, match=r"run trained on other data: train_images=200 \(now 190\); set dataset.root"):
+        sngm_bench.run(args)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == stopped
