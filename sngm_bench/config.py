@@ -81,7 +81,7 @@ class CifarResNetConfig:
 @dataclass
 class TorchvisionResNetConfig:
     name: str = "resnet50"
-    arch: str = "resnet50"  # a torchvision.models constructor
+    arch: str = "resnet50"  # a torchvision ResNet constructor (sngm_bench.models.torchvision_resnets)
     zero_init_residual: bool = False  # zero gamma of each block's last BN (Goyal et al. 2017, Sec. 5.1)
 
 

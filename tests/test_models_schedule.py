@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from sngm_bench.config import compose_config
+from sngm_bench.errors import UserError
 from sngm_bench.models import build_model
 from sngm_bench.models.cifar_resnet import BasicBlock, CifarResNet
 from sngm_bench.schedule import build_scheduler, lr_multiplier, peak_lr
@@ -34,6 +35,9 @@ def test_models_from_config():
     assert isinstance(build_model(compose_config(["model=resnet110"]).model, 10), CifarResNet)
     resnet50 = build_model(compose_config(["model=resnet50"]).model, 1000)
     assert sum(p.numel() for p in resnet50.parameters()) == 25_557_032  # torchvision's ResNet-50
+    # The schema's zero_init_residual is a ResNet's argument: another model is refused by name, not a TypeError.
+    with pytest.raises(UserError, match="model.arch=mobilenet_v2 is not one of torchvision's ResNets"):
+        build_model(compose_config(["model=resnet50", "model.arch=mobilenet_v2"]).model, 10)
 
 
 def schedule_cfg(*overrides):

@@ -18,7 +18,15 @@ def build_model(cfg, num_classes: int) -> nn.Module:
         if cfg.width < 1:
             raise UserError(f"model.width={cfg.width} must be at least 1")
         return CifarResNet(cfg.depth, cfg.width, num_classes, cfg.batch_norm)
-    if cfg.arch not in torchvision.models.list_models(torchvision.models):
-        raise UserError(f"model.arch={cfg.arch} is not a torchvision classification model")
+    resnets = torchvision_resnets()
+    if cfg.arch not in resnets:
+        raise UserError(f"model.arch={cfg.arch} is not one of torchvision's ResNets ({', '.join(resnets)})")
     return torchvision.models.get_model(cfg.arch, weights=None, num_classes=num_classes,
                                         zero_init_residual=cfg.zero_init_residual)
+
+
+def torchvision_resnets() -> list[str]:
+    """torchvision's ResNet constructors (resnet*, resnext*, wide_resnet*): its models that take the
+    config's zero_init_residual; any other constructor stops at it with a TypeError."""
+    return [name for name in torchvision.models.list_models(torchvision.models)
+            if torchvision.models.get_model_builder(name).__module__ == torchvision.models.resnet.__name__]
