@@ -242,21 +242,26 @@ def test_a_signal_leaves_status_interrupted_with_the_signal_and_the_step(tmp_pat
         == ("interrupted", signal.Signals(signum).name, state["epoch"], state["step"])
 
 
-# The command line, with two SIGINTs (a second Ctrl-C) delivered inside the 6th optimizer step.
-TWO_SIGNALS_IN_STEP_6 = """import os, signal, sys
+def cli_with_ctrl_c(function: str, call: int, signals: int) -> str:
+    """The command line as a script for `python -c`, in which the `call`-th call of sngm_bench.train's
+    `function` first sends the process `signals` SIGINTs (Ctrl-C)."""
+    return f"""import os, signal, sys
 import sngm_bench.train as train
-real_step, steps = train.train_step, []
-def train_step(*args, **kwargs):
-    steps.append(1)
-    if len(steps) == 6:
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGINT)
-    return real_step(*args, **kwargs)
-train.train_step = train_step
+real, calls = train.{function}, []
+def wrapped(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == {call}:
+        for _ in range({signals}):
+            os.kill(os.getpid(), signal.SIGINT)
+    return real(*args, **kwargs)
+train.{function} = wrapped
 sys.argv[0] = "sngm-bench"
 from sngm_bench.cli import main
 main()
 """
+
+
+TWO_SIGNALS_IN_STEP_6 = cli_with_ctrl_c("train_step", call=6, signals=2)  # a second Ctrl-C inside the 6th step
 
 
 def test_a_second_signal_records_where_the_saved_checkpoint_continues(tmp_path, cifar_root):
@@ -274,18 +279,8 @@ def test_a_second_signal_records_where_the_saved_checkpoint_continues(tmp_path, 
         == ("interrupted", "a second signal", 2, 0)
 
 
-# The command line, with Ctrl-C while it loads the data (before training, and so before its signal handling).
-SIGINT_WHILE_LOADING = """import os, signal, sys
-import sngm_bench.train as train
-real_build_data = train.build_data
-def build_data(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGINT)
-    return real_build_data(*args, **kwargs)
-train.build_data = build_data
-sys.argv[0] = "sngm-bench"
-from sngm_bench.cli import main
-main()
-"""
+# Ctrl-C while the command loads the data: before training, and so before its own signal handling.
+SIGINT_WHILE_LOADING = cli_with_ctrl_c("build_data", call=1, signals=1)
 
 
 def test_ctrl_c_while_loading_the_data_is_one_line_and_leaves_no_run_folder(tmp_path, cifar_root):
