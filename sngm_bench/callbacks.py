@@ -61,8 +61,9 @@ def failures_of(sweep_dir: Path) -> list[str]:
 
 
 def this_sweeps_runs(sweep_dir: Path) -> list[Path]:
-    """Run folders that the sweep in `sweep_dir` has started so far, in order of their names."""
-    return sorted({Path(d).resolve() for d in listed(sweep_dir, STARTED_FILE)})
+    """Run folders that the sweep in `sweep_dir` has started so far, each once, in the order they first
+    started: the sweep's own order (batch_size=64,256 lists 64 first, where names would put 256 first)."""
+    return list(dict.fromkeys(Path(d).resolve() for d in listed(sweep_dir, STARTED_FILE)))
 
 
 def refused(run_dir: Path, summary: dict, failures: list[str]) -> bool:
