@@ -69,7 +69,10 @@ def _unknown_key_message(key: str, overrides: list[str]) -> str:
     except (HydraException, OmegaConfBaseException, AttributeError):
         return f"unknown key '{key}'"
     where = f"'{parent}'" if parent else "the top level"
-    hint = _did_you_mean(name, {sibling: f"{parent}.{sibling}" for sibling in siblings}) if parent else ""
+    # At the top level, a misspelt group (experimnt=smoke) is meant as often as a misspelt key.
+    nearby = {sibling: f"{parent}.{sibling}" for sibling in siblings} if parent else \
+        {candidate: candidate for candidate in [*siblings, *(group.name for group in _group_folders())]}
+    hint = _did_you_mean(name, nearby)
     if not hint:
         hint = _did_you_mean(name, {k.rpartition(".")[2]: k for k in flatten(OmegaConf.to_container(config))})
     if not hint and parent == "optimizer" and "_target_" in node:  # a class argument the file does not set
@@ -181,15 +184,19 @@ def _make_output_folder(folder: Path, multirun: bool) -> None:
         _created[folder] = existing
 
 
-def config_groups() -> str:
-    """'  group: option, option' per config group a user can pick (the folders of configs/), for --help."""
+def _group_folders() -> list:
+    """The config groups a user can pick: the folders of configs/, by name."""
     root = resources.files(CONFIG_MODULE)
-    groups = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")),
+                  key=lambda p: p.name)
 
+
+def config_groups() -> str:
+    """'  group: option, option' per config group a user can pick, for --help."""
     def options(group) -> str:
         return ", ".join(sorted(f.name[:-5] for f in group.iterdir() if f.name.endswith(".yaml")))
 
-    return "\n".join(f"  {group.name}: {options(group)}" for group in groups)
+    return "\n".join(f"  {group.name}: {options(group)}" for group in _group_folders())
 
 
 def version() -> str:

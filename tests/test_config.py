@@ -86,6 +86,8 @@ def test_data_root_defaults_to_env(monkeypatch):
      "unknown key 'optimizer.nesterov'"),
     (["optimizer.momentun=0.5"], False, "; did you mean 'optimizer.momentum'?"),
     (["lr=0.5"], False, "; did you mean 'optimizer.lr'?"),
+    (["optimzer=sngm"], False, "; did you mean 'optimizer'?"),  # a top-level key, not a key named like it
+    (["experimnt=smoke"], False, "; did you mean 'experiment'?"),  # a group that is no key of the config
     (["optimizer=msdg"], False, "choose one of adamw, lamb, lars, msgd, nesterov, sngm, sngm_layer; did you mean 'msgd'?"),
     # `+` adds a key Hydra would otherwise refuse, and nothing reads it: the typed schema refuses it instead.
     (["+optimizer.lrr=0.1"], False, "unknown key 'optimizer.lrr': 'optimizer' has "),
