@@ -235,6 +235,10 @@ def run(cfg: DictConfig) -> None:
     try:
         train_job(cfg)
     except Interrupted as err:
+        if "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("RANK", "0")) > 0:
+            # Every process stopped at the same step, and rank 0 is still writing the checkpoint and the
+            # summary: a failed exit here would make torchrun stop rank 0 (SIGTERM) before it is done.
+            sys.exit(0)
         _fail(str(err), err.exit_code)  # a sweep stops too: the user asked to stop, or time is up
     except KeyboardInterrupt:  # Ctrl-C before training began (loading data), or a second signal during it
         _remove_if_stub(run_dir)
@@ -290,10 +294,11 @@ def run_overrides(overrides: list[str]) -> dict:
 
 def _fail(message: str, code: int = 2) -> None:
     """End the command with `message` as one line on stderr and exit code `code`. The processes
-    torchrun starts share one terminal and end alike (same config, same data, decisions taken
-    together): rank 0 says it, and each leaves it in its error file, where torchrun's failure
-    report reads it (for an error only another process met, that report is where the user sees
-    it). Elsewhere every process says it (a SLURM task writes its own log)."""
+    torchrun starts share one terminal and mostly end alike (same config, same data): rank 0 says
+    it, and each leaves it in its error file, where torchrun's failure report reads it. That report
+    is where the user sees an error only another process met, or one that another process ended
+    with first (torchrun then stops rank 0 before it can say it). Elsewhere every process says it
+    (a SLURM task writes its own log)."""
     under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
     if under_torchrun:
         _tell_torchrun(message)

@@ -94,8 +94,10 @@ def test_two_processes_resumed_record_the_noise_scale_of_the_uninterrupted_run(t
             result = subprocess.run([*torchrun, *extra], cwd=tmp_path / name, env=env, capture_output=True,
                                     text=True, timeout=600)
             assert (result.returncode != 0) == bool(extra), result.stderr[-3000:]
-            # Both processes stop at the deadline; rank 0 alone says so.
+            # Both processes stop at the deadline; rank 0 alone says so, and alone exits as stopped: had
+            # rank 1 failed too, torchrun would have stopped rank 0 while it wrote the checkpoint.
             assert result.stderr.count("sngm-bench: error: stopped at the max_minutes deadline") == len(extra)
+            assert "rank      : 1" not in result.stderr, result.stderr[-3000:]
         (run_dir,) = (tmp_path / name / "outputs" / "smoke").iterdir()
         with open(run_dir / "metrics.csv") as f:
             noise_scales[name] = [row["noise_scale"] for row in csv.DictReader(f)]
@@ -129,9 +131,9 @@ def test_under_torchrun_an_error_is_said_once_and_named_in_torchruns_report(tmp_
     result = subprocess.run([*TWO_PROCESSES, "-m", "sngm_bench", "experiment=smoke", "batch_size=0"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert result.stderr.count("sngm-bench: error: ") == 1, result.stderr
-    assert "sngm-bench: error: batch_size=0 must be a positive integer" in result.stderr
-    # torchrun's own report follows; it names the error, not a link to torch's docs.
+    # Rank 0 alone says it, unless rank 1 ended first and torchrun stopped rank 0 before it could.
+    assert result.stderr.count("sngm-bench: error: ") <= 1, result.stderr
+    # torchrun's own report follows, and always names the error, not a link to torch's docs.
     assert "traceback : batch_size=0 must be a positive integer" in result.stderr.split("Root Cause")[-1]
 
 
