@@ -72,13 +72,21 @@ def test_two_process_ddp_equals_one_process(tmp_path, cifar_root):
     assert summary_two["final_test_acc"] == pytest.approx(summary_one["final_test_acc"], abs=2e-3)
 
 
+def said_under_torchrun(stderr: str, message: str) -> None:
+    """Assert how torchrun's processes told `message`: at most one `sngm-bench: error:` line (rank 0's,
+    unless another process ended first and torchrun stopped rank 0 before it printed), and always in
+    torchrun's own report, under `traceback :` (not a link to torch's docs)."""
+    assert stderr.count("sngm-bench: error: ") <= 1, stderr[-3000:]
+    assert f"traceback : {message}" in stderr.split("Root Cause")[-1], stderr[-3000:]
+
+
 def test_sync_batch_norm_over_cpu_processes_is_one_line(tmp_path, cifar_root):
     # DDP refuses SyncBatchNorm layers off CUDA: a traceback from its constructor, unless we say so first.
     result = subprocess.run([*TWO_PROCESSES, "-m", "sngm_bench", *TINY, "model.batch_norm=true", "sync_batch_norm=true"],
                             cwd=tmp_path, env={**os.environ, "SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "sngm-bench: error: sync_batch_norm=true needs CUDA" in result.stderr, result.stderr[-3000:]
+    said_under_torchrun(result.stderr, "sync_batch_norm=true needs CUDA")
     assert "SyncBatchNorm layers only work with GPU modules" not in result.stderr
 
 
@@ -123,7 +131,7 @@ def test_torchrun_refuses_a_sweep_in_one_line(tmp_path):
     result = subprocess.run([*TWO_PROCESSES, "-m", "sngm_bench", "-m", "experiment=smoke", "seed=0,1"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert result.stderr.count("sngm-bench: error: torchrun starts one run; a sweep (-m)") == 1, result.stderr
+    said_under_torchrun(result.stderr, "torchrun starts one run; a sweep (-m)")
     assert not (tmp_path / "multirun").exists()
 
 
@@ -131,10 +139,7 @@ def test_under_torchrun_an_error_is_said_once_and_named_in_torchruns_report(tmp_
     result = subprocess.run([*TWO_PROCESSES, "-m", "sngm_bench", "experiment=smoke", "batch_size=0"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    # Rank 0 alone says it, unless rank 1 ended first and torchrun stopped rank 0 before it could.
-    assert result.stderr.count("sngm-bench: error: ") <= 1, result.stderr
-    # torchrun's own report follows, and always names the error, not a link to torch's docs.
-    assert "traceback : batch_size=0 must be a positive integer" in result.stderr.split("Root Cause")[-1]
+    said_under_torchrun(result.stderr, "batch_size=0 must be a positive integer")
 
 
 def test_outside_torchrun_a_process_of_another_rank_says_its_error_itself(tmp_path):
@@ -160,7 +165,7 @@ def test_under_torchrun_an_error_of_one_process_only_is_named_in_torchruns_repor
                             env={**os.environ, "SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "traceback : CIFAR-10 not found: no cifar-10-batches-py/ under " in result.stderr, result.stderr
+    said_under_torchrun(result.stderr, "CIFAR-10 not found: no cifar-10-batches-py/ under ")
 
 
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, cifar_root):
