@@ -235,7 +235,7 @@ def run(cfg: DictConfig) -> None:
     try:
         train_job(cfg)
     except Interrupted as err:
-        if "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("RANK", "0")) > 0:
+        if _torchrun_rank():
             # Every process stopped at the same step, and rank 0 is still writing the checkpoint and the
             # summary: a failed exit here would make torchrun stop rank 0 (SIGTERM) before it is done.
             sys.exit(0)
@@ -299,12 +299,17 @@ def _fail(message: str, code: int = 2) -> None:
     is where the user sees an error only another process met, or one that another process ended
     with first (torchrun then stops rank 0 before it can say it). Elsewhere every process says it
     (a SLURM task writes its own log)."""
-    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
-    if under_torchrun:
+    rank = _torchrun_rank()
+    if rank is not None:
         _tell_torchrun(message)
-    if not under_torchrun or int(os.environ.get("RANK", "0")) == 0:
+    if not rank:
         print(f"sngm-bench: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def _torchrun_rank() -> int | None:
+    """This process's rank when torchrun started it; None otherwise (a single process, a SLURM task)."""
+    return int(os.environ.get("RANK", "0")) if "TORCHELASTIC_RUN_ID" in os.environ else None
 
 
 def _tell_torchrun(message: str) -> None:
