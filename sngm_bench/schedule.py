@@ -6,6 +6,7 @@ checkpoints with the standard `state_dict`.
 
 from __future__ import annotations
 
+import logging
 import math
 
 from torch.optim import Optimizer
@@ -13,6 +14,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from sngm_bench.config import Decay, Scaling
 from sngm_bench.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def peak_lr(optimizer_cfg, batch_size: int, lr_factor: float = 1.0) -> float:
@@ -46,4 +49,7 @@ def build_scheduler(optimizer: Optimizer, cfg, steps_per_epoch: int, epochs: int
         raise UserError(f"schedule.warmup_epochs={cfg.warmup_epochs} must be non-negative")
     total = steps_per_epoch * epochs
     warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
+    if 0 < total <= warmup:  # allowed (a short check of a long protocol), but never what a study means
+        log.warning("schedule.warmup_epochs=%g is not shorter than the run (epochs=%d): the LR rises for the whole run and reaches "
+                    "its peak only at the last step, with no %s decay", cfg.warmup_epochs, epochs, Decay(cfg.decay).name)
     return LambdaLR(optimizer, lambda step: lr_multiplier(step, total, warmup, cfg))

@@ -83,3 +83,12 @@ def test_scheduler_steps_the_optimizer_lr_per_step():
         sched.step()
     assert lrs[:4] == pytest.approx([0.1, 0.2, 0.3, 0.4])
     assert lrs[4:] == pytest.approx([0.4 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)])
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_of(caplog):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.4)
+    build_scheduler(opt, schedule_cfg("decay=poly", "warmup_epochs=5"), steps_per_epoch=4, epochs=3)
+    assert "schedule.warmup_epochs=5 is not shorter than the run (epochs=3)" in caplog.text and "no poly decay" in caplog.text
+    caplog.clear()
+    build_scheduler(opt, schedule_cfg("decay=poly", "warmup_epochs=2"), steps_per_epoch=4, epochs=3)
+    assert caplog.text == ""
