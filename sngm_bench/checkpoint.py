@@ -1,10 +1,11 @@
 """Checkpoints: everything a run needs to continue exactly where it stopped.
 
 Written at the end of every epoch and when the run is interrupted (then mid-epoch). The new
-checkpoint goes to a temporary file; only once it is complete does the previous one become
-`checkpoint.prev.pt` and the new one `checkpoint.pt`. A reader that finds the newest unreadable
-(a crash mid-rename, a damaged disk) falls back to the previous one. torch is imported inside
-the functions, so that readers of run folders (the report) do not pay for it.
+checkpoint goes to a temporary file; only once it is complete is the current one kept as
+`checkpoint.prev.pt` (a hard link) and the new one renamed over `checkpoint.pt`, so that
+`checkpoint.pt` is a complete checkpoint at every instant. A reader that finds the newest
+unreadable (a damaged disk) falls back to the previous one. torch is imported inside the
+functions, so that readers of run folders (the report) do not pay for it.
 """
 
 from __future__ import annotations

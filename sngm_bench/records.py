@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,23 +34,41 @@ def temporary_path(path: Path) -> Path:
 
 
 def write_atomic(path: Path, data: str | bytes, keep: str | None = None) -> None:
-    """Write `data` to `path` through a temporary file, renamed into place once complete; the
-    file it replaces is renamed to `keep` when given. A failed write (a full disk) removes the
-    temporary file and raises OSError naming `path`."""
+    """Write `data` to `path` through a temporary file, renamed into place once complete, so that
+    `path` is whole at every instant, a kill included. The file it replaces is kept as `keep` when
+    given (`_keep_as`). A failed write (a full disk) removes the temporary files and raises OSError
+    naming `path`."""
     tmp = temporary_path(path)
     try:
         with open(tmp, "w" if isinstance(data, str) else "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if keep is not None:
+            _keep_as(path, path.with_name(keep))
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
             err.filename = str(path)
         raise
-    if keep is not None and path.exists():
-        os.replace(path, path.with_name(keep))
     os.replace(tmp, path)
+
+
+def _keep_as(path: Path, kept: Path) -> None:
+    """Make `kept` a copy of `path`, if there is one, without moving `path` away: a hard link (or,
+    on a file system without them, a copy) to a temporary name, renamed over `kept`."""
+    if not path.exists():
+        return
+    staged = temporary_path(kept)
+    staged.unlink(missing_ok=True)  # a killed writer's: os.link does not overwrite
+    try:
+        try:
+            os.link(path, staged)
+        except OSError:  # no hard links here (some network and FUSE file systems)
+            shutil.copyfile(path, staged)
+        os.replace(staged, kept)
+    finally:  # left by a failure, or by a rename that did nothing: `kept` was a link to `path` already
+        staged.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -447,21 +447,23 @@ def test_a_killed_runs_summary_counts_the_epochs_it_saved(tmp_path, cifar_root):
     assert collect_runs([tmp_path])[["status", "epochs"]].values.tolist() == [["interrupted", 1]]
 
 
-# The command line, killed (kill -9) while it writes its second checkpoint: the data written, not yet renamed.
+# The command line, killed (kill -9) as it calls os.{call} on its second checkpoint's temporary file:
+# fsync, the data written and nothing renamed yet; replace, the current checkpoint kept as the
+# previous one and the new one about to be renamed over it.
 KILLED_WRITING_THE_SECOND_CHECKPOINT = """
 import os, signal
-import sngm_bench.records as records
 
-real_fsync, checkpoints = os.fsync, []
+real_call, checkpoints = os.{call}, []
 
-def fsync(fd):
-    if os.readlink(f"/proc/self/fd/{fd}").endswith(".checkpoint.pt.tmp"):
-        checkpoints.append(fd)
+def call(file, *args):
+    name = os.readlink(f"/proc/self/fd/{{file}}") if isinstance(file, int) else str(file)
+    if name.endswith(".checkpoint.pt.tmp"):
+        checkpoints.append(file)
         if len(checkpoints) == 2:
             os.kill(os.getpid(), signal.SIGKILL)
-    real_fsync(fd)
+    return real_call(file, *args)
 
-records.os.fsync = fsync
+os.{call} = call
 from sngm_bench.cli import main
 main()
 """
@@ -486,9 +488,12 @@ main()
 """
 
 
-def test_a_checkpoint_killed_mid_write_is_removed_and_the_run_resumes_from_the_one_before(tmp_path, cifar_root):
+@pytest.mark.parametrize("call", ["fsync", "replace"])
+def test_a_checkpoint_killed_mid_write_is_removed_and_the_run_resumes_from_the_one_before(tmp_path, cifar_root,
+                                                                                          call):
     args, env = [*TINY, "epochs=2", "hydra.run.dir=run"], {"SNGM_DATA": str(cifar_root)}
-    killed = run_command([sys.executable, "-c", KILLED_WRITING_THE_SECOND_CHECKPOINT, *args], tmp_path, env)
+    killed = run_command([sys.executable, "-c", KILLED_WRITING_THE_SECOND_CHECKPOINT.format(call=call), *args],
+                         tmp_path, env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run_dir = tmp_path / "run"
     partial = run_dir / ".checkpoint.pt.tmp"  # epoch 2's weights, all written: what the run would have ended with
@@ -500,9 +505,27 @@ def test_a_checkpoint_killed_mid_write_is_removed_and_the_run_resumes_from_the_o
     assert "partial checkpoint at the first step: False" in rerun.stderr
     recorded = summary(run_dir)
     assert (recorded["status"], recorded["epochs"], resumed_where(recorded)) == ("completed", 2, [(2, 0)])
+    assert [row["epoch"] for row in read_metrics(run_dir)] == [1, 2]  # the killed session's epoch 2 once
     resumed = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
     assert not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_the_file_a_write_replaces_is_kept_with_or_without_hard_links(tmp_path, monkeypatch, hard_links):
+    from sngm_bench.records import write_atomic
+
+    if not hard_links:  # as on a file system that has none
+        def link(*args):
+            raise PermissionError(1, "Operation not permitted")
+        monkeypatch.setattr(os, "link", link)
+    path, kept = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    write_atomic(path, "1", keep=kept.name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    for version in "23":
+        write_atomic(path, version, keep=kept.name)
+    assert (path.read_text(), kept.read_text()) == ("3", "2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
 
 
 def test_a_folder_a_live_run_holds_is_never_removed_as_a_stub(tmp_path):
