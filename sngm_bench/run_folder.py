@@ -26,14 +26,15 @@ from omegaconf import OmegaConf
 
 from sngm_bench import checkpoint
 from sngm_bench.errors import UserError
-from sngm_bench.identity import differences, training_config
+from sngm_bench.identity import differences, flatten, training_config
 from sngm_bench.loggers import EVENT_FILES
 from sngm_bench.records import METRICS_FILE, SUMMARY_FILE, read_summary, temporary_path, write_atomic
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("completed", "diverged")
-DATA_KEYS = ("train_images", "test_images")  # of summary.json: the data a run trains on, as far as it is recorded
+# Of summary.json: the data a run trains on, as far as it is recorded (`data_fingerprint`: its files).
+DATA_KEYS = ("train_images", "test_images", "data_fingerprint")
 RUN_FILES = (*checkpoint.CHECKPOINT_FILES, METRICS_FILE, SUMMARY_FILE)  # what a run writes, less its logs
 HYDRA_COPY = "trained"  # under Hydra's output subfolder (.hydra)
 HYDRA_ONLY = {".hydra", "train.log", ".lock"}  # what a folder holds before a run writes anything
@@ -69,12 +70,14 @@ def plan_run(run_dir: Path, cfg, overwrite: bool) -> Plan:
 
 
 def check_same_data(run_dir: Path, summary: dict) -> None:
-    """Raise UserError when the data a continuation found (the image counts of its `summary`) is not
-    what the folder's run trained on: `dataset.root` is where the data lives, not what is trained,
-    and a copy with files missing would otherwise continue the run on other data, unrecorded."""
+    """Raise UserError when the data a continuation found (the image counts and file fingerprint of
+    its `summary`) is not what the folder's run trained on: `dataset.root` is where the data lives,
+    not what is trained, and a copy with files missing or changed would otherwise continue the run
+    on other data, unrecorded. The error names each count and file (or split) that differs."""
     recorded = read_summary(run_dir)
-    keys = [key for key in DATA_KEYS if key in recorded]  # a summary from before they were recorded: unknown
-    changed = differences({key: recorded[key] for key in keys}, {key: summary[key] for key in keys})
+    keys = [key for key in DATA_KEYS if key in recorded]  # a summary from before one was recorded: unknown
+    changed = [change for key in keys
+               for change in differences(flatten({key: recorded[key]}), flatten({key: summary[key]}))]
     if changed:
         raise UserError(f"{run_dir} holds a run trained on other data: {_listed(changed)}; set dataset.root to "
                         "the data it was trained on, or add overwrite=true to train it again")

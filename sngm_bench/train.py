@@ -191,6 +191,7 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "train_images": len(self.data.train),
             "test_images": len(self.data.test),
+            "data_fingerprint": self.data.fingerprint,
             "parameters": sum(p.numel() for p in model.parameters()),
             "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True, enum_to_str=True),
             "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),  # what reruns compare

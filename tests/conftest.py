@@ -2,6 +2,8 @@
 built from ../shared/data on first use when that folder is there."""
 
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +51,26 @@ def run_command(command, cwd, env_extra=None, timeout=600):
 def run_cli(args, cwd, env_extra=None, timeout=600):
     """`python -m sngm_bench ARGS` in `cwd` (see run_command)."""
     return run_command([sys.executable, "-m", "sngm_bench", *args], cwd, env_extra, timeout)
+
+
+def cifar_copy(cifar_root: Path, root: Path) -> Path:
+    """A copy of CIFAR-10 under `root` (a dataset.root): links to `cifar_root`'s files, but for a
+    file of its own in place of data_batch_1, returned for a test to change (`change_one_image`)."""
+    from sngm_bench.data import cifar10
+
+    folder, original = root / cifar10.FOLDER, cifar_root / cifar10.FOLDER
+    folder.mkdir(parents=True)
+    for source in original.iterdir():
+        (folder / source.name).symlink_to(source)
+    batch = folder / "data_batch_1"
+    batch.unlink()
+    shutil.copyfile(original / batch.name, batch)
+    return batch
+
+
+def change_one_image(batch: Path) -> None:
+    """Invert one byte of one image of the CIFAR-10 batch file `batch`: as many images, as many bytes."""
+    data = bytearray(batch.read_bytes())
+    image = pickle.loads(bytes(data), encoding="latin1")["data"][7].tobytes()
+    data[data.index(image)] ^= 0xFF
+    batch.write_bytes(data)

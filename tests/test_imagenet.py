@@ -206,8 +206,8 @@ def test_resumed_mid_epoch_and_at_an_epoch_end_with_workers_it_trains_what_an_un
 
 
 def test_a_run_is_not_continued_on_other_data(tmp_path, monkeypatch):
-    # dataset.root is where the data lives, not what is trained: a copy with files missing must not
-    # continue the run (other batches, other steps per epoch) under its record.
+    # dataset.root is where the data lives, not what is trained: a copy with a file swapped for another
+    # or with files missing must not continue the run (other images, other steps per epoch) under its record.
     root = tmp_path / "imagenet"
     shutil.copytree(SAMPLE, root)
     monkeypatch.chdir(tmp_path)
@@ -216,8 +216,13 @@ def test_a_run_is_not_continued_on_other_data(tmp_path, monkeypatch):
     with pytest.raises(Interrupted):
         sngm_bench.run([*args, "max_minutes=1e-6"])
     stopped = json.loads((tmp_path / "run" / "summary.json").read_text())
-    for path in sorted((root / "train").rglob("*.JPEG"))[:10]:
+    photos = sorted((root / "train").rglob("*.JPEG"))
+    shutil.copyfile(photos[1], photos[0])  # as many images, one of them another photo
+    with pytest.raises(UserError, match=r"run trained on other data: data_fingerprint\.train='\w+' \(now '\w+'\); "
+                                        "set dataset.root"):
+        sngm_bench.run(args)
+    for path in photos[:10]:
         path.unlink()
-    with pytest.raises(UserError, match=r"run trained on other data: train_images=200 \(now 190\); set dataset.root"):
+    with pytest.raises(UserError, match=r"run trained on other data: train_images=200 \(now 190\), data_fingerprint"):
         sngm_bench.run(args)
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == stopped

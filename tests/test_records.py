@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TWO_PROCESSES, run_cli, run_command
+from conftest import TWO_PROCESSES, change_one_image, cifar_copy, run_cli, run_command
 from sngm_bench.records import read_metrics
 from sngm_bench.report import collect_runs
 
@@ -76,6 +76,32 @@ def test_a_rerun_with_another_training_config_is_refused_naming_every_difference
     retrained = cli("hydra.run.dir=run", "epochs=2", "overwrite=true")
     assert retrained.returncode == 0, retrained.stderr[-3000:]
     assert summary(run_dir)["epochs"] == 2 and summary(run_dir)["resumed_at"] == []
+
+
+def test_a_run_is_not_continued_on_data_with_one_image_changed(tmp_path, cli, cifar_root):
+    from sngm_bench.data import cifar10
+
+    batch = cifar_copy(cifar_root, tmp_path / "data")
+    args = ["hydra.run.dir=run", f"dataset.root={tmp_path / 'data'}", "dataset.verify_checksums=false"]
+    one_line_error(cli(*args, *FIRST_STEP), code=124)
+    run_dir = tmp_path / "run"
+    interrupted = summary(run_dir)
+    assert sorted(interrupted["data_fingerprint"]) == [*cifar10.TRAIN_FILES, *cifar10.TEST_FILES]
+
+    change_one_image(batch)
+    error = one_line_error(cli(*args))
+    assert f"{run_dir} holds a run trained on other data: data_fingerprint.data_batch_1=" \
+           f"'{interrupted['data_fingerprint']['data_batch_1']}' (now '" in error
+    assert error.endswith("'); set dataset.root to the data it was trained on, or add overwrite=true to train it again")
+    assert summary(run_dir) == interrupted
+
+    # A run recorded before data fingerprints were continues (on whatever data it finds), and records it.
+    del interrupted["data_fingerprint"]
+    (run_dir / "summary.json").write_text(json.dumps(interrupted))
+    continued = cli(*args)
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    finished = summary(run_dir)
+    assert finished["status"] == "completed" and f"(now '{finished['data_fingerprint']['data_batch_1']}')" in error
 
 
 def test_a_run_continued_on_another_number_of_processes_says_so_and_keeps_its_running_sums(tmp_path, cifar_root):
