@@ -17,6 +17,7 @@ completed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -90,7 +91,9 @@ def read_run(run_dir: Path) -> tuple[dict, str]:
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "running"}
     scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) and k not in row}
     status = live_status(run_dir, summary.get("status", "unknown"))
-    return {**row, **scalars, "status": status, "run_dir": str(run_dir)}, identity
+    data = summary.get("data_fingerprint")  # its files' digests; not recorded by an earlier sngm-bench
+    fingerprint = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12] if data else None
+    return {**row, **scalars, "data_fingerprint": fingerprint, "status": status, "run_dir": str(run_dir)}, identity
 
 
 def one_row_per_run(runs: Iterable[tuple[dict, str]]) -> list[dict]:
@@ -139,7 +142,19 @@ def collect_runs(paths: Iterable[Path]) -> pd.DataFrame:
     if not rows:
         raise UserError(f"no readable sngm-bench run folders under {', '.join(map(str, paths))}")
     runs = pd.DataFrame(rows).sort_values(["optimizer", "batch_size", "lr", "lr_factor", "seed"], ignore_index=True)
+    warn_of_other_data(runs)
     return label_settings(runs)
+
+
+def warn_of_other_data(runs: pd.DataFrame) -> None:
+    """A warning for each dataset whose runs were trained on files that differ (their summaries'
+    `data_fingerprint`), so their numbers may not compare. Runs that recorded none are left out."""
+    for dataset, group in runs.dropna(subset=["data_fingerprint"]).groupby("dataset"):
+        copies = group.groupby("data_fingerprint", sort=False)["run_dir"].agg(list)
+        if len(copies) > 1:
+            log.warning("the %s runs were trained on %d different copies of its files (data_fingerprint in "
+                        "summary.json): %s", dataset, len(copies),
+                        "; ".join(f"{len(dirs)} like {dirs[0]}" for dirs in copies))
 
 
 def label_settings(runs: pd.DataFrame) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from conftest import change_one_image, cifar_copy, run_cli
 from sngm_bench import report
 
 TINY = ["experiment=smoke", "model.width=8", "dataset.subset=1000", "epochs=2"]
@@ -170,6 +170,19 @@ def test_folders_holding_the_same_run_count_once_and_epochs_keep_their_lr(tmp_pa
     summary = json.loads((kept / "summary.json").read_text())
     (kept / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
     assert report.collect_runs([tmp_path / "runs"])["run_dir"].tolist() == [str(f) for f in folders if f != kept]
+
+
+def test_runs_trained_on_different_copies_of_the_data_are_reported_with_a_warning(tmp_path, cifar_root, caplog):
+    batch = cifar_copy(cifar_root, tmp_path / "data")
+    args = [*TINY, f"dataset.root={tmp_path / 'data'}", "dataset.verify_checksums=false", "max_minutes=1e-6"]
+    for seed in (0, 1):  # each stopped after its first step: recorded, never mind how far it got
+        if seed == 1:
+            change_one_image(batch)
+        run_cli([*args, f"seed={seed}", f"hydra.run.dir=runs/{seed}"], cwd=tmp_path)
+    assert len(report.collect_runs([tmp_path / "runs" / "0"])) == 1 and "copies" not in caplog.text
+    assert len(report.collect_runs([tmp_path / "runs"])) == 2
+    assert f"the cifar10 runs were trained on 2 different copies of its files (data_fingerprint in summary.json): " \
+           f"1 like {tmp_path / 'runs' / '0'}; 1 like {tmp_path / 'runs' / '1'}" in caplog.text
 
 
 def test_figures_that_leave_something_out_say_so(tmp_path, cifar_root):
