@@ -56,6 +56,7 @@ class CIFAR10Config:
     root: str = DATA_ROOT  # holds cifar-10-batches-py/
     download: bool = False
     subset: Optional[int] = None  # class-balanced training subset of this many images
+    holdout_images: int = 0  # of the training images (or subset), a fixed class-balanced split not trained on
     verify_checksums: bool = True  # md5 against md5sums.txt beside the files, else the official list
 
 
@@ -64,6 +65,7 @@ class ImageNetConfig:
     name: str = "imagenet"
     root: str = DATA_ROOT  # holds train/<wnid>/*.JPEG and val/<wnid>/*.JPEG
     subset: Optional[int] = None  # class-balanced training subset of this many images
+    holdout_images: int = 0  # of the training images (or subset), a fixed class-balanced split not trained on
     image_size: int = 224  # training crop and evaluation center crop, in pixels
     workers: int = 8  # DataLoader worker processes per training process
     prefetch_factor: int = 4  # batches each worker prepares ahead

@@ -28,6 +28,7 @@ UNTRAINED_KEYS = (
 # continued or skipped by the same command, and counted as the same run by the report.
 ADDED_KEYS = {
     "compile_optimizer": False,  # 2026-11-27
+    "dataset.holdout_images": 0,  # 2026-11-28
 }
 
 

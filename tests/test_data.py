@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 
-from sngm_bench.data import cifar10
+from sngm_bench.config import compose_config
+from sngm_bench.data import build_data, cifar10
 from sngm_bench.data.subset import balanced_subset
 from sngm_bench.data.device_loader import DeviceImages, seeded_generator, shuffled_batches
 from sngm_bench.errors import UserError
@@ -42,6 +43,37 @@ def test_balanced_subset_is_fixed_and_balanced(cifar):
     assert torch.bincount(uneven[balanced_subset(uneven, 6)]).tolist() == [3, 3]
     with pytest.raises(UserError, match="takes 4 images of class 0, which has 3: .* at most 6 images"):
         balanced_subset(uneven, 8)
+
+
+def image_bytes(images: DeviceImages) -> set[bytes]:
+    return {bytes(image) for image in images.images.contiguous().flatten(1).numpy()}
+
+
+def test_held_out_images_are_a_fixed_class_balanced_split_of_the_subset_never_trained_on(cifar_root):
+    def data(*overrides, global_seed=0):
+        torch.manual_seed(global_seed)  # as a run seeds torch before it builds its data
+        cfg = compose_config(["experiment=smoke", "dataset.subset=1000", f"dataset.root={cifar_root}", *overrides])
+        return build_data(cfg.dataset, torch.device("cpu"))
+
+    whole = data()
+    split = data("dataset.holdout_images=205")
+    assert whole.holdout is None and len(split.train) == 795 and len(split.holdout) == 205
+    counts = torch.bincount(split.holdout.labels).tolist()
+    assert max(counts) - min(counts) <= 1
+    # Disjoint from what is trained on, and together the subset (every image of it is distinct).
+    trained, held_out = image_bytes(split.train), image_bytes(split.holdout)
+    assert trained.isdisjoint(held_out) and trained | held_out == image_bytes(whole.train)
+    assert len(trained | held_out) == 1000
+    # Neither the run's seed nor its optimizer chooses the images: every run of a sweep holds out the same.
+    other = data("dataset.holdout_images=205", "seed=3", "optimizer=msgd", global_seed=3)
+    assert torch.equal(other.holdout.images, split.holdout.images) and torch.equal(other.train.images,
+                                                                                   split.train.images)
+    # A sample spread over the files, not the subset's last images.
+    assert not torch.equal(split.holdout.images, whole.train.images[-205:])
+    for bad in (-1, 1000):
+        with pytest.raises(UserError, match=rf"^dataset.holdout_images={bad} must be between 0 and 999, fewer "
+                                            "than the 1000 training images$"):
+            data(f"dataset.holdout_images={bad}")
 
 
 def test_corrupted_file_is_rejected_unless_the_check_is_off(cifar_root, tmp_path):

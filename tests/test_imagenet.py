@@ -45,6 +45,19 @@ def test_eval_batches_are_normalized_center_crops_with_the_right_labels():
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
 
+def test_held_out_training_images_are_a_split_of_train_evaluated_like_val():
+    whole = data("dataset.image_size=64", "dataset.subset=150").train
+    split = data("dataset.image_size=64", "dataset.subset=150", "dataset.holdout_images=30")
+    assert split.holdout is not None and len(split.train) == 120 and len(split.holdout) == 30
+    assert torch.bincount(split.holdout.labels).tolist() == [3] * 10
+    trained, held_out = set(split.train.files.paths), set(split.holdout.files.paths)
+    assert trained.isdisjoint(held_out) and trained | held_out == set(whole.files.paths)
+    assert all(path.parts[-3] == "train" for path in held_out)
+    x, y = next(split.holdout.eval_batches(30))  # center crops, in order: evaluation's, not training's
+    assert x.shape == (30, 3, 64, 64) and torch.equal(y, split.holdout.labels)
+    assert torch.equal(x, next(split.holdout.eval_batches(30))[0])
+
+
 def test_grayscale_photos_become_three_channels():
     manifest = json.loads((SAMPLE / "manifest.json").read_text())
     gray = [m["path"] for m in manifest if m["mode"] == "L" and m["path"].startswith("val/")]

@@ -9,31 +9,37 @@ from typing import Any
 from sngm_bench.data import cifar10, imagenet
 from sngm_bench.data.device_loader import DeviceImages
 from sngm_bench.data.fingerprint import data_fingerprint
-from sngm_bench.data.subset import balanced_subset
+from sngm_bench.data.subset import training_split
 from sngm_bench.errors import UserError
 
 
 @dataclass
 class Data:
-    """Training and test images behind one interface: `train_batches`, `eval_batches`, `len`,
-    `image_shape` (`DeviceImages` for CIFAR-10, `imagenet.ImageFolderImages` for ImageNet), and
-    the fingerprint of the files they were read from (`data_fingerprint`)."""
+    """Training, test and held-out images behind one interface: `train_batches`, `eval_batches`, `len`,
+    `image_shape` (`DeviceImages` for CIFAR-10, `imagenet.ImageFolderImages` for ImageNet). `holdout`:
+    training images kept out of training (`dataset.holdout_images`), evaluated like the test set;
+    None without them. `fingerprint`: of the files they were read from (`data_fingerprint`)."""
 
     train: Any
     test: Any
     num_classes: int
     fingerprint: dict[str, str]
+    holdout: Any = None
+
+    def evaluated(self) -> dict[str, Any]:
+        """The sets evaluated after every epoch, by the name of their metrics (`test_acc`, `holdout_acc`)."""
+        return {"test": self.test} | ({} if self.holdout is None else {"holdout": self.holdout})
 
 
 def build_data(cfg, device, channels_last: bool = False) -> Data:
     if cfg.name == "cifar10":
-        train_x, train_y, test_x, test_y = cifar10.load(cfg.root, cfg.download, cfg.verify_checksums)
-        if cfg.subset is not None:
-            keep = balanced_subset(train_y, cfg.subset)
-            train_x, train_y = train_x[keep], train_y[keep]
+        images, labels, test_x, test_y = cifar10.load(cfg.root, cfg.download, cfg.verify_checksums)
+        train, held_out = training_split(labels, cfg.subset, cfg.holdout_images)
         stats = (cifar10.MEAN, cifar10.STD, device, channels_last)
-        return Data(DeviceImages(train_x, train_y, *stats), DeviceImages(test_x, test_y, *stats), cifar10.NUM_CLASSES,
-                    data_fingerprint(cfg))
+        holdout = None if held_out is None else DeviceImages(images[held_out], labels[held_out], *stats)
+        return Data(DeviceImages(images[train], labels[train], *stats), DeviceImages(test_x, test_y, *stats),
+                    cifar10.NUM_CLASSES, data_fingerprint(cfg), holdout)
     if cfg.name == "imagenet":
-        return Data(*imagenet.load(cfg, device, channels_last), data_fingerprint(cfg))
+        train, test, num_classes, holdout = imagenet.load(cfg, device, channels_last)
+        return Data(train, test, num_classes, data_fingerprint(cfg), holdout)
     raise UserError(f"dataset={cfg.name} has no loader")

@@ -21,7 +21,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from sngm_bench.data.device_loader import key_seed, normalize, seeded_generator, shuffled_batches
-from sngm_bench.data.subset import balanced_subset
+from sngm_bench.data.subset import training_split
 from sngm_bench.errors import UserError
 
 MEAN = (0.485, 0.456, 0.406)
@@ -184,7 +184,8 @@ class ImageFolderImages:
 
 
 def load(cfg, device, channels_last: bool):
-    """(train, val, number of classes) for `dataset=imagenet`."""
+    """(train, val, number of classes, held-out training images or None) for `dataset=imagenet`; the held-out
+    images are evaluated as the validation images are (resize and center crop)."""
     root = Path(cfg.root).expanduser().absolute()
     if cfg.image_size < 8:
         raise UserError(f"dataset.image_size={cfg.image_size} must be at least 8")
@@ -192,9 +193,11 @@ def load(cfg, device, channels_last: bool):
         raise UserError(f"dataset.workers={cfg.workers} must be 0 or more")
     train_paths, train_labels, classes = find_images(root, "train")
     val_paths, val_labels, _ = find_images(root, "val", classes)
-    if cfg.subset is not None:
-        keep = balanced_subset(train_labels, cfg.subset).tolist()
-        train_paths, train_labels = [train_paths[i] for i in keep], train_labels[keep]
-    train = ImageFolderImages(train_paths, train_labels, cfg, device, channels_last, train=True)
+    train, held_out = training_split(train_labels, cfg.subset, cfg.holdout_images)
+
+    def images(indices: torch.Tensor, training: bool) -> ImageFolderImages:
+        return ImageFolderImages([train_paths[i] for i in indices.tolist()], train_labels[indices], cfg, device,
+                                 channels_last, train=training)
+
     val = ImageFolderImages(val_paths, val_labels, cfg, device, channels_last, train=False)
-    return train, val, len(classes)
+    return images(train, True), val, len(classes), None if held_out is None else images(held_out, False)
