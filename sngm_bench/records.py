@@ -25,6 +25,7 @@ SUMMARY_FILE = "summary.json"
 METRIC_COLUMNS = [
     "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", "images_per_second",
     "noise_scale",  # B_simple (sngm_bench.noise_scale); empty when not measured
+    "holdout_loss", "holdout_acc",  # on the held-out training images (dataset.holdout_images); empty without
 ]
 
 

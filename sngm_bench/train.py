@@ -1,8 +1,9 @@
 """The training loop: one run of one (dataset, model, optimizer, schedule, batch size, seed).
 
 Per epoch: train over shuffled, augmented full batches with the LR schedule stepped per
-optimizer step, then evaluate on the whole test set. `batch_size` is global: it is split over
-the processes and, within each, into micro-batches whose gradients accumulate, so the optimizer
+optimizer step, then evaluate on the whole test set and on the held-out training images, if
+any (`dataset.holdout_images`). `batch_size` is global: it is split over the processes and,
+within each, into micro-batches whose gradients accumulate, so the optimizer
 always sees the mean gradient of the whole batch. Loss, accuracy and a non-finite flag add up
 on the device and are read every `log_every` steps, once early in each epoch and at its end
 (`sngm_bench.progress`), so the step itself never waits for the host.
@@ -192,6 +193,7 @@ class Trainer:
             "train_images": len(self.data.train),
             "test_images": len(self.data.test),
             "data_fingerprint": self.data.fingerprint,
+            "holdout_images": len(self.data.holdout) if self.data.holdout is not None else 0,
             "parameters": sum(p.numel() for p in model.parameters()),
             "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True, enum_to_str=True),
             "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),  # what reruns compare
@@ -356,12 +358,13 @@ class Trainer:
         # left them. Under DDP every process evaluates its shard with rank 0's, those of the checkpoint.
         self.model.eval()
         procs.broadcast(*self.model.buffers())
-        test_loss, test_acc = evaluate(self.eval_forward, data.test, cfg.eval_batch_size, self.autocast, procs,
-                                       progress)
+        scores = {f"{name}_{metric}": value for name, images in data.evaluated().items() for metric, value in
+                  zip(("loss", "acc"), evaluate(self.eval_forward, images, cfg.eval_batch_size, self.autocast, procs,
+                                                progress))}
         row = {
             "epoch": epoch, "lr": lr, "train_loss": loss_sum / (self.steps_per_epoch * procs.world_size),
-            "train_acc": correct_sum / (self.steps_per_epoch * cfg.batch_size), "test_loss": test_loss,
-            "test_acc": test_acc, "epoch_seconds": seconds_before + time.perf_counter() - start,
+            "train_acc": correct_sum / (self.steps_per_epoch * cfg.batch_size), **scores,
+            "epoch_seconds": seconds_before + time.perf_counter() - start,
             "images_per_second": self.steps_per_epoch * cfg.batch_size / train_seconds,
             "noise_scale": self.noise_scale.read(procs),
         }
@@ -370,8 +373,10 @@ class Trainer:
         self.epoch, self.step = epoch + 1, 0
         if procs.is_main:
             records.write_metrics(self.run_dir, self.rows)
-            log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.0f img/s", epoch, cfg.epochs,
-                     row["train_loss"], row["train_acc"], test_loss, test_acc, row["images_per_second"])
+            held_out = f"  holdout acc {row['holdout_acc']:.4f}" if "holdout_acc" in row else ""
+            log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f%s  %.0f img/s", epoch, cfg.epochs,
+                     row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"], held_out,
+                     row["images_per_second"])
         self.save_checkpoint()
         self.record({"status": "running"})  # what a reader (or a run killed from now on) has so far
         if stopping and self.epoch <= cfg.epochs:
@@ -393,6 +398,7 @@ class Trainer:
             "final_test_acc": rows[-1]["test_acc"] if rows and outcome["status"] == "completed" else None,
             "best_test_acc": max((r["test_acc"] for r in rows), default=None),
             "best_epoch": max(rows, key=lambda r: r["test_acc"])["epoch"] if rows else None,
+            "final_holdout_acc": rows[-1].get("holdout_acc") if rows and outcome["status"] == "completed" else None,
             "final_train_loss": rows[-1]["train_loss"] if rows else None,
             "noise_scale": rows[-1].get("noise_scale") if rows else None,
             "wall_seconds": self.seconds_before + time.perf_counter() - self.session_start,

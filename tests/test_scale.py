@@ -55,10 +55,11 @@ def test_two_process_ddp_equals_one_process(tmp_path, cifar_root):
     env = {"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"}
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    single = run_cli(TINY, cwd=tmp_path / "one", env_extra=env)
+    overrides = [*TINY, "dataset.holdout_images=100"]  # every process holds out the same images
+    single = run_cli(overrides, cwd=tmp_path / "one", env_extra=env)
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run([*TWO_PROCESSES, "-m", "sngm_bench", *TINY], cwd=tmp_path / "two", env={**os.environ, **env},
-                         capture_output=True, text=True, timeout=600)
+    ddp = subprocess.run([*TWO_PROCESSES, "-m", "sngm_bench", *overrides], cwd=tmp_path / "two",
+                         env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     (one_dir,) = (tmp_path / "one" / "outputs" / "smoke").iterdir()
     (two_dir,) = (tmp_path / "two" / "outputs" / "smoke").iterdir()  # both ranks chose one folder
@@ -70,6 +71,8 @@ def test_two_process_ddp_equals_one_process(tmp_path, cifar_root):
         torch.testing.assert_close(params_one[key], params_two[key], rtol=1e-4, atol=1e-5)
     assert summary_two["final_train_loss"] == pytest.approx(summary_one["final_train_loss"], rel=1e-4)
     assert summary_two["final_test_acc"] == pytest.approx(summary_one["final_test_acc"], abs=2e-3)
+    assert summary_one["holdout_images"] == summary_two["holdout_images"] == 100
+    assert summary_two["final_holdout_acc"] == pytest.approx(summary_one["final_holdout_acc"], abs=0.0101)  # one image
 
 
 def said_under_torchrun(stderr: str, message: str) -> None:

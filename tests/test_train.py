@@ -31,13 +31,14 @@ def test_tiny_run_learns_and_records_everything(tmp_path, cifar_root):
     config, summary, metrics = read_run(run_dir)
     assert config["optimizer"]["name"] == "sngm" and config["batch_size"] == 100
     assert list(metrics.columns) == ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                                     "epoch_seconds", "images_per_second", "noise_scale"]
+                                     "epoch_seconds", "images_per_second", "noise_scale", "holdout_loss", "holdout_acc"]
+    assert metrics["holdout_acc"].isna().all() and summary["final_holdout_acc"] is None
     assert metrics["epoch"].tolist() == [1, 2, 3]
     assert summary["status"] == "completed" and summary["epochs"] == 3
     assert summary["final_test_acc"] == metrics["test_acc"].iloc[-1]
     assert summary["best_test_acc"] == metrics["test_acc"].max()
     assert summary["final_test_acc"] > 0.22  # chance is 0.10 on the full 10,000-image test set
-    assert summary["train_images"] == 4000 and summary["test_images"] == 10_000
+    assert summary["train_images"] == 4000 and summary["test_images"] == 10_000 and summary["holdout_images"] == 0
     for key in ("git_commit", "torch_version", "device_name", "seed", "wall_seconds", "peak_lr"):
         assert key in summary
     assert summary["optimizer_step_compiled"] is False
@@ -92,3 +93,32 @@ def test_test_accuracy_is_the_checkpointed_model_in_inference_mode(tmp_path, cif
     assert F.cross_entropy(logits, test.labels).item() == pytest.approx(metrics["test_loss"].iloc[-1], rel=1e-5)
     assert (logits.argmax(1) == test.labels).float().mean().item() == pytest.approx(metrics["test_acc"].iloc[-1],
                                                                                     abs=1.5e-4)  # one image
+
+
+def test_held_out_images_are_evaluated_each_epoch_recorded_and_fixed_for_the_run_folder(tmp_path, cifar_root):
+    # The held-out accuracy is that of the checkpoint's model on the held-out images; continuing the
+    # folder's run with another split is refused like any other change of what is trained.
+    overrides = [*TINY, "model.width=4", "dataset.subset=400", "dataset.holdout_images=100", "epochs=2",
+                 "batch_size=100", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {"SNGM_DATA": str(cifar_root)}
+    result = run_cli(overrides, cwd=tmp_path, env_extra=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config, summary, metrics = read_run(tmp_path / "run")
+    assert config["dataset"]["holdout_images"] == 100
+    assert summary["train_images"] == 300 and summary["holdout_images"] == 100 and summary["steps_per_epoch"] == 3
+    assert metrics["holdout_acc"].notna().all() and metrics["holdout_loss"].notna().all() and len(metrics) == 2
+    assert summary["final_holdout_acc"] == metrics["holdout_acc"].iloc[-1]
+    assert "holdout acc" in (tmp_path / "run" / "train.log").read_text()
+    cfg = compose_config([*overrides[:-1], f"dataset.root={cifar_root}"])
+    model = build_model(cfg.model, 10)
+    model.load_state_dict(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"])
+    holdout = build_data(cfg.dataset, torch.device("cpu")).holdout
+    with torch.no_grad():
+        logits = torch.cat([model.eval()(x) for x, _ in holdout.eval_batches(100)])
+    assert F.cross_entropy(logits, holdout.labels).item() == pytest.approx(metrics["holdout_loss"].iloc[-1], rel=1e-5)
+    assert (logits.argmax(1) == holdout.labels).float().mean().item() == pytest.approx(summary["final_holdout_acc"])
+    other = run_cli([*overrides, "dataset.holdout_images=50"], cwd=tmp_path, env_extra=env)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"sngm-bench: error: {tmp_path / 'run'} holds a run trained with dataset.holdout_images=100 (now 50); add "
+        "overwrite=true to train it again with the new config, or choose another folder")
