@@ -2,10 +2,11 @@
 and whether the SNGM paper's claims hold on this run set (Zhao et al., arXiv 2007.13985).
 
 Every comparison uses, per optimizer and batch size, the completed seeds of the LR the report
-selected, and their final test accuracy. A margin is a difference of means over seeds with a
-two-sided 95 % Welch t interval; it is "not resolved" with fewer than two seeds on either side, or when
-the seeds of each side agree exactly (their spread, hence the interval, is unknown): one seed, or
-identical ones, show an observed difference, never a significant one.
+selected (by its `--select-by` rule, which claims.md names), and their final test accuracy. A
+margin is a difference of means over seeds with a two-sided 95 % Welch t interval; it is "not
+resolved" with fewer than two seeds on either side, or when the seeds of each side agree exactly
+(their spread, hence the interval, is unknown): one seed, or identical ones, show an observed
+difference, never a significant one.
 Runs that differ in a trained setting outside `optimizer.*` (dataset, model, epochs, schedule,
 precision, ...: the report's `protocol`) are judged separately, one section per protocol. The claims:
 
@@ -58,6 +59,13 @@ SUPPORTED, NOT_SUPPORTED, NOT_RESOLVED = "supported", "not supported", "not reso
 PAPER_BASELINES = frozenset({"msgd", "lars", "lamb"})
 # The report's --select-by rules that choose an LR on the test accuracy the claims then judge.
 SELECTED_ON_TEST = frozenset({"final_test_acc", "best_test_acc"})
+# What each --select-by rule chooses the LR on, as claims.md says it.
+SELECTION_BASIS = {
+    "final_test_acc": "the test accuracy that is judged here",
+    "best_test_acc": "the test accuracy that is judged here (at its best epoch)",
+    "final_train_loss": "the training loss, without the test set",
+    "final_holdout_acc": "training images held out of training (dataset.holdout_images), without the test set",
+}
 
 
 def _beta_continued_fraction(a: float, b: float, x: float) -> float:
@@ -415,12 +423,13 @@ def protocol_section(runs: pd.DataFrame, cells: pd.DataFrame, select_by: str, wi
     # Choosing the best of several LRs on the accuracy that is then judged keeps the luckiest seeds' LR.
     optimism = (" The LR is chosen on the test accuracy that is judged: a selected mean is the highest of the "
                 "LRs' means, so it leans optimistic, the more so the more LRs come close, and the intervals do not "
-                "allow for that choice (`--select-by final_train_loss` chooses without the test set)."
+                "allow for that choice (`--select-by final_holdout_acc` chooses on held-out training images, for runs "
+                "trained with `dataset.holdout_images`; `--select-by final_train_loss` without held-out data)."
                 if select_by in SELECTED_ON_TEST else "")
     lines += [f"{len(runs)} runs, {excluded} of them not completed (left out). Final test accuracy (%) at the last "
-              f"epoch; per optimizer and batch size the LR with the best mean {select_by} over seeds; margins are "
-              f"differences of means in points with a two-sided {100 * CONFIDENCE:g} % Welch t interval over seeds."
-              + optimism,
+              f"epoch; per optimizer and batch size the LR with the best mean {select_by} over seeds, chosen on "
+              f"{SELECTION_BASIS[select_by]}; margins are differences of means in points with a two-sided "
+              f"{100 * CONFIDENCE:g} % Welch t interval over seeds." + optimism,
               "", "### Best optimizer per batch size", "", *per_batch(chosen), ""]
     claims = [
         ("At the same large batch, SNGM reaches a better test accuracy than MSGD and the large-batch methods LARS "

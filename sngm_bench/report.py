@@ -9,9 +9,10 @@ completed runs only.
 
 The accuracy table holds, per optimizer (rows) and batch size (columns), the final test
 accuracy over seeds as `mean ± std (n)`. Where several learning rates were swept for a cell,
-one is chosen by `--select-by` (default: the best mean final test accuracy over seeds); an LR
-with a seed that did not complete (diverged, failed, ...) ranks below every LR whose seeds all
-completed.
+one is chosen by `--select-by` (default: the best mean final test accuracy over seeds;
+`final_holdout_acc`: that of the held-out training images, for runs trained with
+`dataset.holdout_images`); an LR with a seed that did not complete (diverged, failed, ...)
+ranks below every LR whose seeds all completed.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ LR_KEYS = ["lr", "lr_factor"]  # together they set a run's LR; a sweep over eith
 # trained keys are its setting: the runs of one optimizer with one setting are a series (a table row).
 TABLE_KEYS = {CONFIG_COLUMNS[column] for column in ["batch_size", *LR_KEYS, "seed"]}
 # --select-by: summary value averaged over seeds -> whether larger is better.
-SELECTION_RULES = {"final_test_acc": True, "best_test_acc": True, "final_train_loss": False}
+SELECTION_RULES = {"final_test_acc": True, "best_test_acc": True, "final_train_loss": False,
+                   "final_holdout_acc": True}  # held-out training images (dataset.holdout_images)
 UNREADABLE = (OSError, ValueError, TypeError, KeyError, yaml.YAMLError, OmegaConfBaseException)
 
 
@@ -219,6 +221,7 @@ def aggregate(runs: pd.DataFrame, select_by: str = "final_test_acc") -> pd.DataF
     """One row per (series, batch size, LR): statistics over the completed seeds, the other runs'
     statuses, `selected`, true for the LR that `select_by` picks in each (series, batch size), and
     `grid_edge`, true where that LR is the smallest or largest tried there."""
+    check_selectable(runs, select_by)
     keys = ["series", "batch_size", *LR_KEYS]
     completed = runs[runs["status"] == COMPLETED].reindex(columns=[*keys, "seed", *SELECTION_RULES, "peak_lr",
                                                                    "wall_seconds", "images_per_second"])
@@ -231,6 +234,17 @@ def aggregate(runs: pd.DataFrame, select_by: str = "final_test_acc") -> pd.DataF
     cells = cells.reset_index().fillna({"n": 0}).astype({"n": int})
     cells = cells.assign(selected=cells.index.isin(selected_lrs(cells, select_by)))
     return cells.assign(grid_edge=grid_edges(cells))
+
+
+def check_selectable(runs: pd.DataFrame, select_by: str) -> None:
+    """Raise UserError when a completed run has no value of `select_by`: a run trained without held-out
+    images has no `final_holdout_acc`, and an LR would be chosen among the others without a word."""
+    completed = runs[runs["status"] == COMPLETED]
+    missing = completed[select_by].isna().sum() if select_by in completed else len(completed)
+    if missing:
+        hint = " (trained without dataset.holdout_images)" if select_by == "final_holdout_acc" else ""
+        raise UserError(f"--select-by {select_by}: {missing} of the {len(completed)} completed runs have no "
+                        f"{select_by}{hint}; choose another --select-by, or report on runs that all have it")
 
 
 def selected_lrs(cells: pd.DataFrame, select_by: str) -> pd.Index:
@@ -339,6 +353,8 @@ def distinct(runs: pd.DataFrame, column: str) -> str:
 def provenance(runs: pd.DataFrame) -> str:
     """Where the runs' numbers come from, read from their records: protocol, seeds, LR grid, hardware, code."""
     subset = f" ({distinct(runs, 'subset')}-image training subset)" if runs["subset"].notna().any() else ""
+    if "holdout_images" in runs and runs["holdout_images"].fillna(0).any():
+        subset += f" ({distinct(runs, 'holdout_images')} training images held out)"
     protocol = (f"{distinct(runs, 'dataset')}{subset}, {distinct(runs, 'model')} width {distinct(runs, 'width')}, "
                 f"{distinct(runs, 'epochs_planned')} epochs, {distinct(runs, 'schedule')} decay after "
                 f"{distinct(runs, 'warmup_epochs')} warmup epochs, {distinct(runs, 'precision')}")

@@ -13,6 +13,7 @@ import yaml
 
 from conftest import run_cli
 from sngm_bench import claims, report
+from sngm_bench.errors import UserError
 
 REPORT_CLI = str(Path(sys.executable).with_name("sngm-bench-report"))
 
@@ -67,8 +68,10 @@ def test_seeds_that_agree_exactly_give_no_interval(tmp_path):
 
 
 def make_run(root: Path, optimizer: str, batch_size: int, accs: list[float], norm: str | None = None,
-             lr: float = 0.1, status: str = "completed", warmup_epochs: int = 5) -> None:
-    """One folder per seed, as sngm-bench writes them (config and summary only), final accuracy in %."""
+             lr: float = 0.1, status: str = "completed", warmup_epochs: int = 5,
+             holdout_accs: list[float] | None = None) -> None:
+    """One folder per seed, as sngm-bench writes them (config and summary only), final accuracy in % (and on
+    held-out training images, when given)."""
     for seed, acc in enumerate(accs):
         run_dir = root / f"{optimizer}-{norm}-{batch_size}-lr{lr:g}-warmup{warmup_epochs}-{seed}"
         (run_dir / ".hydra").mkdir(parents=True)
@@ -79,6 +82,10 @@ def make_run(root: Path, optimizer: str, batch_size: int, accs: list[float], nor
                   "epochs": 200, "seed": seed}
         (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
         summary = {"final_test_acc": acc / 100, "best_test_acc": acc / 100, "final_train_loss": 0.1}
+        if holdout_accs is not None:
+            config["dataset"]["holdout_images"] = 5000
+            (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+            summary.update(final_holdout_acc=holdout_accs[seed] / 100, holdout_images=5000)
         (run_dir / "summary.json").write_text(json.dumps({"status": status, **(summary if status == "completed" else {})}))
 
 
@@ -288,6 +295,36 @@ def test_an_lr_chosen_on_the_judged_test_accuracy_is_said_to_lean_optimistic(tmp
     text = claims.verdict(runs, report.aggregate(runs, select_by), select_by)
     assert ("The LR is chosen on the test accuracy that is judged: a selected mean is the highest of the LRs' "
             "means, so it leans optimistic" in text) == optimistic, text
+
+
+def test_an_lr_chosen_on_held_out_images_is_said_so_and_the_table_keeps_the_test_accuracy(tmp_path):
+    # SNGM's test accuracy favours lr 0.2, its held-out training images lr 0.1: the rule decides the LR.
+    for lr, test, holdout in ((0.05, 80.0, 80.0), (0.1, 85.0, 88.0), (0.2, 86.0, 84.0), (0.4, 70.0, 70.0)):
+        make_run(tmp_path, "sngm", 4096, seeds(test), "global", lr, holdout_accs=seeds(holdout))
+        make_run(tmp_path, "msgd", 4096, seeds(test - 2), lr=lr, holdout_accs=seeds(holdout - 2))
+    runs = report.collect_runs([tmp_path])
+    for select_by, lr in (("final_test_acc", 0.2), ("final_holdout_acc", 0.1)):
+        cells = report.aggregate(runs, select_by)
+        assert cells.loc[cells["selected"] & (cells["series"] == "sngm"), "lr"].tolist() == [lr]
+    assert report.accuracy_table(cells).loc["sngm", "batch 4096"] == "85.00 ± 0.10 (3); lr 0.1"
+    text = claims.verdict(runs, cells, "final_holdout_acc")
+    assert ("the LR with the best mean final_holdout_acc over seeds, chosen on training images held out of "
+            "training (dataset.holdout_images), without the test set;") in text
+    assert "leans optimistic" not in text and "SNGM − msgd (83.00, n=3): +2.00 [" in text
+    assert "(5000 training images held out)" in report.provenance(runs)
+
+
+def test_selection_by_held_out_images_is_refused_in_one_line_for_runs_without_them(tmp_path):
+    make_run(tmp_path, "sngm", 4096, seeds(85.0), "global", holdout_accs=seeds(88.0))
+    make_run(tmp_path, "msgd", 4096, seeds(84.0))
+    runs = report.collect_runs([tmp_path])
+    message = ("--select-by final_holdout_acc: 3 of the 6 completed runs have no final_holdout_acc (trained without "
+               "dataset.holdout_images); choose another --select-by, or report on runs that all have it")
+    with pytest.raises(UserError, match=re.escape(message)):
+        report.aggregate(runs, "final_holdout_acc")
+    result = subprocess.run([REPORT_CLI, str(tmp_path), "--out", str(tmp_path / "report"), "--select-by",
+                             "final_holdout_acc"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.splitlines() == [f"sngm-bench-report: error: {message}"]
 
 
 def test_runs_that_differ_in_any_trained_setting_are_not_pooled_as_seeds(tmp_path):
