@@ -4,15 +4,16 @@ folders and benchmark CSVs: `python scripts/paper_figures.py`.
 Each `results/<name>/` keeps its run records in `runs/`. For every one, this rebuilds the report
 beside them (tables, CSVs, figures, and `caption.md`, which says from the records where the
 numbers come from: protocol, seeds, LR grid, hardware and code). The README's block between the
-two results markers is then rewritten: each result's figures (PNG), table and caption; and the
-block between the two GPU throughput markers: every row of results/bench/*/bench_train.csv.
+two results markers is then rewritten: each result's figures (PNG), table and caption; the
+block between the two GPU throughput markers: every row of results/bench/*/bench_train.csv; and
+the block between the two workers-per-GPU markers: their ImageNet rows over one worker's images/s.
 """
 
 import argparse
 import os
 from pathlib import Path
 
-from sngm_bench.bench import throughput_table
+from sngm_bench.bench import throughput_table, workers_per_gpu
 from sngm_bench.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,8 @@ RESULTS = ("<!-- results: rebuilt by scripts/paper_figures.py from results/*/run
            "<!-- end of results -->")
 THROUGHPUT = ("<!-- GPU throughput: rebuilt by scripts/paper_figures.py from results/bench/*/bench_train.csv; "
               "do not edit by hand -->", "<!-- end of GPU throughput -->")
+WORKERS = ("<!-- workers per GPU: rebuilt by scripts/paper_figures.py from results/bench/*/bench_train.csv; "
+           "do not edit by hand -->", "<!-- end of workers per GPU -->")
 FIGURES = {"accuracy_vs_batch": "final test accuracy against batch size",
            "learning_curves": "test accuracy and training loss per epoch"}
 
@@ -47,12 +50,14 @@ def main() -> None:
         caption = (folder / "caption.md").read_text().strip()
         print(f"## {folder}\n\n{table}\n{caption}\n")
         blocks.append(readme_block(folder, table, caption))
-    throughput = throughput_table(sorted(Path("results/bench").glob("*/bench_train.csv")))
-    print(f"## GPU throughput\n\n{throughput}")
+    measured = sorted(Path("results/bench").glob("*/bench_train.csv"))
+    throughput, workers = throughput_table(measured), workers_per_gpu(measured)
+    print(f"## GPU throughput\n\n{throughput}\n{workers}")
     readme = Path("README.md")
     text = replace_block(readme.read_text(), RESULTS, "\n".join(blocks))
-    readme.write_text(replace_block(text, THROUGHPUT, throughput))
-    print(f"rewrote the results and GPU throughput blocks of {readme}")
+    text = replace_block(text, THROUGHPUT, throughput)
+    readme.write_text(replace_block(text, WORKERS, workers))
+    print(f"rewrote the results, GPU throughput and workers per GPU blocks of {readme}")
 
 
 if __name__ == "__main__":

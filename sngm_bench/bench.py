@@ -16,6 +16,7 @@ sits on the device as a ready float batch and whose optimizer is torch's fused (
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import tempfile
 from pathlib import Path
@@ -221,25 +222,65 @@ def append_row(csv_file: Path, row: dict) -> None:
     frame.to_csv(csv_file, index=False)
 
 
-def throughput_table(csv_files: list[Path]) -> str:
-    """The README's GPU throughput table: every row of `bench_train.csv` files as
-    `scripts/gpu_check.sh` commits them, in `results/bench/<device>-<YYYY-MM-DD>/` (the date comes
-    from the folder's name, the device and torch version from the rows)."""
-    from sngm_bench.report import to_markdown
+# Training images/s that one DataLoader worker prepares from the ImageNet sample's 224x224 JPEGs (one
+# core of a 2-core AMD EPYC virtual machine; docs/data.md): the divisor of the "workers per GPU" figure.
+IMAGES_PER_WORKER = (850, 900)
 
-    rows = []
+
+def measured_rows(csv_files: list[Path]):
+    """Every row of `bench_train.csv` files as `scripts/gpu_report.py commit-check` commits them, in
+    `results/bench/<device>-<YYYY-MM-DD>/`, with the date from the folder's name."""
     for path in csv_files:
         date = re.search(r"\d{4}-\d{2}-\d{2}$", Path(path).parent.name)
         for row in pd.read_csv(path).itertuples():
-            compiled_step = getattr(row, "optimizer_step_compiled", False)  # older CSVs lack the column
-            flags = [name for name, on in (("channels_last", row.channels_last), ("compile", row.compile),
-                                           ("compiled optimizer", pd.notna(compiled_step) and compiled_step)) if on]
-            rows.append({
-                "device": row.device_name, "torch": row.torch_version, "date": date.group() if date else "",
-                "model": row.model.replace("resnet", "ResNet-"), "batch": row.batch_size,
-                "settings": " + ".join([row.precision, *flags]), "images/s": f"{row.images_per_second:,.0f}",
-                "MFU": f"{100 * row.mfu:.1f} %" if pd.notna(row.mfu) else "–",
-                "vs hand-written loop": f"{row.throughput_vs_reference:.2f}"
-                if pd.notna(getattr(row, "throughput_vs_reference", None)) else "–",
-            })
+            yield date.group() if date else "", row
+
+
+def settings(row) -> str:
+    """`bf16 + channels_last + compile`: the precision and the speed flags a row was measured with."""
+    compiled_step = getattr(row, "optimizer_step_compiled", False)  # older CSVs lack the column
+    flags = [name for name, on in (("channels_last", row.channels_last), ("compile", row.compile),
+                                   ("compiled optimizer", pd.notna(compiled_step) and compiled_step)) if on]
+    return " + ".join([row.precision, *flags])
+
+
+def throughput_table(csv_files: list[Path]) -> str:
+    """The README's GPU throughput table: every measured row (see `measured_rows`; the device and
+    torch version come from the rows)."""
+    from sngm_bench.report import to_markdown
+
+    rows = []
+    for date, row in measured_rows(csv_files):
+        rows.append({
+            "device": row.device_name, "torch": row.torch_version, "date": date,
+            "model": row.model.replace("resnet", "ResNet-"), "batch": row.batch_size,
+            "settings": settings(row), "images/s": f"{row.images_per_second:,.0f}",
+            "MFU": f"{100 * row.mfu:.1f} %" if pd.notna(row.mfu) else "–",
+            "vs hand-written loop": f"{row.throughput_vs_reference:.2f}"
+            if pd.notna(getattr(row, "throughput_vs_reference", None)) else "–",
+        })
     return to_markdown(pd.DataFrame(rows).set_index("device"))
+
+
+def workers_per_gpu(csv_files: list[Path]) -> str:
+    """The README's "workers per GPU" figure: for each measured ImageNet row, its training images/s
+    over one worker's `IMAGES_PER_WORKER`, with the row's data shares to judge the loader by (the
+    upper bound is loose on the 200-image sample: every second step starts an epoch, and the
+    loader's prefetch restarts; docs/gpu.md)."""
+    from sngm_bench.report import to_markdown
+
+    low, high = IMAGES_PER_WORKER
+    rows = [{
+        "device": row.device_name, "date": date, "model": row.model.replace("resnet", "ResNet-"),
+        "image size": f"{row.image_size} px", "batch": row.batch_size, "settings": settings(row),
+        "training images/s": f"{row.images_per_second:,.0f}",
+        "workers per GPU": f"{math.ceil(row.images_per_second / high)}–{math.ceil(row.images_per_second / low)}",
+        "data share in the step": f"{100 * row.data_fraction_in_step:.1f} %",
+        "data share, upper bound": f"{100 * row.data_fraction_upper_bound:.1f} %",
+    } for date, row in measured_rows(csv_files) if row.dataset == "imagenet"]
+    if not rows:
+        return ("How many ImageNet data-loading workers one GPU needs is not measured yet: no committed "
+                "`bench_train.csv` has an ImageNet row.\n")
+    return (f"ImageNet data-loading workers one GPU needs: its training images/s over the {low}–{high} images/s "
+            f"one worker prepares ([data.md](docs/data.md)).\n\n"
+            + to_markdown(pd.DataFrame(rows).set_index("device")))

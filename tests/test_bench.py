@@ -124,6 +124,24 @@ def test_throughput_table_has_a_row_per_measurement_with_its_device_date_and_set
                         "31,000 | – | – |")
 
 
+def test_workers_per_gpu_divides_an_imagenet_rows_images_per_second_by_one_workers(tmp_path):
+    folder = tmp_path / "h100-2026-12-01"
+    folder.mkdir()
+    common = {"model": "resnet50", "device_name": "NVIDIA H100 80GB HBM3", "torch_version": "2.11.0",
+              "precision": "bf16", "channels_last": True, "compile": True, "batch_size": 100}
+    assert "not measured yet" in bench.workers_per_gpu([])
+    pd.DataFrame([
+        {**common, "dataset": "imagenet", "image_size": 224, "images_per_second": 2600.0,
+         "data_fraction_in_step": 0.012, "data_fraction_upper_bound": 0.41},
+        {**common, "dataset": "cifar10", "image_size": 32, "images_per_second": 180000.0,
+         "data_fraction_in_step": 0.01, "data_fraction_upper_bound": 0.03},
+    ]).to_csv(folder / "bench_train.csv", index=False)
+    lines = bench.workers_per_gpu([folder / "bench_train.csv"]).splitlines()
+    assert "850–900 images/s" in lines[0] and len(lines) == 5  # the sentence, a blank line, the table's three
+    assert lines[4] == ("| NVIDIA H100 80GB HBM3 | 2026-12-01 | ResNet-50 | 224 px | 100 | bf16 + channels_last + "
+                        "compile | 2,600 | 3–4 | 1.2 % | 41.0 % |")  # 2600 / 900 = 2.9, 2600 / 850 = 3.1
+
+
 def test_appended_rows_keep_each_value_under_its_own_column(tmp_path):
     path = tmp_path / "bench_train.csv"
     bench.append_row(path, {"model": "resnet20", "images_per_second": 100.0, "device_name": "A"})
