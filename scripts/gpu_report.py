@@ -83,7 +83,30 @@ def tables(out: Path) -> str:
             columns = ["parameter_set", "optimizer", "median_ms", *[c for c in rows.columns if c.startswith("vs_")],
                        *[c for c in ("host_ms", "warmup_ms") if c in rows.columns]]  # older CSVs lack them
             parts.append(f"{title}\n\n" + markdown(rows[columns]))
+    if (out / "bench_optim_compile.csv").exists():
+        parts.append("**Compiled against eager** (the same process; compile_ms: the compiled step's warm-up less the "
+                     "eager one's, paid once per run; break_even_steps: the steps a run needs to win it back)\n\n"
+                     + markdown(compile_payoff(pd.read_csv(out / "bench_optim_compile.csv"))))
     return "\n\n".join(parts)
+
+
+def compile_payoff(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each `+compile` row of bench_optim_compile.csv beside the eager row of its optimizer, measured
+    in the same process: both steps, the compiled one's ratio to each baseline, what compiling
+    costs once per run, and after how many steps that pays (none: the compiled step is no faster)."""
+    compiled = rows[rows["optimizer"].str.endswith("+compile")].assign(
+        eager=lambda frame: frame["optimizer"].str.removesuffix("+compile"))
+    paired = compiled.merge(rows, left_on=["parameter_set", "eager"], right_on=["parameter_set", "optimizer"],
+                            suffixes=("", "_eager"))
+    saved_ms = paired["median_ms_eager"] - paired["median_ms"]
+    compile_ms = paired["warmup_ms"] - paired["warmup_ms_eager"]
+    return pd.DataFrame({
+        "parameter_set": paired["parameter_set"], "optimizer": paired["optimizer"],
+        "eager_ms": paired["median_ms_eager"], "compiled_ms": paired["median_ms"],
+        **{column: paired[column] for column in rows.columns if column.startswith("vs_")},
+        "compile_ms": compile_ms,
+        "break_even_steps": [f"{cost / saved:,.0f}" if saved > 0 else "none" for cost, saved in zip(compile_ms, saved_ms)],
+    })
 
 
 def unfinished(runs: Path) -> list[Path]:

@@ -141,3 +141,18 @@ def test_a_campaign_that_replaces_every_run_replaces_their_record(tmp_path):
     assert (committed.parent / "campaign_log.txt").read_text().startswith("=== sweep 1")
     assert not (committed.parent / "campaign_log_2.txt").exists()
 
+
+def test_compiled_optimizer_rows_are_paired_with_their_eager_step_and_priced(tmp_path):
+    # bench_optim --compile's CSV: the baselines and eager steps, then the compiled ones, one process.
+    common = {"device": H100, "torch": TORCH, "steps": 50, "parameter_set": "resnet50"}
+    rows = pd.DataFrame([{**common, "optimizer": name, "median_ms": ms, "vs_sgd_fused": ms / 0.7, "warmup_ms": warmup}
+                         for name, ms, warmup in [("sgd_fused", 0.7, 5.0), ("lars", 1.5, 10.0), ("lamb", 3.3, 10.0),
+                                                  ("lars+compile", 1.0, 5010.0), ("lamb+compile", 3.5, 9010.0)]])
+    payoff = gpu_report.compile_payoff(rows)
+    assert payoff["optimizer"].tolist() == ["lars+compile", "lamb+compile"]
+    assert payoff["eager_ms"].tolist() == [1.5, 3.3] and payoff["compiled_ms"].tolist() == [1.0, 3.5]
+    assert payoff["vs_sgd_fused"].tolist() == [1.0 / 0.7, 3.5 / 0.7]
+    assert payoff["compile_ms"].tolist() == [5000.0, 9000.0]
+    assert payoff["break_even_steps"].tolist() == ["10,000", "none"]  # 5000 ms / 0.5 ms saved per step
+    rows.to_csv(tmp_path / "bench_optim_compile.csv", index=False)
+    assert "| resnet50 | lars+compile | 1.5 | 1 | 1.43 | 5e+03 | 10,000 |" in gpu_report.tables(tmp_path)
