@@ -213,6 +213,8 @@ def commit_campaign(files: Path, results: Path) -> tuple[Path, list[str], list[s
     its code evaluated in BatchNorm's training mode; the others stay, so that the runs of several
     campaigns join. A run the time box cut is left out: it continues from checkpoints.tar.gz."""
     header(files / "summary.md")
+    if not (files / "runs.tar.gz").exists():
+        raise CommitError(f"{files} has no runs.tar.gz: the campaign's log.txt says where it stopped")
     with tempfile.TemporaryDirectory() as scratch:
         with tarfile.open(files / "runs.tar.gz") as archive:
             archive.extractall(scratch, filter="data")

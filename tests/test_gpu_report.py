@@ -140,6 +140,9 @@ def test_a_campaign_that_replaces_every_run_replaces_their_record(tmp_path):
     assert len(removed) == 8
     assert (committed.parent / "campaign_log.txt").read_text().startswith("=== sweep 1")
     assert not (committed.parent / "campaign_log_2.txt").exists()
+    (tmp_path / "files" / "runs.tar.gz").unlink()  # a call cut before its archives
+    with pytest.raises(gpu_report.CommitError, match="no runs.tar.gz"):
+        gpu_report.commit_campaign(tmp_path / "files", tmp_path / "results")
 
 
 def test_compiled_optimizer_rows_are_paired_with_their_eager_step_and_priced(tmp_path):
