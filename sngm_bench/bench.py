@@ -274,7 +274,8 @@ def workers_per_gpu(csv_files: list[Path]) -> str:
         "device": row.device_name, "date": date, "model": row.model.replace("resnet", "ResNet-"),
         "image size": f"{row.image_size} px", "batch": row.batch_size, "settings": settings(row),
         "training images/s": f"{row.images_per_second:,.0f}",
-        "workers per GPU": f"{math.ceil(row.images_per_second / high)}–{math.ceil(row.images_per_second / low)}",
+        "workers per GPU": "–".join(dict.fromkeys(str(math.ceil(row.images_per_second / per_worker))
+                                                  for per_worker in (high, low))),
         "data share in the step": f"{100 * row.data_fraction_in_step:.1f} %",
         "data share, upper bound": f"{100 * row.data_fraction_upper_bound:.1f} %",
     } for date, row in measured_rows(csv_files) if row.dataset == "imagenet"]
