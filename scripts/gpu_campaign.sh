@@ -22,7 +22,8 @@
 # GRIDS replaces it by several grids, separated by ';' (e.g. 'optimizer=msgd lr_factor=0.125 ;
 # optimizer=sngm lr_factor=1,2 seed=1,2'), swept one after another into that folder within the one
 # time box: the LRs worth more seeds differ per optimizer, which one grid cannot express. A grid
-# without batch_size= gets BATCHES (default 4096).
+# without batch_size= gets BATCHES (default 4096); a dry run scales a grid's own batch sizes as
+# 4096 -> 200 (its 1000 images hold no batch of 8192), so the GPU's GRIDS dry-run as they are.
 
 TITLE="GPU campaign slice (scripts/gpu_campaign.sh)"
 GPU_BUDGET_S=240 DRY_BUDGET_S=900
@@ -39,8 +40,16 @@ else  # tiny sizes, the same command line
     LIMIT_SCALE=${LIMIT_SCALE:-5}
 fi
 IFS=';' read -ra GRID_LIST <<<"${GRIDS:-lr_factor=$LR_FACTORS optimizer=${OPTIMIZERS:-sngm,msgd}${SEEDS:+ seed=$SEEDS}}"
+dry_batches() {  # a GPU grid's batch sizes at the dry run's scale (its 1000 images hold no batch of 8192): 4096 -> 200
+    awk -v sizes="$1" 'BEGIN { n = split(sizes, b, ","); for (i = 1; i <= n; i++) {
+        size = int(b[i] * 200 / 4096); printf "%s%d", (i > 1 ? "," : ""), (size < 1 ? 1 : size) } }'
+}
 for i in "${!GRID_LIST[@]}"; do  # a grid without its own batch_size takes BATCHES, not the experiment's 128
-    [[ ${GRID_LIST[$i]} == *batch_size=* ]] || GRID_LIST[$i]="batch_size=$BATCHES ${GRID_LIST[$i]}"
+    if ! [[ ${GRID_LIST[$i]} =~ batch_size=([0-9,]+) ]]; then
+        GRID_LIST[$i]="batch_size=$BATCHES ${GRID_LIST[$i]}"
+    elif [ "$MODE" != gpu ]; then
+        GRID_LIST[$i]=${GRID_LIST[$i]/batch_size=${BASH_REMATCH[1]}/batch_size=$(dry_batches "${BASH_REMATCH[1]}")}
+    fi
 done
 echo "GPU campaign: mode $MODE, results in $OUT, runs in $WORK/multirun/$NAME; $ENVIRONMENT"
 

@@ -223,3 +223,13 @@ def test_gpu_scripts_print_their_help_and_take_no_option_for_a_folder(tmp_path, 
     refused = run_command(["bash", ROOT / "scripts" / script, "--dryrun"], tmp_path, env, timeout=60)
     assert refused.returncode == 2 and "usage:" in refused.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode, sizes", [([], "batch_size=8192,512"), (["--dry-run"], "batch_size=400,25")])
+def test_a_campaign_grids_batch_sizes_are_scaled_to_the_dry_runs_1000_images(tmp_path, mode, sizes):
+    # PY=false and a 1-second budget: every sweep is recorded as skipped, with its command line.
+    env = {"PY": "false", "BUDGET_S": "1", "GRIDS": "optimizer=msgd lr_factor=0.5 ; batch_size=8192,512 optimizer=sngm"}
+    run_command(["bash", ROOT / "scripts" / "gpu_campaign.sh", tmp_path / "out", *mode], tmp_path, env, timeout=60)
+    sweeps = [line for line in (tmp_path / "out" / "summary.md").read_text().splitlines() if line.startswith("Sweep")]
+    assert len(sweeps) == 2 and f" {sizes} optimizer=sngm " in sweeps[1], sweeps
+    assert f" batch_size={200 if mode else 4096} optimizer=msgd " in sweeps[0], sweeps  # BATCHES, the default
