@@ -104,6 +104,8 @@ def run_line(summary: dict, run_dir: Path) -> str:
                      f"({summary.get('diverged_reason')})")
     parts.append(f"final test accuracy {percent(summary.get('final_test_acc'))} "
                  f"(best {percent(summary.get('best_test_acc'))})")
+    if summary.get("final_holdout_acc") is not None:  # dataset.holdout_images: what a sweep's LR is chosen on
+        parts.append(f"held-out accuracy {percent(summary['final_holdout_acc'])}")
     if summary.get("wall_seconds") is not None:
         parts.append(f"{summary['wall_seconds']:.0f} s")
     if summary.get("images_per_second") is not None:

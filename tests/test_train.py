@@ -109,6 +109,7 @@ def test_held_out_images_are_evaluated_each_epoch_recorded_and_fixed_for_the_run
     assert metrics["holdout_acc"].notna().all() and metrics["holdout_loss"].notna().all() and len(metrics) == 2
     assert summary["final_holdout_acc"] == metrics["holdout_acc"].iloc[-1]
     assert "holdout acc" in (tmp_path / "run" / "train.log").read_text()
+    assert f"held-out accuracy {100 * summary['final_holdout_acc']:.2f} %" in result.stdout.strip().splitlines()[-1]
     cfg = compose_config([*overrides[:-1], f"dataset.root={cifar_root}"])
     model = build_model(cfg.model, 10)
     model.load_state_dict(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"])
