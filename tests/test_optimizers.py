@@ -300,6 +300,16 @@ def test_zero_gradient_and_zero_weights_stay_finite(name):
     assert torch.equal(params[2].detach(), torch.ones(2)) and not optimizer.state[params[2]]
 
 
+def test_lars_moves_a_tensor_with_a_zero_gradient_by_its_weight_decay_at_lr():
+    # A zero gradient (a frozen or dead layer) makes the ratio trust_coefficient * ||w|| / (wd * ||w||), here
+    # 10: the decay would move the weights ten times as far as momentum SGD at lr does. The ratio is 1 instead.
+    w = nn.Parameter(torch.ones(4, dtype=torch.float64))
+    optimizer = LARS([w], lr=0.1, weight_decay=1e-4, trust_coefficient=1e-3)
+    w.grad = torch.zeros_like(w)
+    optimizer.step()
+    torch.testing.assert_close(w.detach(), torch.full_like(w, 1 - 0.1 * 1e-4), rtol=1e-15, atol=0)
+
+
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_state_dict_round_trip_continues_exactly(name):
     weights, grad_steps = make_problem(steps=8, dtype=torch.float32)
