@@ -92,3 +92,24 @@ def test_a_warmup_as_long_as_the_run_is_warned_of(caplog):
     caplog.clear()
     build_scheduler(opt, schedule_cfg("decay=poly", "warmup_epochs=2"), steps_per_epoch=4, epochs=3)
     assert caplog.text == ""
+
+
+def scheduled_lrs(cfg, steps_per_epoch: int, epochs: int) -> list[float]:
+    """The LR of every optimizer step of a run, as a fraction of the peak."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, epochs)
+    lrs = []
+    for _ in range(steps_per_epoch * epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_warmup_lasts_the_nearest_whole_step_and_a_run_shorter_than_it_still_reaches_the_peak():
+    # 0.7 epochs of 5 steps: 3.5, so 4 warmup steps, then the decay.
+    assert scheduled_lrs(schedule_cfg("decay=constant", "warmup_epochs=0.7"), 5, 2)[:5] == \
+        pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    # A run of 2 epochs with the paper's 5 warmup epochs (a quick trial of its recipe) warms up over the
+    # whole run: its last step is at the peak LR, not at 2/5 of it.
+    assert scheduled_lrs(schedule_cfg("decay=poly", "warmup_epochs=5"), 4, 2) == pytest.approx([k / 8 for k in range(1, 9)])
