@@ -131,6 +131,15 @@ def test_augmentation_only_shifts_and_flips(cifar):
     assert 10 < flipped < 54 and shifted > 32
 
 
+def test_shifts_take_every_offset_from_none_to_twice_the_padding_and_flip_half_the_images():
+    # Each window of the padded image is a crop: an offset range one short would never shift down or right.
+    images = DeviceImages(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1, dtype=torch.long), (0.0,) * 3,
+                          (1.0,) * 3, "cpu", pad=4)
+    dy, dx, flip = images.random_shifts(10_000, seeded_generator("cpu", 0, 1))
+    assert dy.unique().tolist() == dx.unique().tolist() == list(range(9))
+    assert 0.45 < flip.float().mean() < 0.55
+
+
 def test_normalization_uses_the_channel_statistics(cifar):
     images = DeviceImages(cifar[0], cifar[1], cifar10.MEAN, cifar10.STD, "cpu")
     x, _ = images.batch(torch.arange(50_000))
@@ -157,7 +166,8 @@ def test_train_batches_resume_at_any_step_and_shard_one_global_batch(cifar):
     halves = [list(images.train_batches(1, 2, 100, slice(r * 50, (r + 1) * 50))) for r in range(2)]
     for step in range(5):  # two processes' shards put together are the one-process batch
         assert torch.equal(torch.cat([halves[0][step][0], halves[1][step][0]]), full[step][0])
-    assert not torch.equal(full[0][0], next(images.train_batches(1, 3, 100, slice(0, 100)))[0])
+    next_epoch = next(images.train_batches(1, 3, 100, slice(0, 100)))
+    assert not torch.equal(full[0][1], next_epoch[1])  # reshuffled: other images, not only other crops of them
 
 
 def test_eval_batches_cover_every_image_once_across_processes(cifar):
