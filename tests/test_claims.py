@@ -239,10 +239,15 @@ def test_a_tie_in_the_largest_batch_kept_is_not_resolved(tmp_path):
     (([92.0], [91.5]), ([92.0], [90.9])),
     # Three seeds: MSGD's mean drops 1.2 points, but its seeds at 1024 spread over 3.6.
     ((seeds(92.0), seeds(91.5)), (seeds(92.0), [89.0, 90.8, 92.6])),
+    # MSGD's drop of 1.1 points is certain to exceed 0, but not 1 (its interval is about [-1.33, -0.87]).
+    ((seeds(92.0), seeds(91.5)), (seeds(92.0), seeds(90.9))),
+    # SNGM's mean drops 0.5 points, but its seeds at 1024 spread over 5: they do not show it within 1 point.
+    ((seeds(92.0), [89.0, 91.5, 94.0]), (seeds(92.0), seeds(89.0))),
 ])
 def test_a_drop_within_seed_noise_does_not_decide_the_larger_batch_claim(tmp_path, sngm_accs, msgd_accs):
     # On means alone SNGM keeps its best accuracy (within 1 point) at 1024 and MSGD does not, but the seeds do
-    # not show that MSGD's accuracy at 1024 lies more than 1 point below its best.
+    # not show that SNGM's accuracy at 1024 lies within 1 point of its best, or that MSGD's lies more than 1
+    # point below its own.
     for batch_size, sngm, msgd in zip((128, 1024), sngm_accs, msgd_accs):
         for lr, worse in ((0.05, 5.0), (0.1, 0.0), (0.2, 5.0)):
             make_run(tmp_path, "sngm", batch_size, [acc - worse for acc in sngm], "global", lr)
@@ -251,6 +256,18 @@ def test_a_drop_within_seed_noise_does_not_decide_the_larger_batch_claim(tmp_pat
     assert found[1] == "not resolved", text
     assert "(on means alone, noise aside: SNGM 1024, MSGD 128)" in text
     assert "more seeds are needed" in text.split("2. **")[1].split("3. **")[0]
+
+
+def test_differences_within_seed_noise_decide_neither_the_large_batch_nor_the_block_wise_claim(tmp_path):
+    # At batch 4096 MSGD's mean is 0.3 points above SNGM's, and layer's 0.3 above global's, but the seeds spread
+    # over a point: each interval includes 0, and the block-wise one reaches past +1, a gain that would matter.
+    for lr, worse in ((0.05, 5.0), (0.1, 0.0), (0.2, 5.0)):
+        for mean, optimizer, norm in ((85.0, "sngm", "global"), (85.3, "sngm", "layer"), (85.3, "msgd", None)):
+            make_run(tmp_path, optimizer, 4096, [mean - worse + d for d in (-0.5, 0.0, 0.5)], norm, lr)
+    found, text = verdicts(tmp_path)
+    assert (found[0], found[2]) == ("not resolved", "not resolved"), text
+    assert "- SNGM − msgd (85.30, n=3): -0.30 [-1.43, +0.83]" in text
+    assert "- batch 4096: layer − global +0.30 [-0.83, +1.43]" in text
 
 
 def test_both_keeping_their_accuracy_to_the_largest_batch_is_not_resolved(tmp_path):
