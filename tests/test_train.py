@@ -1,6 +1,7 @@
 """Real training runs through the command line, on real CIFAR-10 (tiny model, small subset)."""
 
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import run_cli
+from conftest import TWO_PROCESSES, run_cli, run_command
 from sngm_bench.config import compose_config
 from sngm_bench.data import build_data
 from sngm_bench.models import build_model
@@ -76,11 +77,14 @@ def test_bf16_channels_last_and_compile_paths_train(tmp_path, cifar_root):
     assert 0.0 < summary["final_test_acc"] <= 1.0
 
 
-def test_test_accuracy_is_the_checkpointed_model_in_inference_mode(tmp_path, cifar_root):
+@pytest.mark.parametrize("launcher", [[sys.executable], TWO_PROCESSES], ids=["one-process", "two-processes"])
+def test_test_accuracy_is_the_checkpointed_model_in_inference_mode(tmp_path, cifar_root, launcher):
     # BatchNorm evaluates with its running statistics, which evaluation leaves alone: the recorded test
     # loss and accuracy are those of the checkpoint's model in eval mode, at any evaluation batch size.
+    # Under DDP each process's statistics are those of its own shards; all evaluate with rank 0's, the checkpoint's.
     overrides = [*TINY, "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]
-    result = run_cli([*overrides, "eval_batch_size=700"], cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    result = run_command([*launcher, "-m", "sngm_bench", *overrides, "eval_batch_size=700"], cwd=tmp_path,
+                         env_extra={"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
     _, _, metrics = read_run(run_dir)
