@@ -56,6 +56,20 @@ def test_measured_steps_and_their_micro_batches():
     assert noise.read(Processes(0, 1, CPU)) is None  # nothing measured yet
 
 
+@pytest.mark.parametrize("small, big", [(0.5, 2.0), (2.0, 1.0)], ids=["trace-negative", "gradient-negative"])
+def test_no_noise_scale_while_an_estimate_is_not_positive(small, big):
+    # With few measurements the noise can outweigh the signal: the big batch's gradient the longer (a negative
+    # tr(Σ) estimate), or the small one's so much longer that |G|²'s estimate is negative. Their ratio, a
+    # negative "batch size", is not reported.
+    p = torch.nn.Parameter(torch.zeros(3))
+    noise = NoiseScale(1, 100, 100, [p], CPU)
+    p.grad = torch.full((3,), small * 0.5)  # the first micro-batch of 50 images, its loss weighted by 0.5
+    noise.small(50, 0.5)
+    p.grad = torch.full((3,), big)
+    noise.big()
+    assert noise.measurements == 1 and noise.read(Processes(0, 1, CPU)) is None
+
+
 def test_bad_settings_are_user_errors():
     with pytest.raises(UserError, match="noise_scale_every=0 must be a positive integer or null"):
         check_values(compose_config(["noise_scale_every=0"]))
