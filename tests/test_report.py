@@ -96,6 +96,20 @@ def test_learning_rate_is_chosen_by_the_rule(sweeps, runs, select_by):
     assert report.accuracy_table(cells).loc["msgd", "batch 200"].endswith(f"lr {expected:g} (grid edge)")
 
 
+def test_a_cell_is_the_mean_and_sample_std_over_seeds_and_an_lr_with_a_failed_seed_ranks_last():
+    # Three seeds whose mean and median differ, so that a cell is their mean and the LR is chosen by it; the
+    # LR with the best completed seeds lost one to divergence, which ranks it below every complete one.
+    accs = {0.1: [0.60, 0.90, 0.93], 0.2: [0.84, 0.85, 0.86], 0.4: [0.95, 0.96, None]}
+    runs = pd.DataFrame([{"series": "sngm", "batch_size": 1024, "lr": lr, "lr_factor": 1.0, "seed": seed,
+                          "status": "diverged" if acc is None else "completed", "final_test_acc": acc}
+                         for lr, seed_accs in accs.items() for seed, acc in enumerate(seed_accs)])
+    cells = report.aggregate(runs).set_index("lr")
+    assert cells.loc[0.1, "mean_final_test_acc"] == pytest.approx(statistics.mean(accs[0.1]))
+    assert cells.loc[0.1, "std_final_test_acc"] == pytest.approx(statistics.stdev(accs[0.1]))
+    assert (cells.loc[0.4, "n"], cells.loc[0.4, "not_completed"]) == (2, "diverged 1")
+    assert cells.index[cells["selected"]].tolist() == [0.2]
+
+
 def test_unreadable_folder_is_skipped_with_a_warning(sweeps, tmp_path, caplog):
     good = next(sweeps.rglob("summary.json")).parent
     shutil.copytree(good, tmp_path / "good")
