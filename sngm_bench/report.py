@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sngm_bench.errors import UserError
-from sngm_bench.identity import training_config
+from sngm_bench.identity import ADDED_KEYS, training_config
 from sngm_bench.records import METRICS_FILE, SUMMARY_FILE
 from sngm_bench.run_folder import live_status
 
@@ -45,14 +45,16 @@ COMPLETED = "completed"
 # Report column -> key of the resolved run config (or keys, the first found: records written before
 # the batch-size scaling rule moved from the schedule to each optimizer keep it under schedule).
 CONFIG_COLUMNS = {
-    "name": "name", "dataset": "dataset.name", "subset": "dataset.subset", "model": "model.name",
-    "width": "model.width", "optimizer": "optimizer.name", "lr": "optimizer.lr", "lr_factor": "lr_factor",
+    "name": "name", "dataset": "dataset.name", "subset": "dataset.subset", "holdout_images": "dataset.holdout_images",
+    "model": "model.name", "width": "model.width", "optimizer": "optimizer.name", "lr": "optimizer.lr",
+    "lr_factor": "lr_factor",
     "momentum": "optimizer.momentum", "weight_decay": "optimizer.weight_decay", "schedule": "schedule.decay",
     "warmup_epochs": "schedule.warmup_epochs", "scaling": ("optimizer.scaling", "schedule.scaling"),
     "base_batch_size": ("optimizer.base_batch_size", "schedule.base_batch_size"), "batch_size": "batch_size",
     "epochs_planned": "epochs", "seed": "seed", "precision": "precision", "norm": "optimizer.norm",
 }
-DEFAULTS = {"lr_factor": 1.0}  # the value of a column that records from before its key lack
+# The value of a column that records from before its key lack (identity.ADDED_KEYS: what they trained with).
+DEFAULTS = {"lr_factor": 1.0, "holdout_images": ADDED_KEYS["dataset.holdout_images"]}
 REQUIRED_COLUMNS = ["optimizer", "lr", "batch_size", "seed"]
 LR_KEYS = ["lr", "lr_factor"]  # together they set a run's LR; a sweep over either is an LR grid
 # The trained keys a table ranges over: its columns, each cell's LR grid and its seeds. A run's other
@@ -353,7 +355,7 @@ def distinct(runs: pd.DataFrame, column: str) -> str:
 def provenance(runs: pd.DataFrame) -> str:
     """Where the runs' numbers come from, read from their records: protocol, seeds, LR grid, hardware, code."""
     subset = f" ({distinct(runs, 'subset')}-image training subset)" if runs["subset"].notna().any() else ""
-    if "holdout_images" in runs and runs["holdout_images"].fillna(0).any():
+    if runs["holdout_images"].any():
         subset += f" ({distinct(runs, 'holdout_images')} training images held out)"
     protocol = (f"{distinct(runs, 'dataset')}{subset}, {distinct(runs, 'model')} width {distinct(runs, 'width')}, "
                 f"{distinct(runs, 'epochs_planned')} epochs, {distinct(runs, 'schedule')} decay after "

@@ -344,6 +344,16 @@ def test_selection_by_held_out_images_is_refused_in_one_line_for_runs_without_th
     assert result.returncode == 2 and result.stderr.splitlines() == [f"sngm-bench-report: error: {message}"]
 
 
+def test_runs_from_before_held_out_images_count_as_holding_none(tmp_path):
+    # make_run's configs without held-out images lack the key, as those of runs from before it existed: the
+    # report must not caption them as holding out the others' 5000, nor leave their column empty in runs.csv.
+    make_run(tmp_path, "sngm", 4096, seeds(85.0), "global", holdout_accs=seeds(88.0))
+    make_run(tmp_path, "msgd", 4096, seeds(84.0))
+    runs = report.collect_runs([tmp_path])
+    assert runs.groupby("optimizer")["holdout_images"].unique().to_dict() == {"msgd": [0], "sngm": [5000]}
+    assert "(0, 5000 training images held out)" in report.provenance(runs)
+
+
 def test_runs_that_differ_in_any_trained_setting_are_not_pooled_as_seeds(tmp_path):
     # The same grid at two warmups: two protocols, each judged alone, and four table rows, not two with 6 seeds.
     for warmup, (sngm_means, msgd_mean) in {0: ({0.1: 80.0, 0.2: 70.0}, 85.0), 5: ({0.1: 80.0, 0.2: 88.0}, 85.0)}.items():
