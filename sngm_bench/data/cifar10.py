@@ -48,8 +48,10 @@ def expected_md5(folder: Path) -> dict[str, str]:
     return sums
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+def file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest of a file's bytes by hashlib's `algorithm`, read in 4 MiB chunks (Python 3.10
+    lacks hashlib.file_digest): its md5 checked here, its fingerprint (`sngm_bench.data.fingerprint`)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
@@ -75,7 +77,7 @@ def _read_batches(folder: Path, names: list[str], sums: dict[str, str], verify: 
         path = folder / name
         if not path.exists():
             raise UserError(f"CIFAR-10 file {path} is missing; rebuild or re-download the dataset")
-        if verify and sums.get(name) != _md5(path):
+        if verify and sums.get(name) != file_digest(path, "md5"):
             raise UserError(
                 f"CIFAR-10 file {path} fails its md5 check (truncated or corrupted); "
                 "re-download it, or set dataset.verify_checksums=false to skip the check"

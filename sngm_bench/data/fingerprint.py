@@ -27,16 +27,9 @@ def data_fingerprint(cfg) -> dict[str, str]:
     root = Path(cfg.root).expanduser().absolute()
     if cfg.name == "cifar10":
         folder = root / cifar10.FOLDER
-        return {name: _file_digest(folder / name) for name in (*cifar10.TRAIN_FILES, *cifar10.TEST_FILES)}
+        return {name: cifar10.file_digest(folder / name, "sha256")[:16]
+                for name in (*cifar10.TRAIN_FILES, *cifar10.TEST_FILES)}
     return {split: _listing_digest(root / split) for split in IMAGENET_SPLITS}
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def _listing_digest(folder: Path) -> str:
