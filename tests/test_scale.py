@@ -55,7 +55,8 @@ def test_two_process_ddp_equals_one_process(tmp_path, cifar_root):
     env = {"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"}
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    overrides = [*TINY, "dataset.holdout_images=100"]  # every process holds out the same images
+    # Every process holds out the same images; 101 of them: shares of 51 and 50, summed over the processes.
+    overrides = [*TINY, "dataset.holdout_images=101"]
     single = run_cli(overrides, cwd=tmp_path / "one", env_extra=env)
     assert single.returncode == 0, single.stderr
     ddp = subprocess.run([*TWO_PROCESSES, "-m", "sngm_bench", *overrides], cwd=tmp_path / "two",
@@ -71,7 +72,7 @@ def test_two_process_ddp_equals_one_process(tmp_path, cifar_root):
         torch.testing.assert_close(params_one[key], params_two[key], rtol=1e-4, atol=1e-5)
     assert summary_two["final_train_loss"] == pytest.approx(summary_one["final_train_loss"], rel=1e-4)
     assert summary_two["final_test_acc"] == pytest.approx(summary_one["final_test_acc"], abs=2e-3)
-    assert summary_one["holdout_images"] == summary_two["holdout_images"] == 100
+    assert summary_one["holdout_images"] == summary_two["holdout_images"] == 101
     assert summary_two["final_holdout_acc"] == pytest.approx(summary_one["final_holdout_acc"], abs=0.0101)  # one image
 
 
