@@ -48,7 +48,8 @@ class Progress:
         self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", lr=f"{lr:.3g}", img_s=f"{images_per_second:.0f}")
 
     def evaluating(self, batches: Iterable, images: int, batch_size: int) -> Iterator:
-        """`batches` (this process's share of `images` test images), counted on a bar that vanishes when done."""
+        """`batches` (this process's share of `images` test or held-out images), counted on a bar that vanishes
+        when done."""
         total = math.ceil(images / batch_size)
         yield from tqdm(batches, total=total, desc="evaluating", unit="batch", leave=False, dynamic_ncols=True,
                         disable=None if self.enabled else True)
