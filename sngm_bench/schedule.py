@@ -50,6 +50,8 @@ def build_scheduler(optimizer: Optimizer, cfg, steps_per_epoch: int, epochs: int
     total = steps_per_epoch * epochs
     warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
     if 0 < total <= warmup:  # allowed (a short check of a long protocol), but never what a study means
-        log.warning("schedule.warmup_epochs=%g is not shorter than the run (epochs=%d): the LR rises for the whole run and reaches "
-                    "its peak only at the last step, with no %s decay", cfg.warmup_epochs, epochs, Decay(cfg.decay).name)
+        decay = Decay(cfg.decay)
+        log.warning("schedule.warmup_epochs=%g is not shorter than the run (epochs=%d): the LR rises for the whole run and "
+                    "reaches its peak only at the last step%s", cfg.warmup_epochs, epochs,
+                    "" if decay is Decay.constant else f", with no {decay.name} decay")
     return LambdaLR(optimizer, lambda step: lr_multiplier(step, total, warmup, cfg))

@@ -90,6 +90,9 @@ def test_a_warmup_as_long_as_the_run_is_warned_of(caplog):
     build_scheduler(opt, schedule_cfg("decay=poly", "warmup_epochs=5"), steps_per_epoch=4, epochs=3)
     assert "schedule.warmup_epochs=5 is not shorter than the run (epochs=3)" in caplog.text and "no poly decay" in caplog.text
     caplog.clear()
+    build_scheduler(opt, schedule_cfg("decay=constant", "warmup_epochs=5"), steps_per_epoch=4, epochs=3)
+    assert caplog.text.rstrip().endswith("reaches its peak only at the last step")  # no decay to speak of
+    caplog.clear()
     build_scheduler(opt, schedule_cfg("decay=poly", "warmup_epochs=2"), steps_per_epoch=4, epochs=3)
     assert caplog.text == ""
 
