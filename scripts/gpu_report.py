@@ -154,13 +154,18 @@ def recorded_environments(files: Path) -> dict[str, set[tuple[str, str]]]:
     return found
 
 
-def numbered(folder: Path, name: str) -> Path:
-    """`folder/name`, or for a later call's file of the same name `name_2`, `name_3`, ..."""
-    path, number = folder / name, 1
-    while path.exists():
-        number += 1
-        path = folder / f"{Path(name).stem}_{number}{Path(name).suffix}"
-    return path
+def call_file(folder: Path, name: str, call: int) -> Path:
+    """Where the `call`-th device call filed in `folder` puts its file `name`: `name` for the first,
+    `name_2`, `name_3`, ... for later ones, so that every file of one call has the same number."""
+    return folder / (name if call == 1 else f"{Path(name).stem}_{call}{Path(name).suffix}")
+
+
+def next_call(folder: Path, summary_name: str) -> int:
+    """The number of the next device call to be filed in `folder`, whose calls each filed a `summary_name`."""
+    call = 1
+    while call_file(folder, summary_name, call).exists():
+        call += 1
+    return call
 
 
 def commit_check(files: Path, results: Path) -> Path:
@@ -179,6 +184,7 @@ def commit_check(files: Path, results: Path) -> Path:
     summary = (files / "summary.md").read_text()
     if any(path.read_text() == summary for path in folder.glob("summary*.md")):
         raise CommitError(f"{files / 'summary.md'} is already committed in {folder}")
+    call = next_call(folder, "summary.md")
     for name in CHECK_FILES:
         if not (files / name).exists():
             continue
@@ -186,7 +192,7 @@ def commit_check(files: Path, results: Path) -> Path:
             merged = pd.concat([pd.read_csv(folder / name), pd.read_csv(files / name)], ignore_index=True)
             merged.to_csv(folder / name, index=False)
         else:  # copyfile: the files a device call brings back are read-only
-            shutil.copyfile(files / name, numbered(folder, name))
+            shutil.copyfile(files / name, call_file(folder, name, call))
     return folder
 
 
@@ -238,8 +244,9 @@ def commit_campaign(files: Path, results: Path) -> tuple[Path, list[str], list[s
     if not {path.parent.name for path in runs.glob("*/summary.json")} - new.keys():
         for old in [*runs.parent.glob("campaign_summary*.md"), *runs.parent.glob("campaign_log*.txt")]:
             old.unlink()  # the record of earlier campaigns whose runs are all gone
+    call = next_call(runs.parent, "campaign_summary.md")
     for name, target in (("summary.md", "campaign_summary.md"), ("log.txt", "campaign_log.txt")):
-        shutil.copyfile(files / name, numbered(runs.parent, target))
+        shutil.copyfile(files / name, call_file(runs.parent, target, call))
     return runs, sorted(new), [name for name in removed if name not in new], unfinished
 
 

@@ -57,9 +57,12 @@ def test_commit_check_files_a_call_under_its_gpu_and_date(tmp_path):
 def test_a_later_call_adds_its_rows_and_numbers_its_other_files(tmp_path):
     results = tmp_path / "results"
     gpu_report.commit_check(check_output(tmp_path / "first"), results)
-    folder = gpu_report.commit_check(check_output(tmp_path / "rerun", date="2026-12-01 09:22"), results)
+    rerun = check_output(tmp_path / "rerun", date="2026-12-01 09:22")
+    (rerun / "pytest.xml").write_text("<testsuites/>")  # a file the first call did not bring
+    folder = gpu_report.commit_check(rerun, results)
     assert (folder / "summary_2.md").read_text() == (tmp_path / "rerun" / "summary.md").read_text()
     assert (folder / "log_2.txt").exists() and (folder / "train_summary_2.json").exists()
+    assert (folder / "pytest_2.xml").exists() and not (folder / "pytest.xml").exists()  # named by its call
     assert len(pd.read_csv(folder / "bench_train.csv")) == 2 and len(pd.read_csv(folder / "bench_optim.csv")) == 2
     with pytest.raises(gpu_report.CommitError, match="already committed"):
         gpu_report.commit_check(tmp_path / "rerun", results)
