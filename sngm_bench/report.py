@@ -354,7 +354,10 @@ def distinct(runs: pd.DataFrame, column: str) -> str:
 
 def provenance(runs: pd.DataFrame) -> str:
     """Where the runs' numbers come from, read from their records: protocol, seeds, LR grid, hardware, code."""
-    subset = f" ({distinct(runs, 'subset')}-image training subset)" if runs["subset"].notna().any() else ""
+    subset = ""
+    if runs["subset"].notna().any():  # runs without one trained on the full set: said, not dropped with the NaN
+        subset = (f" (the full training set and {distinct(runs, 'subset')}-image training subsets)"
+                  if runs["subset"].isna().any() else f" ({distinct(runs, 'subset')}-image training subset)")
     if runs["holdout_images"].any():
         subset += f" ({distinct(runs, 'holdout_images')} training images held out)"
     protocol = (f"{distinct(runs, 'dataset')}{subset}, {distinct(runs, 'model')} width {distinct(runs, 'width')}, "

@@ -4,6 +4,7 @@ is known, its statistics against tables, and a real tiny sweep's report."""
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -352,6 +353,21 @@ def test_runs_from_before_held_out_images_count_as_holding_none(tmp_path):
     runs = report.collect_runs([tmp_path])
     assert runs.groupby("optimizer")["holdout_images"].unique().to_dict() == {"msgd": [0], "sngm": [5000]}
     assert "(0, 5000 training images held out)" in report.provenance(runs)
+
+
+def test_a_caption_of_runs_with_and_without_a_subset_names_both(tmp_path):
+    make_run(tmp_path, "sngm", 4096, seeds(85.0), "global")
+    make_run(tmp_path, "msgd", 4096, seeds(84.0))
+    assert "cifar10, resnet20" in report.provenance(report.collect_runs([tmp_path]))  # no subset: none said
+    for config_file in tmp_path.glob("msgd-*/.hydra/config.yaml"):
+        config = yaml.safe_load(config_file.read_text())
+        config["dataset"]["subset"] = 7680
+        config_file.write_text(yaml.safe_dump(config))
+    assert "cifar10 (the full training set and 7680-image training subsets), resnet20" in report.provenance(
+        report.collect_runs([tmp_path]))
+    for run_dir in tmp_path.glob("sngm-*"):
+        shutil.rmtree(run_dir)
+    assert "cifar10 (7680-image training subset), resnet20" in report.provenance(report.collect_runs([tmp_path]))
 
 
 def test_runs_that_differ_in_any_trained_setting_are_not_pooled_as_seeds(tmp_path):
