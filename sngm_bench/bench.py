@@ -236,6 +236,11 @@ def measured_rows(csv_files: list[Path]):
             yield date.group() if date else "", row
 
 
+def model_label(model: str) -> str:
+    """`resnet20` -> `ResNet-20`, as the README's tables name models."""
+    return model.replace("resnet", "ResNet-")
+
+
 def settings(row) -> str:
     """`bf16 + channels_last + compile`: the precision and the speed flags a row was measured with."""
     compiled_step = getattr(row, "optimizer_step_compiled", False)  # older CSVs lack the column
@@ -253,7 +258,7 @@ def throughput_table(csv_files: list[Path]) -> str:
     for date, row in measured_rows(csv_files):
         rows.append({
             "device": row.device_name, "torch": row.torch_version, "date": date,
-            "model": row.model.replace("resnet", "ResNet-"), "batch": row.batch_size,
+            "model": model_label(row.model), "batch": row.batch_size,
             "settings": settings(row), "images/s": f"{row.images_per_second:,.0f}",
             "MFU": f"{100 * row.mfu:.1f} %" if pd.notna(row.mfu) else "–",
             "vs hand-written loop": f"{row.throughput_vs_reference:.2f}"
@@ -271,7 +276,7 @@ def workers_per_gpu(csv_files: list[Path]) -> str:
 
     low, high = IMAGES_PER_WORKER
     rows = [{
-        "device": row.device_name, "date": date, "model": row.model.replace("resnet", "ResNet-"),
+        "device": row.device_name, "date": date, "model": model_label(row.model),
         "image size": f"{row.image_size} px", "batch": row.batch_size, "settings": settings(row),
         "training images/s": f"{row.images_per_second:,.0f}",
         "workers per GPU": "–".join(dict.fromkeys(str(math.ceil(row.images_per_second / per_worker))

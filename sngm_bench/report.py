@@ -53,8 +53,9 @@ CONFIG_COLUMNS = {
     "base_batch_size": ("optimizer.base_batch_size", "schedule.base_batch_size"), "batch_size": "batch_size",
     "epochs_planned": "epochs", "seed": "seed", "precision": "precision", "norm": "optimizer.norm",
 }
-# The value of a column that records from before its key lack (identity.ADDED_KEYS: what they trained with).
-DEFAULTS = {"lr_factor": 1.0, "holdout_images": ADDED_KEYS["dataset.holdout_images"]}
+# The value of a column that records from before its key lack: what they trained with (lr_factor
+# predates identity.ADDED_KEYS, which holds the later ones).
+DEFAULTS = {"lr_factor": 1.0, **{column: ADDED_KEYS[key] for column, key in CONFIG_COLUMNS.items() if key in ADDED_KEYS}}
 REQUIRED_COLUMNS = ["optimizer", "lr", "batch_size", "seed"]
 LR_KEYS = ["lr", "lr_factor"]  # together they set a run's LR; a sweep over either is an LR grid
 # The trained keys a table ranges over: its columns, each cell's LR grid and its seeds. A run's other
