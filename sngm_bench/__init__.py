@@ -21,11 +21,11 @@ def run(overrides: list[str]) -> dict:
     >>> summary = sngm_bench.run(["experiment=smoke", "optimizer=msgd", "batch_size=256"])
     """
     from sngm_bench.cli import run_overrides
-    from sngm_bench.records import called_as
+    from sngm_bench.invocation import launched_as
 
     if isinstance(overrides, str):
         raise TypeError("overrides is a list of strings, e.g. ['optimizer=msgd', 'batch_size=256']")
-    with called_as(f"sngm_bench.run({list(overrides)!r})"):  # the run's recorded command
+    with launched_as(f"sngm_bench.run({list(overrides)!r})"):  # the run's recorded launch_command
         return run_overrides(list(overrides))
 
 

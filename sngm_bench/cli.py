@@ -39,6 +39,7 @@ from sngm_bench import callbacks, checkpoint, grid, run_folder
 from sngm_bench.config import CONFIG_MODULE, check_values, keys_outside_schema, optimizer_settings
 from sngm_bench.errors import Interrupted, UserError
 from sngm_bench.identity import flatten
+from sngm_bench.invocation import mark_launch
 from sngm_bench.stop import mark_command_start
 
 log = logging.getLogger("sngm_bench")
@@ -327,6 +328,7 @@ def main() -> None:
         print(version())
         return
     mark_command_start()
+    mark_launch(sys.argv[1:])
     args, _ = get_args_parser().parse_known_args()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:

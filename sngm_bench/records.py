@@ -14,11 +14,10 @@ import platform
 import shutil
 import socket
 import subprocess
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import sngm_bench
+from sngm_bench import invocation
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
@@ -102,19 +101,6 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 PACKAGE = Path(sngm_bench.__file__).resolve().parent
-_call: str | None = None  # the Python API call training now (`called_as`)
-
-
-@contextmanager
-def called_as(call: str):
-    """Record `call`, not the process's command line, as the command of a run trained inside: a
-    script's or a notebook kernel's arguments do not say what was run (for `sngm_bench.run`)."""
-    global _call
-    _call = call
-    try:
-        yield
-    finally:
-        _call = None
 
 
 def _git(*args: str) -> str | None:
@@ -170,17 +156,17 @@ def cpu_name() -> str:
 # the run, and each later session's `resumed_at` entry lists those of its own that differ.
 SESSION_KEYS = ("world_size", "micro_batch_size", "bn_batch_size", "git_commit", "git_dirty", "git_diff_hash",
                 "sngm_bench_version", "torch_version", "cuda_version", "python_version", "device", "device_name",
-                "device_count", "cpu_threads", "hostname", "command")
+                "device_count", "cpu_threads", "hostname", "command", "launch_command")
 
 
 def session(summary: dict) -> dict:
-    """The SESSION_KEYS of a summary."""
-    return {key: summary[key] for key in SESSION_KEYS}
+    """The SESSION_KEYS of a summary; None for a key added after it was recorded (`launch_command`)."""
+    return {key: summary.get(key) for key in SESSION_KEYS}
 
 
 def environment(device) -> dict:
-    """Code version and hardware of a run on the torch.device `device`: what a reader needs to
-    know where a number came from. (torch is imported here, so that readers of run files, like
+    """Code version, hardware and commands (`invocation`) of a run on the torch.device `device`:
+    what a reader needs to know where a number came from. (torch is imported here, so that readers of run files, like
     the report, do not pay for it.)"""
     import torch
 
@@ -196,5 +182,5 @@ def environment(device) -> dict:
         "device_count": torch.cuda.device_count() if device.type == "cuda" else 1,
         "cpu_threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
-        "command": _call or " ".join(sys.argv),
+        **invocation.commands(),
     }

@@ -229,7 +229,7 @@ class Trainer:
         self.carried, self.seconds_before = state["carried"], state["seconds"]
         # The summary keeps the start's hardware and code; this continuation notes where its own differ.
         this_session = records.session(self.summary)
-        first_session = state.get("first_session", this_session)
+        first_session = records.session(state.get("first_session", this_session))
         self.summary.update(first_session)
         changed = {key: value for key, value in this_session.items() if first_session.get(key) != value}
         self.summary["resumed_at"] = [*state["resumed_at"], {"epoch": self.epoch, "step": self.step, **changed}]

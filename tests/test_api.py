@@ -1,5 +1,6 @@
 """The Python API (`sngm_bench.run`) and the TensorBoard logger, on one real tiny run."""
 
+import shlex
 import subprocess
 import sys
 import types
@@ -42,10 +43,12 @@ def test_run_returns_the_summary_of_the_run_the_cli_would_make(api_run, cifar_ro
     run_dir = cwd / "outputs" / "smoke" / "batch_size=100,dataset.subset=400,epochs=1,model.width=4"
     assert summary["status"] == "completed" and summary["epochs"] == 1
     assert summary == read_summary(run_dir)
-    assert summary["command"] == f"sngm_bench.run({api_overrides(cifar_root)!r})"  # not pytest's command line
+    # What trains it again, on the command line, and what started it (not pytest's command line).
+    assert summary["command"] == shlex.join(["sngm-bench", *api_overrides(cifar_root)])
+    assert summary["launch_command"] == f"sngm_bench.run({api_overrides(cifar_root)!r})"
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "train.log").exists()
-    # The command line finds the same run finished there.
-    result = run_cli(TINY, cwd=cwd, env_extra={"SNGM_DATA": str(cifar_root)})
+    # The recorded command finds the same run finished there.
+    result = run_cli(shlex.split(summary["command"])[1:], cwd=cwd, env_extra={"SNGM_DATA": str(cifar_root)})
     assert result.returncode == 0 and "already holds a completed run" in result.stderr + result.stdout
 
 

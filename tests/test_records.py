@@ -5,6 +5,7 @@ CLI, real training on tiny runs; out-of-memory and ENOSPC come from a real bound
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -64,10 +65,12 @@ def test_a_rerun_with_another_training_config_is_refused_naming_every_difference
     assert watched.returncode == 0, watched.stderr[-3000:]
     finished = summary(run_dir)
     assert finished["status"] == "completed" and resumed_where(finished) == [(1, 1)]
-    # The summary keeps the command that started the run; the continuation names its own.
-    assert finished["command"] == interrupted["command"] and finished["command"].endswith(" ".join(FIRST_STEP))
-    assert finished["resumed_at"][0]["command"].endswith("log_every=2 eval_batch_size=500")
-    assert set(finished["resumed_at"][0]) == {"epoch", "step", "command"}  # the same hardware and code
+    # The summary keeps the commands of the start; the continuation names its own.
+    assert finished["command"] == interrupted["command"] == \
+        shlex.join(["sngm-bench", "hydra.run.dir=run", *TINY, *FIRST_STEP])
+    assert finished["resumed_at"][0]["command"] == \
+        shlex.join(["sngm-bench", "hydra.run.dir=run", *TINY, "log_every=2", "eval_batch_size=500"])
+    assert set(finished["resumed_at"][0]) == {"epoch", "step", "command", "launch_command"}  # same hardware, code
 
     longer = one_line_error(cli("hydra.run.dir=run", "epochs=2"))  # the schedule depends on the total
     assert "holds a run trained with epochs=1 (now 2); add overwrite=true" in longer
