@@ -35,11 +35,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from sngm_bench import callbacks, checkpoint, grid, run_folder
+from sngm_bench import callbacks, checkpoint, grid, invocation, run_folder
 from sngm_bench.config import CONFIG_MODULE, check_values, keys_outside_schema, optimizer_settings
 from sngm_bench.errors import Interrupted, UserError
 from sngm_bench.identity import flatten
-from sngm_bench.invocation import mark_launch
 from sngm_bench.stop import mark_command_start
 
 log = logging.getLogger("sngm_bench")
@@ -212,7 +211,8 @@ if not OmegaConf.has_resolver("sngm_groups"):
 def _record_failure(run_dir: Path, cfg: DictConfig, err: UserError) -> None:
     from sngm_bench import records
 
-    summary = {"status": "failed", "error": str(err), "seed": cfg.seed, "batch_size": cfg.batch_size}
+    summary = {"status": "failed", "error": str(err), "seed": cfg.seed, "batch_size": cfg.batch_size,
+               **invocation.commands()}  # to run it again once the config or the data is fixed
     records.write_json(run_dir / records.SUMMARY_FILE, summary)
     callbacks.note_failure(run_dir)
 
@@ -328,7 +328,7 @@ def main() -> None:
         print(version())
         return
     mark_command_start()
-    mark_launch(sys.argv[1:])
+    invocation.mark_launch(sys.argv[1:])
     args, _ = get_args_parser().parse_known_args()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:

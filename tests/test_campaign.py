@@ -1,6 +1,7 @@
 """Sweep presets (+sweep=NAME), the lr_factor grid, several runs at once, and the grid-edge flag."""
 
 import json
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -112,14 +113,17 @@ def test_a_run_that_fails_in_a_joblib_worker_fails_the_sweep_command(tmp_path, c
     # The failure happens in another process than the one that exits: it must still set the exit code.
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the parallel extra")
     sweep_dir = tmp_path / "sweep"
-    result = run_cli(["-m", "experiment=smoke", "dataset.subset=512", "model.width=4", "epochs=1", "batch_size=64,0",
-                      "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}"],
-                     cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"})
+    overrides = ["experiment=smoke", "dataset.subset=512", "model.width=4", "epochs=1"]
+    settings = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}"]
+    result = run_cli(["-m", *overrides, "batch_size=64,0", *settings], cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"})
     (failed,) = sweep_dir.glob("batch_size=0*")
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == (
         f"sngm-bench: error: 1 run(s) of the sweep failed; see summary.json in {failed}")
-    assert json.loads((failed / "summary.json").read_text())["status"] == "failed"
+    failure = json.loads((failed / "summary.json").read_text())
+    assert failure["status"] == "failed"
+    # The command that runs this combination alone, to run it again once its config is fixed.
+    assert failure["command"] == shlex.join(["sngm-bench", "-m", *settings, *overrides, "batch_size=0"])
     (completed,) = sweep_dir.glob("batch_size=64*")
     assert json.loads((completed / "summary.json").read_text())["status"] == "completed"
 
