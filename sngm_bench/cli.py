@@ -234,14 +234,15 @@ def run(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        train_job(cfg)
+        with _torchrun_sigterm_as_ctrl_c():
+            train_job(cfg)
     except Interrupted as err:
         if _torchrun_rank():
             # Every process stopped at the same step, and rank 0 is still writing the checkpoint and the
             # summary: a failed exit here would make torchrun stop rank 0 (SIGTERM) before it is done.
             sys.exit(0)
         _fail(str(err), err.exit_code)  # a sweep stops too: the user asked to stop, or time is up
-    except KeyboardInterrupt:  # Ctrl-C before training began (loading data), or a second signal during it
+    except KeyboardInterrupt:  # Ctrl-C (or torchrun's SIGTERM) before training began, or a second signal during it
         _remove_if_stub(run_dir)
         _fail(_stopped_at_once(run_dir), 128 + signal.SIGINT)
     except UserError as err:
@@ -263,6 +264,22 @@ def _stopped_at_once(run_dir: Path) -> str:
         return f"stopped at once, without a new checkpoint; run the same command again to continue from " \
                f"the last one in {run_dir}"
     return "stopped at once, before the run's first checkpoint; run the same command again to start it"
+
+
+@contextlib.contextmanager
+def _torchrun_sigterm_as_ctrl_c():
+    """Under torchrun, SIGTERM stops the job as Ctrl-C does (`stop.StopRequest` takes over while it
+    trains), and is ignored once the job has ended: torchrun sends it to the other processes as
+    soon as one ends with an error, and rank 0 must still remove the run folder it created and say
+    why it ended."""
+    if _torchrun_rank() is None:
+        yield
+        return
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _remove_if_stub(run_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 `batch_size` stays global: each of the `world_size` processes trains on its slice of every
 global batch and DistributedDataParallel averages the gradients. Only rank 0 writes files.
+When one process dies, the others' next collective fails (`Processes.lost_peer`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import torch.distributed as dist
 
 from sngm_bench.config import Device
 from sngm_bench.device import resolve_device
+
+# What a process says when another process of its run is gone; that one's own error says why.
+LOST_PEER = ("another process of this run ended first; its own error says why (torchrun's report names it "
+             "as the first observed failure)")
 
 
 @dataclass
@@ -57,6 +62,14 @@ class Processes:
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+    def lost_peer(self, err: BaseException) -> bool:
+        """Whether `err` is a collective failing because another process of the run is gone (it
+        crashed, was killed, or ended with an error of its own): gloo reports the closed connection
+        as a plain RuntimeError from its transport, torch's own TCP code as a DistNetworkError.
+        (A process blocked in an NCCL collective is killed by torchrun instead.)"""
+        return self.world_size > 1 and (isinstance(err, dist.DistNetworkError) or
+                                        isinstance(err, RuntimeError) and "gloo/transport" in str(err))
 
     def close(self) -> None:
         if self.world_size > 1 and dist.is_initialized():

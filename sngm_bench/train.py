@@ -12,7 +12,7 @@ A run writes metrics.csv after every epoch, a checkpoint after every epoch and w
 stopped (`sngm_bench.stop`: a signal or its deadline; then after the current step), and
 summary.json at the start, after every epoch and at the end: `interrupted` with the cause and
 the step where it will continue, `failed` with the error (one line when it runs out of GPU
-memory or disk).
+memory or disk, or another process of the run is gone).
 """
 
 from __future__ import annotations
@@ -267,8 +267,10 @@ class Trainer:
             failure = f"cannot write {err.filename or self.run_dir}: {err.strerror or err}; free space or fix " \
                       "the folder, then run the same command again to continue"
         except Exception as err:  # a bug, or an error it cannot name (CPU memory): recorded, then its traceback
-            self.record({"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]})
-            raise
+            if not procs.lost_peer(err):
+                self.record({"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]})
+                raise
+            failure = f"{distributed.LOST_PEER}; run the same command again to continue"
         if failure is not None:  # outside the handler, so the failed step's tensors are freed
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -450,5 +452,9 @@ def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict
                 if stop.requested:  # it came after the last step: this run is done, the command stops
                     raise Interrupted(stop.reason(), run_dir)
                 return summary
+    except Exception as err:
+        if procs.lost_peer(err):  # before training: DDP's first broadcast, a barrier
+            raise UserError(distributed.LOST_PEER) from None
+        raise
     finally:
         procs.close()

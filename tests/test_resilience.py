@@ -16,6 +16,9 @@ import torch
 import yaml
 
 from conftest import TWO_PROCESSES, run_cli, run_command
+from sngm_bench.distributed import LOST_PEER
+from sngm_bench.records import read_summary
+from sngm_bench.run_folder import live_status
 
 TINY = ["experiment=smoke", "model.width=4", "dataset.subset=1000", "epochs=1", "batch_size=100"]
 
@@ -121,9 +124,9 @@ def test_a_finished_run_is_never_trained_twice_single_or_in_a_sweep(tmp_path, ci
         json.loads(first[tmp_path / "outputs"])["wall_seconds"]
 
 
-def _start(args, cwd, cifar_root, launcher=(sys.executable,)):
-    return subprocess.Popen([*launcher, "-m", "sngm_bench", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "SNGM_DATA": str(cifar_root)})
+def _start(args, cwd, cifar_root, command=(sys.executable, "-m", "sngm_bench")):
+    return subprocess.Popen([*command, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SNGM_DATA": str(cifar_root)})
 
 
 def _wait_for(predicate, process, timeout=600):
@@ -142,6 +145,12 @@ def _metrics_rows(runs) -> int:
     """Epochs written to the one metrics.csv under `runs` (0 before it exists)."""
     found = list(runs.glob("*/metrics.csv"))
     return len(found[0].read_text().splitlines()) - 1 if found else 0
+
+
+def _epochs_recorded(runs) -> int:
+    """Epochs that the one summary.json under `runs` counts (0 before it exists): it is written after
+    each epoch's checkpoint."""
+    return max((read_summary(run_dir).get("epochs", 0) for run_dir in runs.glob("*/")), default=0)
 
 
 def test_sigterm_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, cifar_root):
@@ -191,7 +200,7 @@ def test_two_processes_stopped_mid_epoch_resume_to_the_uninterrupted_run(tmp_pat
     straight = run_command(torchrun, tmp_path / "straight", env)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    process = _start(args, tmp_path / "stopped", cifar_root, TWO_PROCESSES)
+    process = _start(args, tmp_path / "stopped", cifar_root, [*TWO_PROCESSES, "-m", "sngm_bench"])
     runs = tmp_path / "stopped" / "outputs" / "smoke"
     _wait_for(lambda: _metrics_rows(runs) >= 1, process)
     process.send_signal(signal.SIGTERM)
@@ -216,6 +225,64 @@ def test_two_processes_stopped_mid_epoch_resume_to_the_uninterrupted_run(tmp_pat
     expected, got = _scalars(straight_dir, "train/loss", "train/accuracy"), _scalars(run_dir, "train/loss",
                                                                                       "train/accuracy")
     assert got == expected
+
+
+# `python -m sngm_bench` for torchrun, each process first writing its pid to rank_<RANK>.pid.
+PID_FILES = """
+import os, pathlib, runpy
+pathlib.Path(f"rank_{os.environ['RANK']}.pid").write_text(str(os.getpid()))
+runpy.run_module("sngm_bench", run_name="__main__")
+"""
+KILLED = ["experiment=smoke", "model.width=4", "dataset.subset=1000", "epochs=2", "batch_size=10"]
+
+
+@pytest.fixture(scope="module")
+def two_processes_uninterrupted(cifar_root, tmp_path_factory):
+    """The run folder of KILLED trained by two processes without interruption."""
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    result = run_command([*TWO_PROCESSES, "-m", "sngm_bench", *KILLED], cwd,
+                         {"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (cwd / "outputs" / "smoke").iterdir()
+    return run_dir
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_killed_process_ends_torchrun_truthfully_and_the_rerun_continues(rank, tmp_path, cifar_root,
+                                                                            two_processes_uninterrupted):
+    # The other process's next collective fails at once (gloo): it must say so in one line, not with a
+    # traceback, and the run's record must say what happened. Only rank 0 writes the record: when it
+    # is the one killed, summary.json stays `running`, which a reader shows as interrupted.
+    script = tmp_path / "pid_files.py"
+    script.write_text(PID_FILES)
+    process = _start(KILLED, tmp_path, cifar_root, [*TWO_PROCESSES, str(script)])
+    runs = tmp_path / "outputs" / "smoke"
+    # The event: epoch 1's checkpoint is written.
+    _wait_for(lambda: _epochs_recorded(runs) >= 1, process)
+    os.kill(int((tmp_path / f"rank_{rank}.pid").read_text()), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode != 0
+    assert "Error executing job" not in stderr, stderr[-3000:]  # Hydra's heading of a traceback from our code
+    assert stderr.count(f"sngm-bench: error: {LOST_PEER}") == (rank == 1), stderr[-3000:]  # rank 0 says it
+    assert f"traceback : {LOST_PEER}" in stderr  # the survivor's entry in torchrun's report
+    assert "Signal 9 (SIGKILL)" in stderr.split("Root Cause")[-1], stderr[-3000:]
+    (run_dir,) = runs.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (live_status(run_dir, summary["status"]), summary["epochs"]) == ("failed" if rank else "interrupted", 1)
+    assert summary.get("error", "").startswith(LOST_PEER) == (rank == 1)
+
+    resumed = run_command([*TWO_PROCESSES, "-m", "sngm_bench", *KILLED], tmp_path,
+                          {"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert [(at["epoch"], at["step"]) for at in summary["resumed_at"]] == [(2, 0)]
+    expected = pd.read_csv(two_processes_uninterrupted / "metrics.csv")
+    pd.testing.assert_frame_equal(expected[COMPARED], pd.read_csv(run_dir / "metrics.csv")[COMPARED], check_exact=True)
+    final = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    reference = torch.load(two_processes_uninterrupted / "checkpoint.pt", weights_only=False)
+    for key, value in reference["model"].items():
+        assert torch.equal(value, final["model"][key]), key
 
 
 def _scalars(run_dir, *tags) -> dict:
