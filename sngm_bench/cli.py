@@ -173,7 +173,8 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
 
 def _make_output_folder(folder: Path, multirun: bool) -> None:
     """Create the run folder (the sweep folder with -m) before Hydra does, so that a path that
-    cannot hold one ends in one line, and remember what this command created."""
+    cannot hold one ends in one line, and remember what this command created (under torchrun,
+    rank 0 does it while the other processes wait)."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -182,6 +183,16 @@ def _make_output_folder(folder: Path, multirun: bool) -> None:
                         f"{err.strerror or err}; choose another (hydra.{'sweep' if multirun else 'run'}.dir=...)") from None
     if existing != folder and not multirun:
         _created[folder] = existing
+
+
+def _wait_for_rank_0(folder: Path, seconds: float = 60) -> None:
+    """Under torchrun, wait for rank 0 to create the run folder: Hydra would create it in this
+    process too, and rank 0 must see whether it existed before the command (`_created`). Should
+    rank 0 end first, torchrun stops this process; should rank 0 name another folder (a
+    `${now:...}` in hydra.run.dir), the wait ends after `seconds`."""
+    deadline = time.time() + seconds
+    while not folder.is_dir() and time.time() < deadline:
+        time.sleep(0.05)
 
 
 def _group_folders() -> list:
@@ -261,9 +272,13 @@ def run(cfg: DictConfig) -> None:
 def _stopped_at_once(run_dir: Path) -> str:
     """What a run stopped without writing a checkpoint of its own can do next."""
     if checkpoint.exists(run_dir):
-        return f"stopped at once, without a new checkpoint; run the same command again to continue from " \
-               f"the last one in {run_dir}"
-    return "stopped at once, before the run's first checkpoint; run the same command again to start it"
+        message = f"stopped at once, without a new checkpoint; run the same command again to continue from " \
+                  f"the last one in {run_dir}"
+    else:
+        message = "stopped at once, before the run's first checkpoint; run the same command again to start it"
+    if _torchrun_rank() is not None:
+        message += " (torchrun stops every process when one fails: its report's first observed failure says why)"
+    return message
 
 
 @contextlib.contextmanager
@@ -358,6 +373,8 @@ def main() -> None:
             if not args.cfg and int(os.environ.get("RANK", "0")) == 0:
                 for folder in folders:
                     _make_output_folder(folder, args.multirun)
+            elif not args.cfg and _torchrun_rank():
+                _wait_for_rank_0(folders[0])
         except UserError as err:
             _fail(str(err))
     if int(os.environ.get("RANK", "0")) > 0:

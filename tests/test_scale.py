@@ -154,22 +154,34 @@ def test_outside_torchrun_a_process_of_another_rank_says_its_error_itself(tmp_pa
 
 
 # `python -m sngm_bench` for torchrun, where the process of rank 1 finds no data (as on a node without a copy).
+# Rank 0 goes on until it misses rank 1 in a collective, or torchrun stops it (SIGTERM) first.
 RANK_1_WITHOUT_DATA = """
 import os, runpy
 if os.environ["RANK"] == "1":
     os.environ["SNGM_DATA"] = "nowhere"
+{rank_0}
 runpy.run_module("sngm_bench", run_name="__main__")
+"""
+# Rank 0 still loading its data when torchrun stops it: it waits for the signal.
+RANK_0_STOPPED_LOADING = """
+else:
+    import signal
+    import sngm_bench.train
+    sngm_bench.train.build_data = lambda *args, **kwargs: signal.pause()
 """
 
 
-def test_under_torchrun_an_error_of_one_process_only_is_named_in_torchruns_report(tmp_path, cifar_root):
+@pytest.mark.parametrize("rank_0", ["", RANK_0_STOPPED_LOADING], ids=["rank-0-goes-on", "rank-0-stopped-loading"])
+def test_under_torchrun_an_error_of_one_process_only_is_named_in_torchruns_report(rank_0, tmp_path, cifar_root):
     script = tmp_path / "rank_1_without_data.py"
-    script.write_text(RANK_1_WITHOUT_DATA)
+    script.write_text(RANK_1_WITHOUT_DATA.format(rank_0=rank_0))
     result = subprocess.run([*TWO_PROCESSES, str(script), *TINY], cwd=tmp_path,
                             env={**os.environ, "SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     said_under_torchrun(result.stderr, "CIFAR-10 not found: no cifar-10-batches-py/ under ")
+    assert "Error executing job" not in result.stderr  # Hydra's heading of a traceback from our code
+    assert not (tmp_path / "outputs").exists()  # as a single process leaves it: no stub run folder
 
 
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, cifar_root):
