@@ -76,7 +76,8 @@ done
 BUDGET_S=$(( $(date +%s) - START_S + 60 ))  # the packing steps run after the time box
 REPORT="from sngm_bench.report import main; main()"
 step "report" 40 bash -c "cd '$WORK' && '$PY' -c '$REPORT' multirun/$NAME --out report && cp report/table.* '$OUT/'"
-step "archive runs" 20 tar -czf "$OUT/runs.tar.gz" -C "$WORK" --exclude=checkpoint.pt --exclude=checkpoint.prev.pt --exclude=.lock --exclude=train.log --exclude=.started_runs.txt "multirun/$NAME"
+# Not for results/: checkpoints, locks, logs, and what a run killed mid-write left (.NAME.tmp, records.temporary_path).
+step "archive runs" 20 tar -czf "$OUT/runs.tar.gz" -C "$WORK" --exclude=checkpoint.pt --exclude=checkpoint.prev.pt --exclude=.lock --exclude=train.log --exclude=.started_runs.txt --exclude='.*.tmp' "multirun/$NAME"
 UNFINISHED=$(cd "$WORK" && "$PY" "$ROOT/scripts/gpu_report.py" unfinished "multirun/$NAME")
 if [ -n "$UNFINISHED" ]; then
     step "archive checkpoints of unfinished runs" 20 tar -czf "$OUT/checkpoints.tar.gz" -C "$WORK" $UNFINISHED

@@ -5,7 +5,9 @@ import inspect
 import math
 import subprocess
 import sys
+import tarfile
 import types
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,6 +20,7 @@ from sngm_bench.data.device_loader import DeviceImages
 from sngm_bench.errors import UserError
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.noise_scale import NoiseScale
+from sngm_bench.records import temporary_path
 from sngm_bench.train import Trainer
 from conftest import ROOT, run_command
 
@@ -233,3 +236,21 @@ def test_a_campaign_grids_batch_sizes_are_scaled_to_the_dry_runs_1000_images(tmp
     sweeps = [line for line in (tmp_path / "out" / "summary.md").read_text().splitlines() if line.startswith("Sweep")]
     assert len(sweeps) == 2 and f" {sizes} optimizer=sngm " in sweeps[1], sweeps
     assert f" batch_size={200 if mode else 4096} optimizer=msgd " in sweeps[0], sweeps  # BATCHES, the default
+
+
+def test_a_campaigns_runs_archive_leaves_out_what_a_run_killed_mid_write_left(tmp_path):
+    # A run folder from an earlier call (CONTINUE_FROM) holds write_atomic's temporary files; PY=false:
+    # the sweep and the report fail at once, and the archive step packs that folder as it is.
+    run = tmp_path / "earlier" / "multirun" / "cifar10_short_2ep" / "0"
+    run.mkdir(parents=True)
+    for name in ("summary.json", "checkpoint.pt", "metrics.csv"):
+        (run / name).write_text("{}")
+        temporary_path(run / name).write_text("half")
+    (tmp_path / "continue").mkdir()
+    with tarfile.open(tmp_path / "continue" / "runs.tar.gz", "w:gz") as archive:
+        archive.add(tmp_path / "earlier" / "multirun", "multirun")
+    env = {"PY": "false", "BUDGET_S": "100", "CONTINUE_FROM": str(tmp_path / "continue"), "TMPDIR": str(tmp_path)}
+    run_command(["bash", ROOT / "scripts" / "gpu_campaign.sh", tmp_path / "out", "--dry-run"], tmp_path, env, timeout=60)
+    with tarfile.open(tmp_path / "out" / "runs.tar.gz") as archive:
+        names = {Path(name).name for name in archive.getnames()}
+    assert names == {"cifar10_short_2ep", "0", "summary.json", "metrics.csv"}
