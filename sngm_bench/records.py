@@ -40,10 +40,8 @@ def write_atomic(path: Path, data: str | bytes, keep: str | None = None) -> None
     naming `path`."""
     tmp = temporary_path(path)
     try:
-        with open(tmp, "w" if isinstance(data, str) else "wb") as f:
+        with _synced(tmp, "w" if isinstance(data, str) else "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         if keep is not None:
             _keep_as(path, path.with_name(keep))
     except BaseException as err:
@@ -54,9 +52,20 @@ def write_atomic(path: Path, data: str | bytes, keep: str | None = None) -> None
     os.replace(tmp, path)
 
 
+@contextmanager
+def _synced(path: Path, mode: str):
+    """`path` opened for writing; its data is on disk (fsync) once the block ends, so that renaming
+    it into place cannot leave an empty or partial file after a crash."""
+    with open(path, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _keep_as(path: Path, kept: Path) -> None:
     """Make `kept` a copy of `path`, if there is one, without moving `path` away: a hard link (or,
-    on a file system without them, a copy) to a temporary name, renamed over `kept`."""
+    on a file system without them, a copy as durable as `write_atomic`'s file) to a temporary name,
+    renamed over `kept`."""
     if not path.exists():
         return
     staged = temporary_path(kept)
@@ -65,7 +74,8 @@ def _keep_as(path: Path, kept: Path) -> None:
         try:
             os.link(path, staged)
         except OSError:  # no hard links here (some network and FUSE file systems)
-            shutil.copyfile(path, staged)
+            with open(path, "rb") as source, _synced(staged, "wb") as copy:
+                shutil.copyfileobj(source, copy)
         os.replace(staged, kept)
     finally:  # left by a failure, or by a rename that did nothing: `kept` was a link to `path` already
         staged.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -555,6 +556,33 @@ def test_the_file_a_write_replaces_is_kept_with_or_without_hard_links(tmp_path, 
         write_atomic(path, version, keep=kept.name)
     assert (path.read_text(), kept.read_text()) == ("3", "2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
+
+
+def test_without_hard_links_every_file_a_write_renames_into_place_is_on_disk_first(tmp_path, monkeypatch):
+    # The kept checkpoint is then a copy: renamed before its data is on disk, a power cut can leave it empty.
+    from sngm_bench.records import write_atomic
+
+    synced, renamed = set(), []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(source, target):
+        renamed.append((Path(source).name, str(source) in synced))
+        synced.discard(str(source))
+        real_replace(source, target)
+
+    def link(*args):  # as on a file system that has no hard links
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "link", link)
+    for version in "12":
+        write_atomic(tmp_path / "checkpoint.pt", version, keep="checkpoint.prev.pt")
+    assert renamed == [(".checkpoint.pt.tmp", True), (".checkpoint.prev.pt.tmp", True), (".checkpoint.pt.tmp", True)]
 
 
 def test_a_folder_a_live_run_holds_is_never_removed_as_a_stub(tmp_path):
