@@ -145,6 +145,24 @@ def test_files_that_are_not_jpeg_decode_on_the_cpu_instead():
     assert torch.equal(decoded[0], decoded[2]) and torch.equal(decoded[1], decode_image(png))
 
 
+def test_the_fingerprint_covers_the_image_files_the_dataset_reads_and_only_those(tmp_path):
+    # An image beside the class folders is no part of the dataset (ImageFolder reads class folders only):
+    # a continuation must not be refused for it. A class folder's image of another size is.
+    root = tmp_path / "imagenet"
+    shutil.copytree(SAMPLE, root)
+
+    def fingerprint():
+        return data(f"dataset.root={root}", "dataset.workers=0").fingerprint
+
+    recorded = fingerprint()
+    shutil.copyfile(next((root / "train").rglob("*.JPEG")), root / "train" / "stray.JPEG")
+    assert fingerprint() == recorded
+    with open(next((root / "val").rglob("*.JPEG")), "ab") as photo:
+        photo.write(b"\0")
+    changed = fingerprint()
+    assert changed["train"] == recorded["train"] and changed["val"] != recorded["val"]
+
+
 def test_wrong_layout_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"no train/ under .*expected .*/train/<wnid>/\*\.JPEG"):
         find_images(tmp_path, "train")

@@ -8,7 +8,7 @@ from typing import Any
 
 from sngm_bench.data import cifar10, imagenet
 from sngm_bench.data.device_loader import DeviceImages
-from sngm_bench.data.fingerprint import data_fingerprint
+from sngm_bench.data.fingerprint import cifar10_fingerprint
 from sngm_bench.data.subset import training_split
 from sngm_bench.errors import UserError
 
@@ -18,7 +18,7 @@ class Data:
     """Training, test and held-out images behind one interface: `train_batches`, `eval_batches`, `len`,
     `image_shape` (`DeviceImages` for CIFAR-10, `imagenet.ImageFolderImages` for ImageNet). `holdout`:
     training images kept out of training (`dataset.holdout_images`), evaluated like the test set;
-    None without them. `fingerprint`: of the files they were read from (`data_fingerprint`)."""
+    None without them. `fingerprint`: of the files they were read from (`sngm_bench.data.fingerprint`)."""
 
     train: Any
     test: Any
@@ -38,8 +38,7 @@ def build_data(cfg, device, channels_last: bool = False) -> Data:
         stats = (cifar10.MEAN, cifar10.STD, device, channels_last)
         holdout = None if held_out is None else DeviceImages(images[held_out], labels[held_out], *stats)
         return Data(DeviceImages(images[train], labels[train], *stats), DeviceImages(test_x, test_y, *stats),
-                    cifar10.NUM_CLASSES, data_fingerprint(cfg), holdout)
+                    cifar10.NUM_CLASSES, cifar10_fingerprint(cfg.root), holdout)
     if cfg.name == "imagenet":
-        train, test, num_classes, holdout = imagenet.load(cfg, device, channels_last)
-        return Data(train, test, num_classes, data_fingerprint(cfg), holdout)
+        return Data(*imagenet.load(cfg, device, channels_last))
     raise UserError(f"dataset={cfg.name} has no loader")

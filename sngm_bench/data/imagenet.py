@@ -21,6 +21,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from sngm_bench.data.device_loader import key_seed, normalize, seeded_generator, shuffled_batches
+from sngm_bench.data.fingerprint import listing_digest
 from sngm_bench.data.subset import training_split
 from sngm_bench.errors import UserError
 
@@ -184,8 +185,9 @@ class ImageFolderImages:
 
 
 def load(cfg, device, channels_last: bool):
-    """(train, val, number of classes, held-out training images or None) for `dataset=imagenet`; the held-out
-    images are evaluated as the validation images are (resize and center crop)."""
+    """(train, val, number of classes, fingerprint, held-out training images or None) for `dataset=imagenet`:
+    the fields of `sngm_bench.data.Data`. The held-out images are evaluated as the validation images are
+    (resize and center crop); the fingerprint is of every image file of train/ and val/."""
     root = Path(cfg.root).expanduser().absolute()
     if cfg.image_size < 8:
         raise UserError(f"dataset.image_size={cfg.image_size} must be at least 8")
@@ -200,4 +202,5 @@ def load(cfg, device, channels_last: bool):
                                  channels_last, train=training)
 
     val = ImageFolderImages(val_paths, val_labels, cfg, device, channels_last, train=False)
-    return images(train, True), val, len(classes), None if held_out is None else images(held_out, False)
+    fingerprint = {"train": listing_digest(root / "train", train_paths), "val": listing_digest(root / "val", val_paths)}
+    return images(train, True), val, len(classes), fingerprint, None if held_out is None else images(held_out, False)
