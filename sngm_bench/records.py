@@ -14,6 +14,7 @@ import platform
 import shutil
 import socket
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import sngm_bench
