@@ -30,6 +30,25 @@ def deadline(max_minutes: float | None) -> float | None:
     return float(os.environ.get(STARTED_ENV, time.time())) + 60 * max_minutes
 
 
+def leave_sigterm_to_the_training_process(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`. torch ends a worker at a SIGTERM: quietly when it comes from the
+    worker's parent (how the parent shuts it down), as if killed otherwise. A SIGTERM to every process
+    of a job (SLURM's preemption, `timeout`) then killed the workers, and the training process, told so
+    at its next line (writing the checkpoint), ended with a traceback and no checkpoint. Here the worker
+    still ends at its parent's SIGTERM and leaves any other to the training process, which stops its
+    workers itself: SIGTERM is blocked in the worker (and in the threads it starts) and taken by a thread
+    of its own."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_at_the_parents_sigterm, name="sigterm", daemon=True).start()
+
+
+def _exit_at_the_parents_sigterm() -> None:
+    parent = os.getppid()
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)
+
+
 class StopRequest:
     """Whether the run should stop at the next step boundary, and why."""
 

@@ -2,7 +2,12 @@
 20 train + 10 val JPEGs each, some grayscale)."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -14,7 +19,7 @@ from sngm_bench.data import build_data
 from sngm_bench.data.device_loader import key_seed
 from sngm_bench.data.imagenet import MEAN, STD, decode_batch, find_images, seeded_transform
 from sngm_bench.errors import Interrupted, UserError
-from conftest import IMAGENET_SAMPLE as SAMPLE, run_cli
+from conftest import IMAGENET_SAMPLE as SAMPLE, run_cli, run_command
 
 pytestmark = pytest.mark.skipif(SAMPLE is None, reason="needs the real ImageNet sample (../shared/data/imagenet-sample)")
 
@@ -257,3 +262,47 @@ def test_a_run_is_not_continued_on_other_data(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"run trained on other data: train_images=200 \(now 190\), data_fingerprint"):
         sngm_bench.run(args)
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == stopped
+
+
+def test_sigterm_to_the_whole_process_group_stops_a_run_with_workers_at_a_checkpoint(tmp_path):
+    # SLURM's preemption and `timeout` signal every process of the job, the DataLoader workers too: they must
+    # leave the stop to the training process, which saves its checkpoint and says so in one line.
+    args = ["dataset=imagenet", f"dataset.root={SAMPLE}", "dataset.image_size=16", "dataset.workers=2",
+            "model=resnet50", "model.arch=resnet18", "batch_size=20", "epochs=4", "eval_batch_size=100",
+            "hydra.run.dir=run"]
+    with open(tmp_path / "stderr.txt", "w") as stderr:  # a file: a pipe nobody reads could fill and block the run
+        process = subprocess.Popen([sys.executable, "-m", "sngm_bench", *args], cwd=tmp_path,
+                                   stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    metrics, deadline = tmp_path / "run" / "metrics.csv", time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 1):  # epoch 1 is written
+        assert process.poll() is None and time.time() < deadline, (tmp_path / "stderr.txt").read_text()[-3000:]
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=300) == 128 + signal.SIGTERM, (tmp_path / "stderr.txt").read_text()[-3000:]
+    assert (tmp_path / "stderr.txt").read_text().strip().splitlines() == [
+        f"sngm-bench: error: stopped by SIGTERM; checkpoint saved in {tmp_path / 'run'}, run the same command again "
+        "to continue"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert (summary["status"], summary["interrupted_by"], summary["interrupted_epoch"]) == \
+        ("interrupted", "SIGTERM", state["epoch"]) and state["epoch"] >= 2
+
+
+# A script that ends with an ImageNet loader's workers alive, forked inside the stop handling, as a run's
+# can be when the interpreter exits: multiprocessing then ends them with its SIGTERM.
+EXIT_WITH_WORKERS_ALIVE = f"""
+import torch
+from sngm_bench.config import compose_config
+from sngm_bench.data import build_data
+from sngm_bench.stop import StopRequest
+
+cfg = compose_config(["dataset=imagenet", "dataset.root={SAMPLE}", "dataset.workers=2", "dataset.image_size=16"])
+data = build_data(cfg.dataset, torch.device("cpu"))
+with StopRequest():
+    batches = data.train.train_batches(0, 1, 20, slice(0, 20))
+    next(batches)
+"""
+
+
+def test_workers_still_end_at_their_parents_sigterm_when_the_interpreter_exits(tmp_path):
+    assert run_command([sys.executable, "-c", EXIT_WITH_WORKERS_ALIVE], tmp_path, timeout=120).returncode == 0
