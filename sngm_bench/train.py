@@ -404,7 +404,8 @@ class Trainer:
             "final_train_loss": rows[-1]["train_loss"] if rows else None,
             "noise_scale": rows[-1].get("noise_scale") if rows else None,
             "wall_seconds": self.seconds_before + time.perf_counter() - self.session_start,
-            "images_per_second": sum(r["images_per_second"] for r in rows) / len(rows) if rows else None,
+            # Images over training seconds: every epoch trains as many images, so the epochs' harmonic mean.
+            "images_per_second": len(rows) / sum(1 / r["images_per_second"] for r in rows) if rows else None,
         })
         if self.procs.is_main:
             records.write_json(self.run_dir / records.SUMMARY_FILE, self.summary)

@@ -40,6 +40,10 @@ def test_tiny_run_learns_and_records_everything(tmp_path, cifar_root):
     assert summary["best_test_acc"] == metrics["test_acc"].max()
     assert summary["final_test_acc"] > 0.22  # chance is 0.10 on the full 10,000-image test set
     assert summary["train_images"] == 4000 and summary["test_images"] == 10_000 and summary["holdout_images"] == 0
+    # The run's rate is its images over its training seconds, not the mean of its epochs' rates.
+    images_per_epoch = summary["steps_per_epoch"] * 100
+    train_seconds = (images_per_epoch / metrics["images_per_second"]).sum()
+    assert summary["images_per_second"] == pytest.approx(3 * images_per_epoch / train_seconds)
     for key in ("git_commit", "torch_version", "device_name", "seed", "wall_seconds", "peak_lr"):
         assert key in summary
     assert summary["optimizer_step_compiled"] is False
