@@ -129,15 +129,33 @@ def sweep_combinations(overrides: list[str]) -> list[list[str]]:
     return grid.expand(params, overrides)
 
 
+def _parse_error(err: OverrideParseException, overrides: list[str]) -> UserError:
+    """The override that Hydra's grammar refuses, named; a value with characters the grammar
+    reserves (dataset.root=~/data, hydra.run.dir=out/a=b) parses in quotes, and the line says how."""
+    parser = OverridesParser.create()
+
+    def parses(override: str) -> bool:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException:
+            return False
+        return True
+
+    bad = next(override for override in overrides if not parses(override))
+    key, _, value = bad.partition("=")
+    if "LexerNoViableAltException" in str(err) or "=" in value:
+        return UserError(f"cannot parse the override {bad}: a value with characters such as ~, # or = goes in "
+                         f"quotes: '{key}=\"{value}\"'")
+    return UserError(f"cannot parse the override {bad}: {_first_line(err)}")
+
+
 def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
     """Compose every combination the overrides describe; raise UserError on the first that fails.
     Returns the run folder (the sweep folders with -m) they will write to."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException as err:  # a character the grammar lacks, e.g. dataset.root=~/data, needs quotes
-        hint = "; a value with characters such as ~ or # goes in quotes: 'key=\"value\"'" \
-            if "LexerNoViableAltException" in str(err) else ""
-        raise UserError(f"cannot parse the overrides: {_first_line(err)}{hint}") from None
+    except OverrideParseException as err:
+        raise _parse_error(err, overrides) from None
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise UserError(f"{sweeps[0]} is a sweep: add -m (--multirun) to run every combination")

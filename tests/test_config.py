@@ -80,8 +80,12 @@ def test_data_root_defaults_to_env(monkeypatch):
     (["schedule.decay=exp"], False, "expected one of [constant, poly, cosine, step]"),
     (["model=vgg"], False, "unknown model 'vgg'"),
     (["optimizer=sngm,msgd"], False, "is a sweep: add -m"),
-    (["batch_size=[1,"], False, "cannot parse the overrides"),
-    (["dataset.root=~/data"], False, """dataset.root=~/data; a value with characters such as ~ or # goes in quotes: 'key="value"'"""),
+    (["batch_size=[1,"], False, "cannot parse the override batch_size=[1,: no viable alternative"),
+    (["dataset.root=~/data"], False,
+     """cannot parse the override dataset.root=~/data: a value with characters such as ~, # or = goes in quotes: """
+     """'dataset.root="~/data"'"""),
+    (["seed=1", "hydra.run.dir=out/a=b"], False, """cannot parse the override hydra.run.dir=out/a=b: """
+                                                 """a value with characters such as ~, # or = goes in quotes: 'hydra.run.dir="out/a=b"'"""),
     (["-m", "optimizer=sngm,msgd", "optimizer.nesterov=true"], True,
      "unknown key 'optimizer.nesterov'"),
     (["optimizer.momentun=0.5"], False, "; did you mean 'optimizer.momentum'?"),
