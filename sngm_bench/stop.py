@@ -1,9 +1,10 @@
 """When a run stops before its last epoch: a signal, or the `max_minutes` deadline.
 
 SIGINT, SIGTERM (Ctrl-C, SLURM preemption) and SIGUSR2 (submitit's timeout signal) become a
-flag the training loop reads between steps; a second signal stops at once. The deadline is
-`max_minutes` after the command started (`STARTED_ENV`, set once by the command line and
-inherited by every process it launches), so all runs of a sweep share it.
+flag the training loop reads between steps; a second signal stops at once; DataLoader workers
+leave them to the training process. The deadline is `max_minutes` after the command started
+(`STARTED_ENV`, set once by the command line and inherited by every process it launches), so
+all runs of a sweep share it.
 """
 
 from __future__ import annotations
@@ -30,14 +31,18 @@ def deadline(max_minutes: float | None) -> float | None:
     return float(os.environ.get(STARTED_ENV, time.time())) + 60 * max_minutes
 
 
-def leave_sigterm_to_the_training_process(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`. torch ends a worker at a SIGTERM: quietly when it comes from the
-    worker's parent (how the parent shuts it down), as if killed otherwise. A SIGTERM to every process
-    of a job (SLURM's preemption, `timeout`) then killed the workers, and the training process, told so
-    at its next line (writing the checkpoint), ended with a traceback and no checkpoint. Here the worker
-    still ends at its parent's SIGTERM and leaves any other to the training process, which stops its
-    workers itself: SIGTERM is blocked in the worker (and in the threads it starts) and taken by a thread
-    of its own."""
+def leave_stops_to_the_training_process(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: a stop is the training process's, which stops its workers itself.
+    A terminal's Ctrl-C and a SIGTERM to every process of a job (SLURM's preemption, `timeout`) reach
+    the workers too. torch ends a worker at a SIGTERM: quietly when it comes from the worker's parent
+    (how the parent shuts it down, and multiprocessing at exit), as if killed otherwise, and the
+    training process, told so at its next line (writing the checkpoint), ended with a traceback and
+    no checkpoint. So a worker ignores SIGINT and SIGUSR2 (whatever handlers it was started with),
+    and blocks SIGTERM (in the threads it starts too), which a thread of its own takes, ending the
+    worker at its parent's only."""
+    for sig in SIGNALS:
+        if sig != signal.SIGTERM:
+            signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     threading.Thread(target=_exit_at_the_parents_sigterm, name="sigterm", daemon=True).start()
 

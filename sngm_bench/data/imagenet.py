@@ -24,7 +24,7 @@ from sngm_bench.data.device_loader import key_seed, normalize, seeded_generator,
 from sngm_bench.data.fingerprint import listing_digest
 from sngm_bench.data.subset import training_split
 from sngm_bench.errors import UserError
-from sngm_bench.stop import leave_sigterm_to_the_training_process
+from sngm_bench.stop import leave_stops_to_the_training_process
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -156,7 +156,7 @@ class ImageFolderImages:
                           pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                           prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
                           collate_fn=_raw_collate if self.gpu_decode else None, generator=torch.Generator(),
-                          worker_init_fn=leave_sigterm_to_the_training_process)
+                          worker_init_fn=leave_stops_to_the_training_process)
 
     def _on_device(self, *batch):
         if self.gpu_decode:  # bytes -> decoded and transformed on the GPU, one image at a time
