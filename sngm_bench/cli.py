@@ -37,7 +37,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from sngm_bench import callbacks, checkpoint, grid, invocation, run_folder
 from sngm_bench.config import CONFIG_MODULE, check_values, keys_outside_schema, optimizer_settings
-from sngm_bench.errors import Interrupted, UserError
+from sngm_bench.errors import Interrupted, LostPeer, UserError
 from sngm_bench.identity import flatten
 from sngm_bench.stop import mark_command_start
 
@@ -279,7 +279,7 @@ def run(cfg: DictConfig) -> None:
             _remove_if_stub(run_dir)
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            _fail(str(err))  # SystemExit passes through Hydra's error report
+            _fail(str(err), tell_torchrun=not isinstance(err, LostPeer))  # SystemExit passes Hydra's report
         if run_folder.holds_run(run_dir):  # the run recorded its own failure, or the folder holds another run
             log.error("run failed: %s", err)
             callbacks.note_failure(run_dir)
@@ -343,15 +343,19 @@ def run_overrides(overrides: list[str]) -> dict:
     return result
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2, tell_torchrun: bool = True) -> None:
     """End the command with `message` as one line on stderr and exit code `code`. The processes
     torchrun starts share one terminal and mostly end alike (same config, same data): rank 0 says
     it, and each leaves it in its error file, where torchrun's failure report reads it. That report
     is where the user sees an error only another process met, or one that another process ended
     with first (torchrun then stops rank 0 before it can say it). Elsewhere every process says it
-    (a SLURM task writes its own log)."""
+    (a SLURM task writes its own log).
+
+    Not `tell_torchrun` (errors.LostPeer): the report names as the first failure the one with the
+    earliest second, an error file's or, for a process that left none (killed), the second torchrun
+    noticed its end. A survivor's file could carry an earlier second than that, and be named."""
     rank = _torchrun_rank()
-    if rank is not None:
+    if rank is not None and tell_torchrun:
         _tell_torchrun(message)
     if not rank:
         print(f"sngm-bench: error: {message}", file=sys.stderr)

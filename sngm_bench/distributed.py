@@ -2,7 +2,7 @@
 
 `batch_size` stays global: each of the `world_size` processes trains on its slice of every
 global batch and DistributedDataParallel averages the gradients. Only rank 0 writes files.
-When one process dies, the others' next collective fails (`Processes.lost_peer`).
+When one process dies, the others' next collective fails (`Processes.lost_peer`, errors.LostPeer).
 """
 
 from __future__ import annotations
@@ -15,10 +15,6 @@ import torch.distributed as dist
 
 from sngm_bench.config import Device
 from sngm_bench.device import resolve_device
-
-# What a process says when another process of its run is gone; that one's own error says why.
-LOST_PEER = ("another process of this run ended first; its own error says why (torchrun's report names it "
-             "as the first observed failure)")
 
 
 @dataclass

@@ -10,6 +10,18 @@ class UserError(Exception):
     """Bad input the user can fix (config, data, hardware); the message says what and how."""
 
 
+class LostPeer(UserError):
+    """Another process of this run ended first (killed, crashed, or with an error of its own), and
+    this one's next collective failed: a consequence, never the cause, which torchrun's report must
+    not name as the first failure."""
+
+    MESSAGE = ("another process of this run ended first; its own error says why (torchrun's report names it "
+               "as the first observed failure)")
+
+    def __init__(self, then: str = ""):
+        super().__init__(self.MESSAGE + then)
+
+
 class Interrupted(Exception):
     """The run was stopped by a signal, or by its `max_minutes` deadline (`signum` None), after
     writing its checkpoint; rerunning continues it."""

@@ -32,7 +32,7 @@ from sngm_bench import checkpoint, distributed, records
 from sngm_bench.config import Device, Precision, check_values, optimizer_settings
 from sngm_bench.data import build_data
 from sngm_bench.device import autocast_context
-from sngm_bench.errors import Interrupted, UserError
+from sngm_bench.errors import Interrupted, LostPeer, UserError
 from sngm_bench.loggers import NullLogger, open_logger
 from sngm_bench.models import build_model
 from sngm_bench.noise_scale import NoiseScale
@@ -262,23 +262,23 @@ class Trainer:
                          "interrupted_by": err.cause if isinstance(err, Interrupted) else "a second signal"})
             raise
         except torch.OutOfMemoryError as err:
-            failure = self.out_of_memory_message(err)
+            failure = UserError(self.out_of_memory_message(err))
         except OSError as err:  # a full disk, an unwritable folder
-            failure = f"cannot write {err.filename or self.run_dir}: {err.strerror or err}; free space or fix " \
-                      "the folder, then run the same command again to continue"
+            failure = UserError(f"cannot write {err.filename or self.run_dir}: {err.strerror or err}; free space "
+                                "or fix the folder, then run the same command again to continue")
         except Exception as err:  # a bug, or an error it cannot name (CPU memory): recorded, then its traceback
             if not procs.lost_peer(err):
                 self.record({"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]})
                 raise
-            failure = f"{distributed.LOST_PEER}; run the same command again to continue"
+            failure = LostPeer("; run the same command again to continue")
         if failure is not None:  # outside the handler, so the failed step's tensors are freed
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             try:
-                self.record({"status": "failed", "error": failure})
+                self.record({"status": "failed", "error": str(failure)})
             except OSError:
                 pass  # the earlier summary.json stays whole
-            raise UserError(failure)
+            raise failure
         return self.record({"status": "completed"})
 
     def out_of_memory_message(self, err: BaseException) -> str:
@@ -455,7 +455,7 @@ def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict
                 return summary
     except Exception as err:
         if procs.lost_peer(err):  # before training: DDP's first broadcast, a barrier
-            raise UserError(distributed.LOST_PEER) from None
+            raise LostPeer() from None
         raise
     finally:
         procs.close()
