@@ -304,13 +304,18 @@ def _torchrun_sigterm_as_ctrl_c():
     """Under torchrun, SIGTERM stops the job as Ctrl-C does (`stop.StopRequest` takes over while it
     trains), and is ignored once the job has ended: torchrun sends it to the other processes as
     soon as one ends with an error, and rank 0 must still remove the run folder it created and say
-    why it ended."""
+    why it ended. One that comes while the job is already ending with its own error or stop (its
+    cleanup: closing the process group, the folder lock) leaves that outcome standing."""
     if _torchrun_rank() is None:
         yield
         return
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         yield
+    except KeyboardInterrupt as err:
+        if isinstance(err.__context__, (UserError, Interrupted)):
+            raise err.__context__ from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 

@@ -184,6 +184,39 @@ def test_under_torchrun_an_error_of_one_process_only_is_named_in_torchruns_repor
     assert not (tmp_path / "outputs").exists()  # as a single process leaves it: no stub run folder
 
 
+# `python -m sngm_bench` for torchrun where no process finds the data. Rank 1 ends once rank 0 is in the cleanup
+# after its own error (Processes.close), so that torchrun's SIGTERM reaches rank 0 there, as it does when rank 1
+# is the quicker to end.
+RANK_0_STOPPED_IN_ITS_CLEANUP = """
+import os, pathlib, runpy, signal, time
+from sngm_bench.distributed import Processes
+os.environ["SNGM_DATA"] = "nowhere"
+close, cleaning_up = Processes.close, pathlib.Path("rank_0_cleaning_up")
+
+def close_when_rank_0_cleans_up(self):
+    if os.environ["RANK"] == "0":
+        cleaning_up.touch()
+        signal.pause()  # until torchrun's SIGTERM
+    while not cleaning_up.exists():
+        time.sleep(0.01)
+    close(self)
+
+Processes.close = close_when_rank_0_cleans_up
+runpy.run_module("sngm_bench", run_name="__main__")
+"""
+
+
+def test_under_torchrun_a_sigterm_during_an_errors_cleanup_leaves_the_error_said(tmp_path):
+    script = tmp_path / "rank_0_stopped_in_its_cleanup.py"
+    script.write_text(RANK_0_STOPPED_IN_ITS_CLEANUP)
+    result = subprocess.run([*TWO_PROCESSES, str(script), *TINY], cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert (tmp_path / "rank_0_cleaning_up").exists() and result.returncode != 0, result.stderr[-3000:]
+    assert "sngm-bench: error: CIFAR-10 not found: no cifar-10-batches-py/ under " in result.stderr, result.stderr[-3000:]
+    assert "stopped at once" not in result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, cifar_root):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra")
     result = run_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *TINY, "seed=0,1"],
