@@ -295,7 +295,8 @@ def _stopped_at_once(run_dir: Path) -> str:
     else:
         message = "stopped at once, before the run's first checkpoint; run the same command again to start it"
     if _torchrun_rank() is not None:
-        message += " (torchrun stops every process when one fails: its report's first observed failure says why)"
+        # torchrun's SIGTERM after another process failed, or Ctrl-C, which reaches every process and torchrun
+        message += " (if another process failed first, torchrun's report names it as the first observed failure)"
     return message
 
 
