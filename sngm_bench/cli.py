@@ -266,7 +266,7 @@ def run(cfg: DictConfig) -> None:
         with _torchrun_sigterm_as_ctrl_c():
             train_job(cfg)
     except Interrupted as err:
-        if _torchrun_rank():
+        if invocation.torchrun_rank():
             # Every process stopped at the same step, and rank 0 is still writing the checkpoint and the
             # summary: a failed exit here would make torchrun stop rank 0 (SIGTERM) before it is done.
             sys.exit(0)
@@ -294,7 +294,7 @@ def _stopped_at_once(run_dir: Path) -> str:
                   f"the last one in {run_dir}"
     else:
         message = "stopped at once, before the run's first checkpoint; run the same command again to start it"
-    if _torchrun_rank() is not None:
+    if invocation.torchrun_rank() is not None:
         # torchrun's SIGTERM after another process failed, or Ctrl-C, which reaches every process and torchrun
         message += " (if another process failed first, torchrun's report names it as the first observed failure)"
     return message
@@ -307,7 +307,7 @@ def _torchrun_sigterm_as_ctrl_c():
     soon as one ends with an error, and rank 0 must still remove the run folder it created and say
     why it ended. One that comes while the job is already ending with its own error or stop (its
     cleanup: closing the process group, the folder lock) leaves that outcome standing."""
-    if _torchrun_rank() is None:
+    if invocation.torchrun_rank() is None:
         yield
         return
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -360,17 +360,12 @@ def _fail(message: str, code: int = 2, tell_torchrun: bool = True) -> None:
     Not `tell_torchrun` (errors.LostPeer): the report names as the first failure the one with the
     earliest second, an error file's or, for a process that left none (killed), the second torchrun
     noticed its end. A survivor's file could carry an earlier second than that, and be named."""
-    rank = _torchrun_rank()
+    rank = invocation.torchrun_rank()
     if rank is not None and tell_torchrun:
         _tell_torchrun(message)
     if not rank:
         print(f"sngm-bench: error: {message}", file=sys.stderr)
     sys.exit(code)
-
-
-def _torchrun_rank() -> int | None:
-    """This process's rank when torchrun started it; None otherwise (a single process, a SLURM task)."""
-    return int(os.environ.get("RANK", "0")) if "TORCHELASTIC_RUN_ID" in os.environ else None
 
 
 def _tell_torchrun(message: str) -> None:
@@ -401,7 +396,7 @@ def main() -> None:
             if not args.cfg and int(os.environ.get("RANK", "0")) == 0:
                 for folder in folders:
                     _make_output_folder(folder, args.multirun)
-            elif not args.cfg and _torchrun_rank():
+            elif not args.cfg and invocation.torchrun_rank():
                 _wait_for_rank_0(folders[0])
         except UserError as err:
             _fail(str(err))

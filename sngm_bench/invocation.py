@@ -23,10 +23,15 @@ from hydra.types import RunMode
 LAUNCH_ENV = "SNGM_BENCH_LAUNCH"  # the launching command line, for the processes it starts
 
 
+def torchrun_rank() -> int | None:
+    """This process's rank when torchrun started it; None otherwise (a single process, a SLURM task)."""
+    return int(os.environ.get("RANK", "0")) if "TORCHELASTIC_RUN_ID" in os.environ else None
+
+
 def program() -> list[str]:
     """The command that starts sngm-bench in this process's place: torchrun's, with as many nodes
     and processes per node (a multi-node job also needs its rendezvous options), else `sngm-bench`."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
+    if torchrun_rank() is None:
         return ["sngm-bench"]
     per_node, world_size = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ["WORLD_SIZE"])
     nodes = [f"--nnodes={world_size // per_node}"] if world_size > per_node else ["--standalone"]

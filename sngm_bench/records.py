@@ -177,8 +177,8 @@ def session(summary: dict) -> dict:
 
 def environment(device) -> dict:
     """Code version, hardware and commands (`invocation`) of a run on the torch.device `device`:
-    what a reader needs to know where a number came from. (torch is imported here, so that readers of run files, like
-    the report, do not pay for it.)"""
+    what a reader needs to know where a number came from. (torch is imported here, so that readers
+    of run files, like the report, do not pay for it.)"""
     import torch
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()

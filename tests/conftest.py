@@ -6,6 +6,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,16 @@ def run_command(command, cwd, env_extra=None, timeout=600):
                  for raw in (err.stdout, err.stderr) if raw]
         output = "\n".join(part[-3000:] for part in parts)
     pytest.fail(f"{' '.join(map(str, command))} ran past {timeout} s and was killed; its output ended:\n{output}")
+
+
+def wait_for(predicate, process, timeout=600):
+    """Poll `predicate` (an event: a file written, a row recorded) while `process` runs; fail if the
+    process ends first or `timeout` seconds pass."""
+    deadline = time.time() + timeout
+    while not predicate():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def run_cli(args, cwd, env_extra=None, timeout=600):

@@ -115,7 +115,8 @@ def test_a_run_that_fails_in_a_joblib_worker_fails_the_sweep_command(tmp_path, c
     sweep_dir = tmp_path / "sweep"
     overrides = ["experiment=smoke", "dataset.subset=512", "model.width=4", "epochs=1"]
     settings = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}"]
-    result = run_cli(["-m", *overrides, "batch_size=64,0", *settings], cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"})
+    result = run_cli(["-m", *overrides, "batch_size=64,0", *settings], cwd=tmp_path,
+                     env_extra={"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"})
     (failed,) = sweep_dir.glob("batch_size=0*")
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == (

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from sngm_bench.data import build_data
 from sngm_bench.data.device_loader import key_seed
 from sngm_bench.data.imagenet import MEAN, STD, decode_batch, find_images, seeded_transform
 from sngm_bench.errors import Interrupted, UserError
-from conftest import IMAGENET_SAMPLE as SAMPLE, run_cli, run_command
+from conftest import IMAGENET_SAMPLE as SAMPLE, run_cli, run_command, wait_for
 
 pytestmark = pytest.mark.skipif(SAMPLE is None, reason="needs the real ImageNet sample (../shared/data/imagenet-sample)")
 
@@ -270,16 +269,14 @@ def test_sigterm_to_the_whole_process_group_stops_a_run_with_workers_at_a_checkp
     args = ["dataset=imagenet", f"dataset.root={SAMPLE}", "dataset.image_size=16", "dataset.workers=2",
             "model=resnet50", "model.arch=resnet18", "batch_size=20", "epochs=4", "eval_batch_size=100",
             "hydra.run.dir=run"]
-    with open(tmp_path / "stderr.txt", "w") as stderr:  # a file: a pipe nobody reads could fill and block the run
-        process = subprocess.Popen([sys.executable, "-m", "sngm_bench", *args], cwd=tmp_path,
-                                   stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-    metrics, deadline = tmp_path / "run" / "metrics.csv", time.time() + 300
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 1):  # epoch 1 is written
-        assert process.poll() is None and time.time() < deadline, (tmp_path / "stderr.txt").read_text()[-3000:]
-        time.sleep(0.05)
+    process = subprocess.Popen([sys.executable, "-m", "sngm_bench", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)  # stderr: its one line
+    metrics = tmp_path / "run" / "metrics.csv"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) > 1, process, 300)  # epoch 1 written
     os.killpg(process.pid, signal.SIGTERM)
-    assert process.wait(timeout=300) == 128 + signal.SIGTERM, (tmp_path / "stderr.txt").read_text()[-3000:]
-    assert (tmp_path / "stderr.txt").read_text().strip().splitlines() == [
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert stderr.strip().splitlines() == [
         f"sngm-bench: error: stopped by SIGTERM; checkpoint saved in {tmp_path / 'run'}, run the same command again "
         "to continue"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

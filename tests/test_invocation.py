@@ -11,15 +11,12 @@ import pytest
 import torch
 
 from conftest import TWO_PROCESSES, run_cli, run_command
+from sngm_bench.records import read_summary as summary
 from sngm_bench.report import collect_runs
 
 TINY = ["experiment=smoke", "model.width=4", "dataset.subset=200", "epochs=1", "batch_size=100"]  # 2 steps
 PROGRAMS = {"sngm-bench": [sys.executable, "-m", "sngm_bench"],  # this checkout's, whatever PATH holds
             "torchrun": [sys.executable, "-m", "torch.distributed.run"]}
-
-
-def summary(run_dir) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
 
 
 def run_recorded(command: str, cwd, env):

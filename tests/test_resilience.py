@@ -8,14 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 import torch
 import yaml
 
-from conftest import TWO_PROCESSES, run_cli, run_command
+from conftest import TWO_PROCESSES, run_cli, run_command, wait_for
 from sngm_bench.errors import LostPeer
 from sngm_bench.records import read_summary
 from sngm_bench.run_folder import live_status
@@ -129,14 +128,6 @@ def _start(args, cwd, cifar_root, command=(sys.executable, "-m", "sngm_bench")):
                             env={**os.environ, "SNGM_DATA": str(cifar_root)})
 
 
-def _wait_for(predicate, process, timeout=600):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert process.poll() is None, process.communicate()
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 RESUMABLE = ["experiment=smoke", "model.width=4", "dataset.subset=1000", "epochs=3", "batch_size=10", "log_every=5"]
 COMPARED = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
 
@@ -163,7 +154,7 @@ def test_sigterm_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, cif
     runs = tmp_path / "stopped" / "outputs" / "smoke"
     # The event: epoch 1 is written. The flag is read after every step, so the run stops early in
     # a later epoch; where exactly is read from its checkpoint.
-    _wait_for(lambda: _metrics_rows(runs) >= 1, process)
+    wait_for(lambda: _metrics_rows(runs) >= 1, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 128 + signal.SIGTERM, stderr
@@ -202,7 +193,7 @@ def test_two_processes_stopped_mid_epoch_resume_to_the_uninterrupted_run(tmp_pat
 
     process = _start(args, tmp_path / "stopped", cifar_root, [*TWO_PROCESSES, "-m", "sngm_bench"])
     runs = tmp_path / "stopped" / "outputs" / "smoke"
-    _wait_for(lambda: _metrics_rows(runs) >= 1, process)
+    wait_for(lambda: _metrics_rows(runs) >= 1, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode != 0
@@ -258,7 +249,7 @@ def test_a_killed_process_ends_torchrun_truthfully_and_the_rerun_continues(rank,
     process = _start(KILLED, tmp_path, cifar_root, [*TWO_PROCESSES, str(script)])
     runs = tmp_path / "outputs" / "smoke"
     # The event: epoch 1's checkpoint is written.
-    _wait_for(lambda: _epochs_recorded(runs) >= 1, process)
+    wait_for(lambda: _epochs_recorded(runs) >= 1, process)
     os.kill(int((tmp_path / f"rank_{rank}.pid").read_text()), signal.SIGKILL)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode != 0
@@ -300,7 +291,7 @@ def _scalars(run_dir, *tags) -> dict:
 def test_a_signal_leaves_status_interrupted_with_the_signal_and_the_step(tmp_path, cifar_root, signum):
     process = _start(RESUMABLE, tmp_path, cifar_root)
     runs = tmp_path / "outputs" / "smoke"
-    _wait_for(lambda: list(runs.glob("*/summary.json")), process)  # written once the signals are handled
+    wait_for(lambda: list(runs.glob("*/summary.json")), process)  # written once the signals are handled
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 128 + signum, stderr
@@ -392,7 +383,7 @@ def test_killed_sweep_rerun_trains_only_the_missing_runs(tmp_path, cifar_root):
     args = ["-m", *TINY, "seed=0,1,2,3"]
     process = _start(args, tmp_path, cifar_root)
     sweep = tmp_path / "multirun" / "smoke"
-    _wait_for(lambda: sum(s["status"] == "completed" for s in summaries(sweep, "seed").values()) >= 2, process)
+    wait_for(lambda: sum(s["status"] == "completed" for s in summaries(sweep, "seed").values()) >= 2, process)
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
     assert process.returncode != 0
