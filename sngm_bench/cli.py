@@ -35,11 +35,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from sngm_bench import callbacks, checkpoint, grid, invocation, run_folder
+from sngm_bench import callbacks, checkpoint, grid, invocation, run_folder, stop
 from sngm_bench.config import CONFIG_MODULE, check_values, keys_outside_schema, optimizer_settings
-from sngm_bench.errors import Interrupted, LostPeer, UserError
+from sngm_bench.errors import Interrupted, LostPeer, StoppedAtOnce, UserError
 from sngm_bench.identity import flatten
-from sngm_bench.stop import mark_command_start
 
 log = logging.getLogger("sngm_bench")
 _created: dict[Path, Path] = {}  # run folder this command creates -> the deepest folder that existed before
@@ -263,7 +262,7 @@ def run(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        with _torchrun_sigterm_as_ctrl_c():
+        with _stop_signals_as_ctrl_c():
             train_job(cfg)
     except Interrupted as err:
         if invocation.torchrun_rank():
@@ -271,9 +270,9 @@ def run(cfg: DictConfig) -> None:
             # summary: a failed exit here would make torchrun stop rank 0 (SIGTERM) before it is done.
             sys.exit(0)
         _fail(str(err), err.exit_code)  # a sweep stops too: the user asked to stop, or time is up
-    except KeyboardInterrupt:  # Ctrl-C (or torchrun's SIGTERM) before training began, or a second signal during it
+    except KeyboardInterrupt as err:  # a stop signal before training began, or a second one during it
         _remove_if_stub(run_dir)
-        _fail(_stopped_at_once(run_dir), 128 + signal.SIGINT)
+        _fail(_stopped_at_once(run_dir), 128 + (err.signum if isinstance(err, StoppedAtOnce) else signal.SIGINT))
     except UserError as err:
         if not in_sweep:
             _remove_if_stub(run_dir)
@@ -301,16 +300,18 @@ def _stopped_at_once(run_dir: Path) -> str:
 
 
 @contextlib.contextmanager
-def _torchrun_sigterm_as_ctrl_c():
-    """Under torchrun, SIGTERM stops the job as Ctrl-C does (`stop.StopRequest` takes over while it
-    trains), and is ignored once the job has ended: torchrun sends it to the other processes as
-    soon as one ends with an error, and rank 0 must still remove the run folder it created and say
-    why it ended. One that comes while the job is already ending with its own error or stop (its
-    cleanup: closing the process group, the folder lock) leaves that outcome standing."""
-    if invocation.torchrun_rank() is None:
-        yield
-        return
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+def _stop_signals_as_ctrl_c():
+    """SIGTERM and SIGUSR2 (SLURM's preemption, `timeout`, torchrun stopping the other processes)
+    stop the job as Ctrl-C does, instead of killing it: before training (loading the data) at once,
+    leaving no stub run folder, then as `stop.StopRequest` says. Only where no one else handles
+    them: hydra-submitit-launcher's handlers (SIGTERM ignored, SIGUSR2 requeues the job) stay.
+    Under torchrun, SIGTERM is ignored once the job has ended: torchrun sends it to the other
+    processes as soon as one ends with an error, and rank 0 must still remove the run folder it
+    created and say why it ended. A signal that comes while the job is already ending with its
+    own error or stop (its cleanup: closing the process group, the folder lock) leaves that
+    outcome standing."""
+    previous = {sig: signal.signal(sig, stop.stop_at_once) for sig in stop.SIGNALS
+                if signal.getsignal(sig) is signal.SIG_DFL}
     try:
         yield
     except KeyboardInterrupt as err:
@@ -318,7 +319,10 @@ def _torchrun_sigterm_as_ctrl_c():
             raise err.__context__ from None
         raise
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if invocation.torchrun_rank() is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _remove_if_stub(run_dir: Path) -> None:
@@ -382,7 +386,7 @@ def main() -> None:
     if "--version" in sys.argv[1:]:  # Hydra's own --version names Hydra's version only
         print(version())
         return
-    mark_command_start()
+    stop.mark_command_start()
     invocation.mark_launch(sys.argv[1:])
     args, _ = get_args_parser().parse_known_args()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):

@@ -32,3 +32,12 @@ class Interrupted(Exception):
         self.exit_code = 128 + signum if signum else DEADLINE_EXIT_CODE
         what = f"stopped by {self.cause}" if signum else "stopped at the max_minutes deadline"
         super().__init__(f"{what}; checkpoint saved in {run_dir}, run the same command again to continue")
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A stop signal other than Ctrl-C's (SIGTERM, SIGUSR2) that came before the run's own handling
+    of it: it ends the command as Ctrl-C then does, with its own exit code (128 + `signum`)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)

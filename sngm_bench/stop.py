@@ -1,8 +1,8 @@
 """When a run stops before its last epoch: a signal, or the `max_minutes` deadline.
 
 SIGINT, SIGTERM (Ctrl-C, SLURM preemption) and SIGUSR2 (submitit's timeout signal) become a
-flag the training loop reads between steps; a second signal stops at once; DataLoader workers
-leave them to the training process. The deadline is `max_minutes` after the command started
+flag the training loop reads between steps; a second signal stops at once, as does one before
+training (`stop_at_once`); DataLoader workers leave them to the training process. The deadline is `max_minutes` after the command started
 (`STARTED_ENV`, set once by the command line and inherited by every process it launches), so
 all runs of a sweep share it.
 """
@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 
-from sngm_bench.errors import Interrupted
+from sngm_bench.errors import Interrupted, StoppedAtOnce
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 STARTED_ENV = "SNGM_BENCH_STARTED"  # the command's start, in seconds since the epoch
@@ -54,6 +54,11 @@ def _exit_at_the_parents_sigterm() -> None:
     os._exit(0)
 
 
+def stop_at_once(signum: int, frame) -> None:
+    """A stop signal's handler before training: the command ends as at Ctrl-C, not killed."""
+    raise StoppedAtOnce(signum)
+
+
 class StopRequest:
     """Whether the run should stop at the next step boundary, and why."""
 
@@ -88,7 +93,8 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         previous = self._previous.get(self.signum)
-        if isinstance(exc, Interrupted) and callable(previous) and previous is not signal.default_int_handler:
-            # The handler we replaced still gets its signal, once the checkpoint is written: under
+        if isinstance(exc, Interrupted) and callable(previous) and previous not in (signal.default_int_handler,
+                                                                                    stop_at_once):
+            # The handler someone else set still gets its signal, once the checkpoint is written: under
             # hydra-submitit-launcher, SIGUSR2's handler requeues the job, which then continues the run.
             previous(self.signum, None)

@@ -296,23 +296,26 @@ def test_a_signal_leaves_status_interrupted_with_the_signal_and_the_step(tmp_pat
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 128 + signum, stderr
     (run_dir,) = runs.iterdir()
+    assert stderr.strip().splitlines()[-1] == f"sngm-bench: error: stopped by {signal.Signals(signum).name}; " \
+        f"checkpoint saved in {run_dir}, run the same command again to continue", stderr
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["status"], summary["interrupted_by"], summary["interrupted_epoch"], summary["interrupted_step"]) \
         == ("interrupted", signal.Signals(signum).name, state["epoch"], state["step"])
 
 
-def cli_with_ctrl_c(function: str, call: int, signals: int) -> str:
+def cli_with_signals(function: str, call: int, signals: int, signum: int = signal.SIGINT, before: str = "") -> str:
     """The command line as a script for `python -c`, in which the `call`-th call of sngm_bench.train's
-    `function` first sends the process `signals` SIGINTs (Ctrl-C)."""
+    `function` first sends the process `signals` signals `signum` (SIGINT: Ctrl-C); `before` runs first."""
     return f"""import os, signal, sys
+{before}
 import sngm_bench.train as train
 real, calls = train.{function}, []
 def wrapped(*args, **kwargs):
     calls.append(1)
     if len(calls) == {call}:
         for _ in range({signals}):
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), {int(signum)})
     return real(*args, **kwargs)
 train.{function} = wrapped
 sys.argv[0] = "sngm-bench"
@@ -321,7 +324,7 @@ main()
 """
 
 
-TWO_SIGNALS_IN_STEP_6 = cli_with_ctrl_c("train_step", call=6, signals=2)  # a second Ctrl-C inside the 6th step
+TWO_SIGNALS_IN_STEP_6 = cli_with_signals("train_step", call=6, signals=2)  # a second Ctrl-C inside the 6th step
 
 
 def test_a_second_signal_records_where_the_saved_checkpoint_continues(tmp_path, cifar_root):
@@ -339,17 +342,30 @@ def test_a_second_signal_records_where_the_saved_checkpoint_continues(tmp_path, 
         == ("interrupted", "a second signal", 2, 0)
 
 
-# Ctrl-C while the command loads the data: before training, and so before its own signal handling.
-SIGINT_WHILE_LOADING = cli_with_ctrl_c("build_data", call=1, signals=1)
-
-
-def test_ctrl_c_while_loading_the_data_is_one_line_and_leaves_no_run_folder(tmp_path, cifar_root):
-    result = run_command([sys.executable, "-c", SIGINT_WHILE_LOADING, *TINY, "hydra.run.dir=runs/run"], tmp_path,
+# A stop signal while the command loads the data: before training, and so before StopRequest handles it. SIGTERM
+# is SLURM's preemption and `timeout`'s; SIGUSR2 SLURM's time limit (sbatch --signal).
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2], ids=["SIGINT", "SIGTERM", "SIGUSR2"])
+def test_a_stop_signal_while_loading_the_data_is_one_line_and_leaves_no_run_folder(signum, tmp_path, cifar_root):
+    script = cli_with_signals("build_data", call=1, signals=1, signum=signum)
+    result = run_command([sys.executable, "-c", script, *TINY, "hydra.run.dir=runs/run"], tmp_path,
                          {"SNGM_DATA": str(cifar_root)})
-    assert result.returncode == 128 + signal.SIGINT
+    assert result.returncode == 128 + signum, result.stderr
     assert result.stderr.strip().splitlines() == ["sngm-bench: error: stopped at once, before the run's first "
                                                   "checkpoint; run the same command again to start it"], result.stderr
     assert not (tmp_path / "runs").exists()  # a stub would be reported as an interrupted run
+
+
+# hydra-submitit-launcher's handlers: SIGTERM is logged and ignored (SIGUSR2 requeues the job).
+SUBMITIT_SIGTERM = "signal.signal(signal.SIGTERM, lambda signum, frame: print('bypassed', signum, file=sys.stderr))"
+
+
+def test_a_handler_set_before_the_command_still_gets_its_signal_while_loading_the_data(tmp_path, cifar_root):
+    script = cli_with_signals("build_data", call=1, signals=1, signum=signal.SIGTERM, before=SUBMITIT_SIGTERM)
+    result = run_command([sys.executable, "-c", script, *TINY, "hydra.run.dir=run"], tmp_path,
+                         {"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0, result.stderr
+    assert f"bypassed {int(signal.SIGTERM)}" in result.stderr
+    assert read_summary(tmp_path / "run")["status"] == "completed"
 
 
 def test_the_signal_handler_it_replaced_still_gets_the_signal_after_the_checkpoint():
