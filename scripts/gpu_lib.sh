@@ -26,6 +26,9 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 LOG=$OUT/log.txt
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sngm-gpu.XXXXXX")  # run folders and scratch, outside $OUT
+# What the steps keep is in $OUT by the end; the scratch (checkpoints, run folders) goes however the
+# script ends: an exit, a failed step, a signal (bash runs an EXIT trap at a fatal signal too).
+trap 'rm -rf "$WORK"' EXIT
 START_S=$(date +%s)
 ROWS=()
 NOTES=()

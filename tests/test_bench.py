@@ -3,6 +3,8 @@ fields (no timing is asserted: speed is measured by the benchmark, not by tests)
 
 import inspect
 import math
+import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -22,7 +24,7 @@ from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.noise_scale import NoiseScale
 from sngm_bench.records import temporary_path
 from sngm_bench.train import Trainer
-from conftest import ROOT, run_command
+from conftest import ROOT, run_command, wait_for
 
 
 def test_flop_count_of_resnet20_matches_a_hand_count():
@@ -254,3 +256,30 @@ def test_a_campaigns_runs_archive_leaves_out_what_a_run_killed_mid_write_left(tm
     with tarfile.open(tmp_path / "out" / "runs.tar.gz") as archive:
         names = {Path(name).name for name in archive.getnames()}
     assert names == {"cifar10_short_2ep", "0", "summary.json", "metrics.csv"}
+
+
+# A stand-in for Python: the probes before the steps end at once (environment() succeeds, `-c "import xdist"`
+# fails); every step waits until the test closes its stdin.
+WAITING_PY = """#!/bin/sh
+case $1 in -) exit 0 ;; -c) exit 1 ;; esac
+read -r line
+exit 1
+"""
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["exits", "stopped-by-SIGTERM"])
+@pytest.mark.parametrize("script", ["gpu_check.sh", "gpu_campaign.sh"])
+def test_gpu_scripts_remove_their_scratch_folder_however_they_end(tmp_path, script, stopped):
+    (tmp_path / "python").write_text(WAITING_PY)
+    (tmp_path / "python").chmod(0o755)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PY": str(tmp_path / "python"), "TMPDIR": str(tmp_path / "tmp"), "BUDGET_S": "100"}
+    process = subprocess.Popen(["bash", ROOT / "scripts" / script, tmp_path / "out", "--dry-run"], cwd=ROOT, env=env,
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if stopped:  # in its first step, as SLURM's or a device runner's time limit stops it
+        log = tmp_path / "out" / "log.txt"
+        wait_for(lambda: log.exists() and "=== " in log.read_text(), process, timeout=60)
+        process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)  # closing stdin ends the steps still waiting
+    assert process.returncode == (-signal.SIGTERM if stopped else 1), stderr  # bash ends by the signal itself
+    assert list((tmp_path / "tmp").iterdir()) == []
