@@ -35,8 +35,8 @@ class Interrupted(Exception):
 
 
 class StoppedAtOnce(KeyboardInterrupt):
-    """A stop signal other than Ctrl-C's (SIGTERM, SIGUSR2) that came before the run's own handling
-    of it: it ends the command as Ctrl-C then does, with its own exit code (128 + `signum`)."""
+    """A stop signal that ends the command at once, as Ctrl-C's KeyboardInterrupt does, but with its
+    own exit code (128 + `signum`): a second one while the run trains, or one before it trains."""
 
     def __init__(self, signum: int):
         self.signum = signum

@@ -324,14 +324,13 @@ main()
 """
 
 
-TWO_SIGNALS_IN_STEP_6 = cli_with_signals("train_step", call=6, signals=2)  # a second Ctrl-C inside the 6th step
-
-
-def test_a_second_signal_records_where_the_saved_checkpoint_continues(tmp_path, cifar_root):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_records_where_the_saved_checkpoint_continues(signum, tmp_path, cifar_root):
     tiny = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=2", "batch_size=100",  # 4 steps an epoch
             "hydra.run.dir=run"]
-    result = run_command([sys.executable, "-c", TWO_SIGNALS_IN_STEP_6, *tiny], tmp_path, {"SNGM_DATA": str(cifar_root)})
-    assert result.returncode == 128 + signal.SIGINT
+    two_signals_in_step_6 = cli_with_signals("train_step", call=6, signals=2, signum=signum)
+    result = run_command([sys.executable, "-c", two_signals_in_step_6, *tiny], tmp_path, {"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 128 + signum, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "sngm-bench: error: stopped at once, without a new checkpoint; " \
         f"run the same command again to continue from the last one in {tmp_path / 'run'}", result.stderr
     assert "Traceback" not in result.stderr
