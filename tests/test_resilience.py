@@ -308,6 +308,7 @@ def cli_with_signals(function: str, call: int, signals: int, signum: int = signa
     """The command line as a script for `python -c`, in which the `call`-th call of sngm_bench.train's
     `function` first sends the process `signals` signals `signum` (SIGINT: Ctrl-C); `before` runs first."""
     return f"""import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal; a shell's `command &` ignores SIGINT
 {before}
 import sngm_bench.train as train
 real, calls = train.{function}, []
