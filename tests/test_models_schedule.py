@@ -1,6 +1,8 @@
 """CIFAR ResNets (He et al. 2016) and the learning-rate schedule."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -116,3 +118,19 @@ def test_warmup_lasts_the_nearest_whole_step_and_a_run_shorter_than_it_still_rea
     # A run of 2 epochs with the paper's 5 warmup epochs (a quick trial of its recipe) warms up over the
     # whole run: its last step is at the peak LR, not at 2/5 of it.
     assert scheduled_lrs(schedule_cfg("decay=poly", "warmup_epochs=5"), 4, 2) == pytest.approx([k / 8 for k in range(1, 9)])
+
+
+def test_a_cifar_run_builds_its_data_and_model_without_importing_torchvision(cifar_root):
+    # torchvision (with the torch._dynamo it imports) adds seconds to every start, and to every error
+    # found while building; only ImageNet's data and models need it. In a fresh process: this one has it.
+    code = ("import sys, torch\n"
+            "from sngm_bench.config import compose_config\n"
+            "from sngm_bench.data import build_data\n"
+            "from sngm_bench.models import build_model\n"
+            "from sngm_bench.train import train\n"
+            f"cfg = compose_config(['experiment=smoke', 'dataset.subset=100', 'dataset.root={cifar_root}'])\n"
+            "build_model(cfg.model, build_data(cfg.dataset, torch.device('cpu')).num_classes)\n"
+            "print(sorted(name for name in sys.modules if name.split('.')[0] == 'torchvision'))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from typing import Any
 
-from sngm_bench.data import cifar10, imagenet
+from sngm_bench.data import cifar10
 from sngm_bench.data.device_loader import DeviceImages
 from sngm_bench.data.fingerprint import cifar10_fingerprint
 from sngm_bench.data.subset import training_split
@@ -40,5 +40,7 @@ def build_data(cfg, device, channels_last: bool = False) -> Data:
         return Data(DeviceImages(images[train], labels[train], *stats), DeviceImages(test_x, test_y, *stats),
                     cifar10.NUM_CLASSES, cifar10_fingerprint(cfg.root), holdout)
     if cfg.name == "imagenet":
+        from sngm_bench.data import imagenet  # torchvision: seconds of start-up a CIFAR-10 run does without
+
         return Data(*imagenet.load(cfg, device, channels_last))
     raise UserError(f"dataset={cfg.name} has no loader")
