@@ -16,7 +16,7 @@ from sngm_bench.train import carried_totals, micro_batch_size, train_step
 from conftest import TWO_PROCESSES, run_cli
 
 TINY = ["experiment=smoke", "model.width=4", "model.batch_norm=false", "dataset.subset=400", "epochs=1",
-        "batch_size=100", "eval_batch_size=2500"]
+        "batch_size=100"]
 
 
 @pytest.mark.parametrize("optimizer", ["sngm", "msgd"])
