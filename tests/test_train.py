@@ -50,7 +50,9 @@ def test_tiny_run_learns_and_records_everything(tmp_path, cifar_root):
 
 
 def test_two_by_two_sweep_yields_four_complete_runs(tmp_path, cifar_root):
-    result = run_cli(["-m", *TINY, "dataset.subset=1000", "epochs=1", "optimizer=sngm,msgd", "batch_size=100,200"],
+    # Only the sweep's bookkeeping is checked: 400 images at width 4 (two to four steps a run) serve it.
+    result = run_cli(["-m", *TINY, "model.width=4", "dataset.subset=400", "epochs=1", "optimizer=sngm,msgd",
+                      "batch_size=100,200"],
                      cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
     assert result.returncode == 0, result.stderr
     runs = sorted(p for p in (tmp_path / "multirun" / "smoke").iterdir() if p.is_dir())
