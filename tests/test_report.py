@@ -14,7 +14,9 @@ from omegaconf import OmegaConf
 from conftest import change_one_image, cifar_copy, run_cli
 from sngm_bench import report
 
-TINY = ["experiment=smoke", "model.width=8", "dataset.subset=1000", "epochs=2"]
+# Width 4 learns enough for every test here: on this CPU the three SNGM runs at batch 100 or 200 end at
+# 18.3-18.7 % test accuracy (the CLI's 15 % target is reached), MSGD's two LRs at batch 200 at 10.8 and 6.8 %.
+TINY = ["experiment=smoke", "model.width=4", "dataset.subset=1000", "epochs=2"]
 SWEEPS = {
     # SNGM and MSGD at batch 100 and 200; batch 0 is recorded as failed.
     "grid": ["optimizer=sngm,msgd", "batch_size=0,100,200"],
