@@ -2,9 +2,9 @@
 
 SIGINT, SIGTERM (Ctrl-C, SLURM preemption) and SIGUSR2 (submitit's timeout signal) become a
 flag the training loop reads between steps; a second signal stops at once, as does one before
-training (`stop_at_once`); DataLoader workers leave them to the training process. The deadline is `max_minutes` after the command started
-(`STARTED_ENV`, set once by the command line and inherited by every process it launches), so
-all runs of a sweep share it.
+training (`stop_at_once`); DataLoader workers leave them to the training process. The deadline
+is `max_minutes` after the command started (`STARTED_ENV`, set once by the command line and
+inherited by every process it launches), so all runs of a sweep share it.
 """
 
 from __future__ import annotations

@@ -344,7 +344,8 @@ def test_a_second_signal_records_where_the_saved_checkpoint_continues(signum, tm
 
 # A stop signal while the command loads the data: before training, and so before StopRequest handles it. SIGTERM
 # is SLURM's preemption and `timeout`'s; SIGUSR2 SLURM's time limit (sbatch --signal).
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2], ids=["SIGINT", "SIGTERM", "SIGUSR2"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2],
+                         ids=["SIGINT", "SIGTERM", "SIGUSR2"])
 def test_a_stop_signal_while_loading_the_data_is_one_line_and_leaves_no_run_folder(signum, tmp_path, cifar_root):
     script = cli_with_signals("build_data", call=1, signals=1, signum=signum)
     result = run_command([sys.executable, "-c", script, *TINY, "hydra.run.dir=runs/run"], tmp_path,
