@@ -334,7 +334,11 @@ def _remove_if_stub(run_dir: Path) -> None:
 
 def run_overrides(overrides: list[str]) -> dict:
     """One run as `sngm-bench OVERRIDES` makes it (same checks, run folder, records and logs),
-    for `sngm_bench.run`: errors are raised, never turned into an exit."""
+    for `sngm_bench.run`: errors are raised, never turned into an exit. The command's flags (-m,
+    --cfg) are not overrides: Hydra's grammar would refuse them with advice about quoting."""
+    if flag := next((override for override in overrides if override.startswith("-")), None):
+        raise UserError(f"{flag} is a flag of the sngm-bench command, not an override: a sweep runs on the command "
+                        f"line (sngm-bench -m ...), sngm_bench.run trains one run")
     (folder,) = check_overrides(overrides, multirun=False)
     _make_output_folder(folder, multirun=False)
 

@@ -56,6 +56,7 @@ def test_run_returns_the_summary_of_the_run_the_cli_would_make(api_run, cifar_ro
     (["batch_size=0"], "batch_size=0 must be a positive integer"),
     (["optimizer=adam"], "unknown optimizer 'adam'"),
     (["seed=0,1"], "is a sweep"),
+    (["-m", "seed=0,1"], "-m is a flag of the sngm-bench command, not an override: a sweep runs on the command line"),
 ])
 def test_run_raises_user_errors(tmp_path, monkeypatch, capfd, overrides, message):
     monkeypatch.chdir(tmp_path)
