@@ -130,7 +130,8 @@ def sweep_combinations(overrides: list[str]) -> list[list[str]]:
 
 def _parse_error(err: OverrideParseException, overrides: list[str]) -> UserError:
     """The override that Hydra's grammar refuses, named; a value with characters the grammar
-    reserves (dataset.root=~/data, hydra.run.dir=out/a=b) parses in quotes, and the line says how."""
+    reserves (dataset.root=~/data, hydra.run.dir=out/a=b) parses in quotes, and the line says how.
+    One without `=` (smoke) gets the form an override has: Hydra says so on a second line."""
     parser = OverridesParser.create()
 
     def parses(override: str) -> bool:
@@ -141,7 +142,9 @@ def _parse_error(err: OverrideParseException, overrides: list[str]) -> UserError
         return True
 
     bad = next(override for override in overrides if not parses(override))
-    key, _, value = bad.partition("=")
+    key, equals, value = bad.partition("=")
+    if not equals:
+        return UserError(f"cannot parse the override {bad}: an override is key=value or group=option")
     if "LexerNoViableAltException" in str(err) or "=" in value:
         return UserError(f"cannot parse the override {bad}: a value with characters such as ~, # or = goes in "
                          f"quotes: '{key}=\"{value}\"'")

@@ -81,6 +81,7 @@ def test_data_root_defaults_to_env(monkeypatch):
     (["model=vgg"], False, "unknown model 'vgg'"),
     (["optimizer=sngm,msgd"], False, "is a sweep: add -m"),
     (["batch_size=[1,"], False, "cannot parse the override batch_size=[1,: no viable alternative"),
+    (["smoke"], False, "cannot parse the override smoke: an override is key=value or group=option"),  # no '='
     (["dataset.root=~/data"], False,
      """cannot parse the override dataset.root=~/data: a value with characters such as ~, # or = goes in quotes: """
      """'dataset.root="~/data"'"""),
