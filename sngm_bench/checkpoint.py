@@ -37,13 +37,15 @@ def capture_rng() -> dict:
 
 
 def restore_rng(state: dict) -> None:
+    """The generators as `capture_rng` found them. torch takes a generator's state, a GPU's too,
+    only as a CPU byte tensor, and `load` puts every tensor of a checkpoint on the run's device."""
     import torch
 
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([gpu_state.cpu() for gpu_state in state["cuda"]])
 
 
 def exists(run_dir: Path) -> bool:
@@ -72,7 +74,7 @@ def load(run_dir: Path, device) -> dict | None:
         if not path.exists():
             continue
         try:
-            state = torch.load(path, map_location=device, weights_only=False)  # ours: RNG states are not tensors
+            state = torch.load(path, map_location=device, weights_only=False)  # ours: NumPy's RNG state is no tensor
         except Exception as err:  # a truncated or damaged file fails in zipfile, pickle or torch
             problems.append(f"{name}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
             continue

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torchvision.io import ImageReadMode, decode_image, encode_png, read_file
 
+from sngm_bench import checkpoint
 from sngm_bench.config import compose_config
 from sngm_bench.data import build_data
 from sngm_bench.data.imagenet import decode_batch, find_images
@@ -189,6 +190,16 @@ def test_resnet50_trains_with_gpu_decode(tmp_path):
     _, summary, metrics = one_run(tmp_path / "outputs" / "default")
     assert summary["status"] == "completed" and summary["steps_per_epoch"] == 2 and len(metrics) == 2
     assert metrics["train_loss"].notna().all() and metrics["test_loss"].notna().all()
+
+
+def test_checkpoint_loaded_onto_the_gpu_restores_its_rng_states(tmp_path):
+    # checkpoint.load maps every tensor to the run's device, the RNG states too, and torch sets a
+    # generator's state only from a CPU byte tensor.
+    torch.manual_seed(3)
+    checkpoint.save(tmp_path, {"rng": checkpoint.capture_rng()})
+    expected = torch.rand(4), torch.rand(4, device=CUDA)
+    checkpoint.restore_rng(checkpoint.load(tmp_path, CUDA)["rng"])
+    assert torch.equal(torch.rand(4), expected[0]) and torch.equal(torch.rand(4, device=CUDA), expected[1])
 
 
 # A run stopped mid-epoch and continued from its checkpoint equals an uninterrupted run, bit for
