@@ -5,11 +5,12 @@
 # in a CPU dry run; BUDGET_S in the environment wins), then sources this file with the script's own
 # arguments `OUT_DIR [--dry-run]` (DEVICE=cpu also means a dry run), which sets OUT, MODE, BUDGET_S,
 # ROOT and SNGM_DATA. LIMIT_SCALE is a factor on every step's limit, for slow dry runs. Then it calls `step NAME LIMIT_S
-# COMMAND...`. Each step runs under `timeout` with the smaller of its own limit and what is left of
-# the budget (ONLY=REGEX runs just the steps whose name matches; KILL_AFTER_S, default 20, is the
-# grace between the SIGTERM at the limit and a SIGKILL), its output goes to $OUT/log.txt, and its status, seconds
-# and command go to the table of $OUT/summary.md, rewritten after every step so that a killed
-# script still leaves one. `note TEXT` adds a line under the table.
+# COMMAND...`. Each step runs under `timeout` with the smaller of its own limit and what is left until
+# STEPS_END_S (the budget's end; a caller may move it, summary.md still states the budget) (ONLY=REGEX
+# runs just the steps whose name matches; KILL_AFTER_S, default 20, is the grace between the SIGTERM
+# at the limit and a SIGKILL), its output goes to $OUT/log.txt, and its status, seconds and command
+# go to the table of $OUT/summary.md, rewritten after every step so that a killed script still
+# leaves one. `note TEXT` adds a line under the table.
 
 set -u
 case "${1:-}" in  # the calling script's opening comment is its help; an option is no OUT_DIR
@@ -30,6 +31,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/sngm-gpu.XXXXXX")  # run folders and scratch, 
 # script ends: an exit, a failed step, a signal (bash runs an EXIT trap at a fatal signal too).
 trap 'rm -rf "$WORK"' EXIT
 START_S=$(date +%s)
+STEPS_END_S=$(( START_S + BUDGET_S ))
 ROWS=()
 NOTES=()
 FAILED=0
@@ -71,7 +73,7 @@ step() {
     local name=$1 limit=$(( $2 * ${LIMIT_SCALE:-1} )) left status rc begin seconds
     shift 2
     if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return 0; fi
-    left=$(( START_S + BUDGET_S - $(date +%s) ))
+    left=$(( STEPS_END_S - $(date +%s) ))
     if [ "$left" -lt "$limit" ]; then limit=$left; fi
     if [ "$limit" -lt 10 ]; then
         ROWS+=("| $name | skipped: budget spent | 0 | $limit | \`$*\` |")

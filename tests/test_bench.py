@@ -240,6 +240,14 @@ def test_a_campaign_grids_batch_sizes_are_scaled_to_the_dry_runs_1000_images(tmp
     assert f" batch_size={200 if mode else 4096} optimizer=msgd " in sweeps[0], sweeps  # BATCHES, the default
 
 
+def test_a_campaigns_summary_states_the_budget_it_was_given(tmp_path):
+    # PY=false: the sweep and the report fail at once. The packing steps after the time box get 60 s
+    # of their own; summary.md still states the time box.
+    env = {"PY": "false", "BUDGET_S": "100", "GRIDS": "optimizer=msgd lr_factor=0.5"}
+    run_command(["bash", ROOT / "scripts" / "gpu_campaign.sh", tmp_path / "out", "--dry-run"], tmp_path, env, timeout=60)
+    assert "; mode: dry-run; budget 100 s, used " in (tmp_path / "out" / "summary.md").read_text()
+
+
 def test_a_campaigns_runs_archive_leaves_out_what_a_run_killed_mid_write_left(tmp_path):
     # A run folder from an earlier call (CONTINUE_FROM) holds write_atomic's temporary files; PY=false:
     # the sweep and the report fail at once, and the archive step packs that folder as it is.
