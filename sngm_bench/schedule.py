@@ -44,9 +44,23 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int, cfg) -> float:
     return cfg.gamma**passed
 
 
-def build_scheduler(optimizer: Optimizer, cfg, steps_per_epoch: int, epochs: int) -> LambdaLR:
+def check_schedule(cfg) -> None:
+    """Value checks of the schedule's keys that their types cannot express: a negative power fails
+    at the last step, and a milestone outside the run (say, an epoch number) or a gamma of zero or
+    less would train at an LR the config never meant, unnoticed."""
     if cfg.warmup_epochs < 0:
         raise UserError(f"schedule.warmup_epochs={cfg.warmup_epochs} must be non-negative")
+    if cfg.power < 0:
+        raise UserError(f"schedule.power={cfg.power} must be non-negative")
+    if cfg.gamma <= 0:
+        raise UserError(f"schedule.gamma={cfg.gamma} must be positive")
+    if not all(0 < m < 1 for m in cfg.milestones):
+        raise UserError(f"schedule.milestones={list(cfg.milestones)} must be fractions of training, each between 0 "
+                        "and 1 (0.5: half way), not epochs")
+
+
+def build_scheduler(optimizer: Optimizer, cfg, steps_per_epoch: int, epochs: int) -> LambdaLR:
+    check_schedule(cfg)
     total = steps_per_epoch * epochs
     warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
     if 0 < total <= warmup:  # allowed (a short check of a long protocol), but never what a study means

@@ -1,6 +1,7 @@
 """CIFAR ResNets (He et al. 2016) and the learning-rate schedule."""
 
 import math
+import re
 import subprocess
 import sys
 
@@ -97,6 +98,17 @@ def test_a_warmup_as_long_as_the_run_is_warned_of(caplog):
     caplog.clear()
     build_scheduler(opt, schedule_cfg("decay=poly", "warmup_epochs=2"), steps_per_epoch=4, epochs=3)
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("override, message", [
+    ("power=-1", "schedule.power=-1.0 must be non-negative"),  # was a ZeroDivisionError at the last step
+    ("gamma=0", "schedule.gamma=0.0 must be positive"),  # was an LR of zero after the first milestone
+    ("milestones=[100,150]", "schedule.milestones=[100.0, 150.0] must be fractions of training"),  # epochs: no decay
+])
+def test_schedule_values_that_would_train_otherwise_than_meant_are_refused(override, message):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.4)
+    with pytest.raises(UserError, match=re.escape(message)):
+        build_scheduler(opt, schedule_cfg("decay=step", override), steps_per_epoch=4, epochs=3)
 
 
 def scheduled_lrs(cfg, steps_per_epoch: int, epochs: int) -> list[float]:

@@ -58,6 +58,7 @@ BAD_INPUTS = [
     (["batch_size=5000"], "batch_size=5000 exceeds the 1000 training images"),
     (["dataset.subset=5"], "dataset.subset=5 must be between 10 and 50000"),
     (["model.depth=10"], "model.depth=10 is not 6n+2"),
+    (["schedule.power=-1"], "schedule.power=-1.0 must be non-negative"),
     (["dataset=imagenet"], "ImageNet layout not found: no train/ under "),
     (["max_minutes=0"], "max_minutes=0.0 must be positive or null"),
     (["dataset.root={missing}"], "CIFAR-10 not found: no cifar-10-batches-py/ under "),
