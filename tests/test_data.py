@@ -90,6 +90,24 @@ def test_corrupted_file_is_rejected_unless_the_check_is_off(cifar_root, tmp_path
         cifar10.load(tmp_path, verify=False)
 
 
+def test_a_damaged_checksum_listing_or_a_folder_in_a_files_place_is_one_clear_error(cifar_root, tmp_path):
+    copy = tmp_path / cifar10.FOLDER
+    shutil.copytree(cifar_root / cifar10.FOLDER, copy)
+    listing = (copy / "md5sums.txt").read_text()
+    (copy / "md5sums.txt").write_text(listing + "an edited line\n")  # was a ValueError traceback
+    with pytest.raises(UserError, match=r"md5sums.txt line \d+ is not '<md5> <file name>': 'an edited line'"):
+        cifar10.load(tmp_path)
+    (copy / "md5sums.txt").write_text("".join(line + "\n" for line in listing.splitlines() if "test_batch" not in line))
+    with pytest.raises(UserError, match="test_batch has no checksum in .*md5sums.txt"):  # was: "truncated or corrupted"
+        cifar10.load(tmp_path)
+    (copy / "md5sums.txt").write_text(listing)
+    (copy / "test_batch").unlink()
+    (copy / "test_batch").mkdir()  # was an IsADirectoryError traceback, checked or not
+    for verify in (True, False):
+        with pytest.raises(UserError, match="test_batch cannot be read .*Is a directory"):
+            cifar10.load(tmp_path, verify=verify)
+
+
 def test_missing_folder_and_offline_download_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="CIFAR-10 not found.*dataset.download=true"):
         cifar10.load(tmp_path)

@@ -41,9 +41,13 @@ def expected_md5(folder: Path) -> dict[str, str]:
     if not listing.exists():
         return OFFICIAL_MD5
     sums = {}
-    for line in listing.read_text().splitlines():
+    for number, line in enumerate(listing.read_text().splitlines(), 1):
         if line.strip():
-            digest, name = line.split()
+            try:
+                digest, name = line.split()
+            except ValueError:
+                raise UserError(f"{listing} line {number} is not '<md5> <file name>': {line.strip()!r}; fix it, "
+                                "or set dataset.verify_checksums=false to skip the check") from None
             sums[name.lstrip("*")] = digest
     return sums
 
@@ -71,17 +75,27 @@ def download(root: Path) -> None:
         ) from err
 
 
+def _check_md5(path: Path, sums: dict[str, str]) -> None:
+    skip = "or set dataset.verify_checksums=false to skip the check"
+    if path.name not in sums:
+        raise UserError(f"CIFAR-10 file {path} has no checksum in {path.parent / 'md5sums.txt'}; add its md5 there, "
+                        f"{skip}")
+    try:
+        digest = file_digest(path, "md5")
+    except OSError as err:  # a folder in its place, no permission, a failing disk
+        raise UserError(f"CIFAR-10 file {path} cannot be read ({err.strerror or err})") from None
+    if digest != sums[path.name]:
+        raise UserError(f"CIFAR-10 file {path} fails its md5 check (truncated or corrupted); re-download it, {skip}")
+
+
 def _read_batches(folder: Path, names: list[str], sums: dict[str, str], verify: bool):
     images, labels = [], []
     for name in names:
         path = folder / name
         if not path.exists():
             raise UserError(f"CIFAR-10 file {path} is missing; rebuild or re-download the dataset")
-        if verify and sums.get(name) != file_digest(path, "md5"):
-            raise UserError(
-                f"CIFAR-10 file {path} fails its md5 check (truncated or corrupted); "
-                "re-download it, or set dataset.verify_checksums=false to skip the check"
-            )
+        if verify:
+            _check_md5(path, sums)
         try:
             with open(path, "rb") as f:
                 entry = pickle.load(f, encoding="latin1")
