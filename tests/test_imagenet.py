@@ -189,6 +189,21 @@ def test_resnet50_trains_two_steps_at_low_resolution(tmp_path):
     assert (run_dir / "metrics.csv").read_text().count("\n") == 2
 
 
+def test_a_truncated_photo_is_one_line_naming_it_and_recorded(tmp_path):
+    # Read in a DataLoader worker, whose error torch raises again with the worker's traceback in its text.
+    root = tmp_path / "imagenet"
+    shutil.copytree(SAMPLE, root)
+    photo = sorted((root / "train").rglob("*.JPEG"))[0]
+    photo.write_bytes(photo.read_bytes()[:2000])
+    result = run_cli(["dataset=imagenet", "model=resnet50", "model.arch=resnet18", f"dataset.root={root}",
+                      "dataset.image_size=8", "dataset.workers=2", "batch_size=50", "epochs=1", "hydra.run.dir=run"],
+                     cwd=tmp_path)
+    message = f"ImageNet image {photo} cannot be read (Image is incomplete or truncated); replace it with a good copy"
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"sngm-bench: error: {message}"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].endswith(message)
+
+
 def test_wrong_layout_from_the_command_line(tmp_path):
     result = run_cli(["dataset=imagenet", f"dataset.root={tmp_path}", "epochs=1"], cwd=tmp_path)
     assert result.returncode == 2

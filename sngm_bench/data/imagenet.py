@@ -61,6 +61,12 @@ def seeded_transform(transform, image: torch.Tensor, seed: int | None) -> torch.
         return transform(image)
 
 
+class UnreadableImage(UserError):
+    """An image file that cannot be read or decoded (truncated, not an image). Raised in a DataLoader
+    worker, it reaches the training process rebuilt by torch from its text, the worker's traceback
+    included (torch.utils.data's ExceptionWrapper); `ImageFolderImages` raises it again as one line."""
+
+
 class ImageFiles(Dataset):
     """Item (i, seed) as image i, a uint8 CHW tensor, after `transform` drawn from `seed`, or as its
     raw file bytes and `seed` (GPU decoding: the transform runs after decoding, on the GPU)."""
@@ -73,10 +79,16 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, item: tuple[int, int | None]):
         i, seed = item
-        data = read_file(str(self.paths[i]))
-        if not self.decode:
-            return data, self.labels[i], seed
-        return seeded_transform(self.transform, decode_image(data, mode=ImageReadMode.RGB), seed), self.labels[i]
+        try:
+            data = read_file(str(self.paths[i]))
+            if not self.decode:
+                return data, self.labels[i], seed
+            image = decode_image(data, mode=ImageReadMode.RGB)
+        except RuntimeError as err:  # torchvision's, for a file it cannot read or decode
+            reason = str(err).strip().splitlines()[0].rpartition(", ")[2]  # less decode_jpeg's source location
+            raise UnreadableImage(f"ImageNet image {self.paths[i]} cannot be read ({reason}); replace it with a "
+                                  "good copy") from None
+        return seeded_transform(self.transform, image, seed), self.labels[i]
 
 
 def decode_batch(files: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -174,16 +186,22 @@ class ImageFolderImages:
             self.sampler = GlobalBatchSampler(len(self), batch_size, shard, seed)
             self.loader = self._loader(self.sampler)
         self.sampler.set_epoch(epoch, start_step)
-        for batch in self.loader:
-            yield self._on_device(*batch)
+        yield from self._batches()
 
     def eval_batches(self, batch_size: int, rank: int = 0, world_size: int = 1):
         """A contiguous 1/world_size share of the images, in order."""
         if self.loader is None:
             share = torch.arange(len(self)).tensor_split(world_size)[rank]
             self.loader = self._loader([[(i, None) for i in part.tolist()] for part in share.split(batch_size)])
-        for batch in self.loader:
-            yield self._on_device(*batch)
+        yield from self._batches()
+
+    def _batches(self):
+        """The loader's batches, on the device."""
+        try:
+            for batch in self.loader:
+                yield self._on_device(*batch)
+        except UnreadableImage as err:  # from a worker, its text ends in "UnreadableImage: <the message>"
+            raise UnreadableImage(str(err).rstrip().rpartition(f"{UnreadableImage.__name__}: ")[2]) from None
 
 
 def load(cfg, device, channels_last: bool):
