@@ -389,13 +389,27 @@ def _tell_torchrun(message: str) -> None:
             Path(path).write_text(json.dumps(error))
 
 
+def _parse_options():
+    """Hydra's options and overrides of this command, or one line on why argparse refuses them
+    (Hydra's own report prints its whole usage first, and only once the run folder exists)."""
+    parser = get_args_parser()
+    parser.error = _fail  # argparse's messages: an unknown --cfg choice, an option without its value
+    args, unknown = parser.parse_known_args()
+    if unknown and unknown[0].startswith("-"):
+        _fail(f"unknown option {unknown[0]}; sngm-bench --help lists the options")
+    if unknown:  # Hydra takes its overrides from before the first option or after the last
+        _fail(f"{' '.join(unknown)}: overrides on both sides of an option; put the options (-m, --cfg job, ...) "
+              "first, then every override")
+    return args
+
+
 def main() -> None:
     if "--version" in sys.argv[1:]:  # Hydra's own --version names Hydra's version only
         print(version())
         return
     stop.mark_command_start()
     invocation.mark_launch(sys.argv[1:])
-    args, _ = get_args_parser().parse_known_args()
+    args = _parse_options()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:
             if args.multirun and args.cfg:

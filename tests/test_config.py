@@ -128,6 +128,20 @@ def test_command_line_prints_one_line_and_exits_2(args, tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["epochs=1", "-m", "optimizer=sngm,msgd"], "optimizer=sngm,msgd: overrides on both sides of an option; put the "
+                                                "options (-m, --cfg job, ...) first, then every override"),
+    (["--cfg", "jobb"], "argument --cfg/-c: invalid choice: 'jobb' (choose from 'job', 'hydra', 'all')"),
+    (["--epochs", "1"], "unknown option --epochs; sngm-bench --help lists the options"),
+])
+def test_options_argparse_refuses_are_one_line_and_leave_no_folder(args, message, tmp_path):
+    # Hydra's own report of these printed its whole usage (9 lines), after the sweep folder was made.
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"sngm-bench: error: {message}"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_value_errors_found_at_run_time_are_one_line_too(tmp_path, cifar_root):
     result = run_cli(["batch_size=0", f"dataset.root={cifar_root}"], cwd=tmp_path)
     assert result.returncode == 2
