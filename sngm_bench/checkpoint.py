@@ -48,6 +48,20 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all([gpu_state.cpu() for gpu_state in state["cuda"]])
 
 
+def restore(run_dir: Path, state: dict, **parts) -> None:
+    """Load each of `parts` (model=..., optimizer=...: anything with `load_state_dict`) from the
+    checkpoint `state` of `run_dir`; a UserError when one does not fit: the checkpoint was copied
+    from another run, or written by a version of sngm-bench whose model or optimizer differ."""
+    for name, part in parts.items():
+        try:
+            part.load_state_dict(state[name])
+        except (KeyError, RuntimeError, ValueError) as err:
+            reason = str(err).strip().splitlines()[-1].strip().rstrip(".") if str(err).strip() else type(err).__name__
+            raise UserError(f"the checkpoint in {run_dir} does not fit this run's {name} ({reason}): it comes from "
+                            "another run or another version of sngm-bench; add overwrite=true to train the run again "
+                            "from the start") from None
+
+
 def exists(run_dir: Path) -> bool:
     return any((run_dir / name).exists() for name in CHECKPOINT_FILES)
 

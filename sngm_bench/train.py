@@ -219,9 +219,7 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         state = checkpoint.load(self.run_dir, self.procs.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        checkpoint.restore(self.run_dir, state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
         checkpoint.restore_rng(state["rng"])
         self.noise_scale.load_state_dict(state.get("noise_scale"), self.procs)
         self.rows, self.epoch, self.step = state["rows"], state["epoch"], state["step"]

@@ -153,6 +153,19 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous_one_and_none_readab
     assert summary(run_dir)["status"] == "completed" and resumed_where(summary(run_dir)) == [(1, 1)]
 
 
+def test_a_checkpoint_that_does_not_fit_the_runs_model_is_one_line(tmp_path, cli):
+    # A checkpoint copied in from another run (or left by a version whose model differs): it was a traceback.
+    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
+    one_line_error(cli("hydra.run.dir=wider", "model.width=8", *FIRST_STEP), code=124)
+    (tmp_path / "wider" / "checkpoint.pt").replace(tmp_path / "run" / "checkpoint.pt")
+    interrupted = summary(tmp_path / "run")
+    error = one_line_error(cli("hydra.run.dir=run"))
+    assert error.startswith(f"sngm-bench: error: the checkpoint in {tmp_path / 'run'} does not fit this run's model "
+                            "(size mismatch for fc.weight: ")
+    assert error.endswith("add overwrite=true to train the run again from the start")
+    assert summary(tmp_path / "run") == interrupted
+
+
 # The command line, with SIGTERM sent to itself when a run's training loop has returned, i.e.
 # after its last step and evaluation: a signal the loop never saw between steps.
 SIGNAL_AFTER_LAST_STEP = """import os, runpy, signal, sys
