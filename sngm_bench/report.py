@@ -420,6 +420,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def points(text: str) -> float:
+    """--within: a margin of test accuracy in points; a negative one (or nan) would turn claims.md's tests around."""
+    value = float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of points of accuracy between 0 and 100")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sngm-bench-report", description="Tables and figures from sngm-bench run folders (searched recursively).")
@@ -432,7 +440,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="per optimizer and batch size, keep the LR with the best mean of this over seeds")
     parser.add_argument("--steps", type=positive_int, help="optimizer steps of the equal-steps view (default: the step "
                         "count at which the most optimizer/batch-size pairs have an evaluation)")
-    parser.add_argument("--within", type=float, default=1.0, help="claims.md: points of test accuracy; a batch size "
+    parser.add_argument("--within", type=points, default=1.0, help="claims.md: points of test accuracy; a batch size "
                         "keeps an optimizer's best accuracy when its 95 %% interval lies above best − within, and "
                         "block-wise normalization does not help when its gain's interval lies below +within "
                         "(default: 1)")

@@ -227,6 +227,7 @@ def test_figures_that_leave_something_out_say_so(tmp_path, cifar_root):
 @pytest.mark.parametrize("args, message", [
     (["--target-acc", "30"], "argument --target-acc: 30 is not an accuracy between 0 and 1; for 30 % write 0.3"),
     (["--steps", "0"], "argument --steps: 0 is not a positive number of optimizer steps"),
+    (["--within", "-1"], "argument --within: -1 is not a number of points of accuracy between 0 and 100"),
     (["--out", "a_file"], "cannot write the report to a_file: File exists; choose another --out"),
 ])
 def test_bad_report_arguments_end_in_an_error_line(sweeps, tmp_path, args, message):
