@@ -60,8 +60,10 @@ def plan_run(run_dir: Path, cfg, overwrite: bool) -> Plan:
     if not (finished or checkpoint.exists(run_dir)):
         return Plan.fresh
     if "config" not in summary:
-        raise UserError(f"{run_dir} holds a run whose config was not recorded (an earlier sngm-bench); "
-                        "add overwrite=true to train it again, or choose another folder")
+        unrecorded = ("whose summary.json, which records its config, is missing or unreadable" if not summary
+                      else "whose config was not recorded (an earlier sngm-bench)")
+        raise UserError(f"{run_dir} holds a run {unrecorded}; add overwrite=true to train it again, or choose "
+                        "another folder")
     changed = differences(training_config(summary["config"]), training_config(cfg))
     if changed:
         raise UserError(f"{run_dir} holds a run trained with {_listed(changed)}; add overwrite=true to train it "

@@ -166,6 +166,14 @@ def test_a_checkpoint_that_does_not_fit_the_runs_model_is_one_line(tmp_path, cli
     assert summary(tmp_path / "run") == interrupted
 
 
+def test_a_run_whose_summary_was_deleted_is_refused_saying_so(tmp_path, cli):
+    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
+    (tmp_path / "run" / "summary.json").unlink()  # by hand: it said "(an earlier sngm-bench)"
+    assert one_line_error(cli("hydra.run.dir=run")) == (
+        f"sngm-bench: error: {tmp_path / 'run'} holds a run whose summary.json, which records its config, is missing "
+        "or unreadable; add overwrite=true to train it again, or choose another folder")
+
+
 # The command line, with SIGTERM sent to itself when a run's training loop has returned, i.e.
 # after its last step and evaluation: a signal the loop never saw between steps.
 SIGNAL_AFTER_LAST_STEP = """import os, runpy, signal, sys
