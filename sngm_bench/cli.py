@@ -410,6 +410,7 @@ def main() -> None:
     stop.mark_command_start()
     invocation.mark_launch(sys.argv[1:])
     args = _parse_options()
+    sweep_locks = contextlib.ExitStack()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:
             if args.multirun and args.cfg:
@@ -421,6 +422,8 @@ def main() -> None:
             if not args.cfg and int(os.environ.get("RANK", "0")) == 0:
                 for folder in folders:
                     _make_output_folder(folder, args.multirun)
+                    if args.multirun:  # a second sweep there would share its lists of started and failed runs
+                        sweep_locks.enter_context(run_folder.FolderLock(folder))
             elif not args.cfg and invocation.torchrun_rank():
                 _wait_for_rank_0(folders[0])
         except UserError as err:
@@ -428,7 +431,8 @@ def main() -> None:
     if int(os.environ.get("RANK", "0")) > 0:
         # Every process composes the same config and run folder; only rank 0 writes Hydra's files.
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
-    run()
+    with sweep_locks:
+        run()
     if callbacks.failed_runs:
         _fail(f"{len(callbacks.failed_runs)} run(s) of the sweep failed; see summary.json in "
               f"{', '.join(callbacks.failed_runs)}")

@@ -415,3 +415,23 @@ def test_killed_sweep_rerun_trains_only_the_missing_runs(tmp_path, cifar_root):
     assert all(s["status"] == "completed" for s in after.values())
     for seed in done:  # finished runs were left alone
         assert after[seed] == before[seed]
+
+
+def test_a_sweep_into_the_folder_of_a_live_sweep_is_refused_and_the_live_one_ends_truthfully(tmp_path, cifar_root):
+    # The two would share the folder's lists of started and failed runs: the live sweep, its run completed,
+    # ended with "1 run(s) of the sweep failed" and listed the run as refused, the other's refusal.
+    args = ["-m", *TINY]
+    first = _start(args, tmp_path, cifar_root)
+    sweep = tmp_path / "multirun" / "smoke"
+    wait_for(lambda: [s["status"] for s in summaries(sweep).values()] == ["running"], first)
+    first.send_signal(signal.SIGSTOP)  # it holds its folders, and cannot finish before the second sweep has started
+    try:
+        second = run_cli(args, cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)})
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 2 and second.stderr.strip().splitlines() == [
+        f"sngm-bench: error: another process is training in {sweep}; wait for it or stop it"]
+    assert [s["status"] for s in summaries(sweep).values()] == ["completed"]
+    assert re.search(r"^  completed +\d", out, re.MULTILINE), out[-3000:]
