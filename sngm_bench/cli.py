@@ -423,7 +423,9 @@ def main() -> None:
                 for folder in folders:
                     _make_output_folder(folder, args.multirun)
                     if args.multirun:  # a second sweep there would share its lists of started and failed runs
-                        sweep_locks.enter_context(run_folder.FolderLock(folder))
+                        sweep_locks.enter_context(run_folder.FolderLock(
+                            folder, "another sweep is running in {folder}; wait for it, or give this one its own "
+                            "hydra.sweep.dir"))
             elif not args.cfg and invocation.torchrun_rank():
                 _wait_for_rank_0(folders[0])
         except UserError as err:

@@ -152,11 +152,12 @@ def remove_stub(run_dir: Path, created_below: Path) -> None:
 
 
 class FolderLock:
-    """An exclusive lock on the run folder for as long as the run lives (released by the OS if
-    the process dies)."""
+    """An exclusive lock on a run folder for as long as the run lives, or on a sweep folder for as
+    long as the sweep does (released by the OS if the process dies); `busy`: the refusal."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, busy: str = "another process is training in {folder}; wait for it or stop it"):
         self.path = run_dir / ".lock"
+        self.busy = busy
         self.file = None
 
     def __enter__(self):
@@ -165,7 +166,7 @@ class FolderLock:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.close()
-            raise UserError(f"another process is training in {self.path.parent}; wait for it or stop it") from None
+            raise UserError(self.busy.format(folder=self.path.parent)) from None
         return self
 
     def __exit__(self, *exc):

@@ -432,6 +432,7 @@ def test_a_sweep_into_the_folder_of_a_live_sweep_is_refused_and_the_live_one_end
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     assert second.returncode == 2 and second.stderr.strip().splitlines() == [
-        f"sngm-bench: error: another process is training in {sweep}; wait for it or stop it"]
+        f"sngm-bench: error: another sweep is running in {sweep}; wait for it, or give this one its own "
+        "hydra.sweep.dir"]
     assert [s["status"] for s in summaries(sweep).values()] == ["completed"]
     assert re.search(r"^  completed +\d", out, re.MULTILINE), out[-3000:]
