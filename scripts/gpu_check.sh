@@ -62,10 +62,13 @@ write_summary
 # 1. Every CUDA path (tests/test_gpu.py); on the CPU they all skip. pytest-xdist, where installed (the
 #    GPU machine has it), runs them in 4 processes: the compile and resume tests then overlap. -v
 #    names each test as it ends, and pytest-timeout (also there) fails a test that hangs after 150 s
-#    with its threads' stacks in the log, so that pytest still finishes and writes its report.
+#    with its threads' stacks in the log, so that pytest still finishes and writes its report. A test
+#    that starts after the step's first 50 s can still be running at its 200 s limit: the step then
+#    stops pytest with SIGINT, on which pytest (with xdist too) writes pytest.xml and its summary of
+#    the tests that ended (SIGTERM would end it without either).
 XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 4")
 TIMEOUT=$("$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=150 --timeout-method=thread")
-step "pytest -m gpu" 200 "$PY" -m pytest -m gpu -v -rfEs -p no:cacheprovider $XDIST $TIMEOUT \
+STOP_SIGNAL=INT step "pytest -m gpu" 200 "$PY" -m pytest -m gpu -v -rfEs -p no:cacheprovider $XDIST $TIMEOUT \
     --junitxml="$OUT/pytest.xml" tests
 
 # 2. The product's training step against the hand-written reference (scripts/bench_train.py), and

@@ -7,8 +7,8 @@
 # ROOT and SNGM_DATA. LIMIT_SCALE is a factor on every step's limit, for slow dry runs. Then it calls `step NAME LIMIT_S
 # COMMAND...`. Each step runs under `timeout` with the smaller of its own limit and what is left until
 # STEPS_END_S (the budget's end; a caller may move it, summary.md still states the budget) (ONLY=REGEX
-# runs just the steps whose name matches; KILL_AFTER_S, default 20, is the grace between the SIGTERM
-# at the limit and a SIGKILL), its output goes to $OUT/log.txt, and its status, seconds and command
+# runs just the steps whose name matches; STOP_SIGNAL, default TERM, is the signal at the limit and
+# KILL_AFTER_S, default 20, the grace before a SIGKILL), its output goes to $OUT/log.txt, and its status, seconds and command
 # go to the table of $OUT/summary.md, rewritten after every step so that a killed script still
 # leaves one. `note TEXT` adds a line under the table.
 
@@ -83,7 +83,7 @@ step() {
     fi
     echo "=== $name (limit ${limit} s): $*" | tee -a "$LOG"
     begin=$(date +%s)
-    timeout --signal=TERM --kill-after="${KILL_AFTER_S:-20}" "$limit" "$@" >>"$LOG" 2>&1
+    timeout --signal="${STOP_SIGNAL:-TERM}" --kill-after="${KILL_AFTER_S:-20}" "$limit" "$@" >>"$LOG" 2>&1
     rc=$?
     seconds=$(( $(date +%s) - begin ))
     case $rc in

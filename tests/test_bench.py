@@ -291,3 +291,25 @@ def test_gpu_scripts_remove_their_scratch_folder_however_they_end(tmp_path, scri
     _, stderr = process.communicate(timeout=60)  # closing stdin ends the steps still waiting
     assert process.returncode == (-signal.SIGTERM if stopped else 1), stderr  # bash ends by the signal itself
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_gpu_check_stops_pytest_at_its_limit_with_sigint(tmp_path):
+    # pytest writes pytest.xml and its summary of the tests that ended on SIGINT, not on SIGTERM: a
+    # stand-in for Python records the signal its pytest step gets at the step's limit, the budget's
+    # end (a 10 s limit is the shortest a step runs with).
+    (tmp_path / "python").write_text("""#!/bin/sh
+case $1 in -) exit 0 ;; -c) exit 1 ;; esac
+trap 'echo INT >> "$STOPPED_BY"; exit 1' INT
+trap 'echo TERM >> "$STOPPED_BY"; exit 1' TERM
+read -r line
+""")
+    (tmp_path / "python").chmod(0o755)
+    env = {**os.environ, "PY": str(tmp_path / "python"), "BUDGET_S": "11", "ONLY": "^pytest"}
+    stopped_by = tmp_path / "stopped_by"
+    process = subprocess.Popen(["bash", ROOT / "scripts" / "gpu_check.sh", tmp_path / "out", "--dry-run"], cwd=ROOT,
+                               env={**env, "STOPPED_BY": str(stopped_by)}, stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(stopped_by.exists, process, timeout=120)  # stdin stays open: the step waits until its limit stops it
+    process.communicate(timeout=60)  # closing stdin ends the script's later calls of the stand-in
+    assert stopped_by.read_text().split() == ["INT"]
+    assert "| pytest -m gpu | TIMEOUT |" in (tmp_path / "out" / "summary.md").read_text()
