@@ -230,23 +230,27 @@ def test_checkpoint_written_on_gpu_resumes_to_the_uninterrupted_run(tmp_path, ci
     def output_of(folder):
         return (folder / "output.txt").read_text()[-3000:]
 
-    def finish(process, folder, timeout=60):  # the run's output; a run still going after `timeout` s fails the test
+    # One deadline for the whole test, under gpu_check's 150 s per test: a slow run then fails the test
+    # with its output, where pytest-timeout would end the test process with only its threads' stacks.
+    deadline = time.time() + RUN_LIMIT_S
+
+    def finish(process, folder):  # the run's output; a run still going at the deadline fails the test
         try:
-            process.wait(timeout=timeout)
+            process.wait(timeout=max(deadline - time.time(), 0))
         except subprocess.TimeoutExpired:
             process.kill()
-            pytest.fail(f"the run in {folder.name} ran past {timeout} s; its output ended:\n{output_of(folder)}")
+            pytest.fail(f"the run in {folder.name} ran past the test's {RUN_LIMIT_S} s; its output ended:\n"
+                        f"{output_of(folder)}")
         return output_of(folder)
 
     straight, stopped = start(tmp_path / "straight"), start(tmp_path / "stopped")  # the GPU holds both
     runs = tmp_path / "stopped" / "outputs" / "smoke"
-    deadline = time.time() + 100
     while not (len(list(runs.glob("*/metrics.csv"))) == 1 and len(pd.read_csv(next(runs.glob("*/metrics.csv")))) == 1):
         assert stopped.poll() is None, finish(stopped, tmp_path / "stopped")
         assert time.time() < deadline, f"epoch 1 never ended:\n{output_of(tmp_path / 'stopped')}"
         time.sleep(0.01)
     stopped.send_signal(signal.SIGTERM)  # epoch 1 is written: the signal lands in epoch 2
-    output = finish(stopped, tmp_path / "stopped", timeout=30)
+    output = finish(stopped, tmp_path / "stopped")
     assert stopped.returncode == 128 + signal.SIGTERM, output
     output = finish(straight, tmp_path / "straight")
     assert straight.returncode == 0, output
