@@ -10,6 +10,7 @@ end the same way, leaving no run folder behind; inside a sweep they are recorded
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import difflib
 import json
@@ -271,7 +272,7 @@ def run(cfg: DictConfig) -> None:
         if invocation.torchrun_rank():
             # Every process stopped at the same step, and rank 0 is still writing the checkpoint and the
             # summary: a failed exit here would make torchrun stop rank 0 (SIGTERM) before it is done.
-            sys.exit(0)
+            return
         _fail(str(err), err.exit_code)  # a sweep stops too: the user asked to stop, or time is up
     except KeyboardInterrupt as err:  # a stop signal before training began, or a second one during it
         _remove_if_stub(run_dir)
@@ -404,6 +405,25 @@ def _parse_options():
 
 
 def main() -> None:
+    _command()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _end_without_teardown()
+
+
+def _end_without_teardown() -> None:
+    """End a process of a multi-process run that did its work, skipping the interpreter's teardown,
+    in which gloo can abort it: a gloo worker thread that still holds the last collective's tensors
+    needs the GIL to free them, and a thread asking for the GIL once Python is finalizing is ended
+    by pthread_exit, which ends the process with SIGABRT ("terminate called without an active
+    exception"), a failure in torchrun's report (pytorch/pytorch#179291). Exit handlers (log files, child
+    processes) still run."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _command() -> None:
     if "--version" in sys.argv[1:]:  # Hydra's own --version names Hydra's version only
         print(version())
         return

@@ -76,6 +76,37 @@ def test_two_process_ddp_equals_one_process(tmp_path, cifar_root):
     assert summary_two["final_holdout_acc"] == pytest.approx(summary_one["final_holdout_acc"], abs=0.0101)  # one image
 
 
+# `python -m sngm_bench` for torchrun, each process leaving a mark from an exit handler, and another from the
+# interpreter's teardown (the __del__ of an object that lives until then).
+EXIT_MARKS = """
+import atexit, os, pathlib, runpy
+rank = os.environ["RANK"]
+atexit.register(pathlib.Path(f"exit_handler_{rank}").touch)
+
+class TornDown:
+    def __del__(self):
+        pathlib.Path(f"torn_down_{rank}").touch()
+
+torn_down = TornDown()
+runpy.run_module("sngm_bench", run_name="__main__")
+"""
+
+
+def test_torchrun_processes_end_without_the_teardown_in_which_gloo_aborts(tmp_path, cifar_root):
+    # A gloo worker thread still freeing the last collective's tensors when Python finalizes aborts its
+    # process (SIGABRT): a finished run that torchrun reports failed, as in one full run of this suite.
+    script = tmp_path / "exit_marks.py"
+    script.write_text(EXIT_MARKS)
+    result = subprocess.run([*TWO_PROCESSES, str(script), *TINY], cwd=tmp_path,
+                            env={**os.environ, "SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("exit_handler_*")) == ["exit_handler_0", "exit_handler_1"]
+    assert not list(tmp_path.glob("torn_down_*"))
+    (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
 def said_under_torchrun(stderr: str, message: str) -> None:
     """Assert how torchrun's processes told `message`: at most one `sngm-bench: error:` line (rank 0's,
     unless another process ended first and torchrun stopped rank 0 before it printed), and always in
