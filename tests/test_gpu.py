@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -175,7 +176,7 @@ def test_nvjpeg_hands_a_file_it_cannot_decode_to_the_cpu():
     # ImageNet's train set holds a PNG under a .JPEG name: nvJPEG's batch call fails on it.
     jpeg = read_file(str(find_images(IMAGENET_SAMPLE, "train")[0][0]))
     png = encode_png(decode_image(jpeg, mode=ImageReadMode.RGB))
-    decoded = decode_batch([jpeg, png, jpeg], CUDA)
+    decoded = decode_batch([jpeg, png, jpeg], CUDA, [Path("a.JPEG"), Path("b.JPEG"), Path("c.JPEG")])
     assert all(image.is_cuda and image.shape[0] == 3 for image in decoded)
     assert torch.equal(decoded[1].cpu(), decode_image(png)) and torch.equal(decoded[0], decoded[2])
 

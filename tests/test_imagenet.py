@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ import sngm_bench
 from sngm_bench.config import compose_config
 from sngm_bench.data import build_data
 from sngm_bench.data.device_loader import key_seed
-from sngm_bench.data.imagenet import MEAN, STD, decode_batch, find_images, seeded_transform
+from sngm_bench.data.imagenet import MEAN, STD, UnreadableImage, decode_batch, find_images, seeded_transform
 from sngm_bench.errors import Interrupted, UserError
 from conftest import IMAGENET_SAMPLE as SAMPLE, run_cli, run_command, wait_for
 
@@ -144,9 +145,24 @@ def test_files_that_are_not_jpeg_decode_on_the_cpu_instead():
     # ImageNet's train set holds a PNG under a .JPEG name; a batch with one decodes the rest as JPEGs.
     jpeg = read_file(str(find_images(SAMPLE, "train")[0][0]))
     png = encode_png(decode_image(jpeg, mode=ImageReadMode.RGB))
-    decoded = decode_batch([jpeg, png, jpeg], torch.device("cpu"))
+    decoded = decode_batch([jpeg, png, jpeg], torch.device("cpu"), [Path("a.JPEG"), Path("b.JPEG"), Path("c.JPEG")])
     assert len(decoded) == 3 and all(image.shape == decoded[0].shape and image.shape[0] == 3 for image in decoded)
     assert torch.equal(decoded[0], decoded[2]) and torch.equal(decoded[1], decode_image(png))
+
+
+def test_with_gpu_decode_a_truncated_photo_is_an_error_naming_it(tmp_path):
+    # dataset.gpu_decode's code path with the CPU as its device: the files reach the training process as bytes.
+    root = tmp_path / "imagenet"
+    shutil.copytree(SAMPLE, root)
+    photo = sorted((root / "train").rglob("*.JPEG"))[0]
+    photo.write_bytes(photo.read_bytes()[:2000])
+    cfg = compose_config(["dataset=imagenet", f"dataset.root={root}", "dataset.workers=2", "dataset.image_size=8"])
+    train = build_data(cfg.dataset, torch.device("cpu")).train
+    train.gpu_decode, train.files.decode = True, False
+    with pytest.raises(UnreadableImage) as raised:
+        list(train.train_batches(seed=0, epoch=1, batch_size=200, shard=slice(0, 200)))
+    assert str(raised.value) == f"ImageNet image {photo} cannot be read (Image is incomplete or truncated); " \
+        "replace it with a good copy"
 
 
 def test_the_fingerprint_covers_the_image_files_the_dataset_reads_and_only_those(tmp_path):

@@ -66,10 +66,16 @@ class UnreadableImage(UserError):
     worker, it reaches the training process rebuilt by torch from its text, the worker's traceback
     included (torch.utils.data's ExceptionWrapper); `ImageFolderImages` raises it again as one line."""
 
+    @classmethod
+    def of(cls, path: Path, err: RuntimeError) -> UnreadableImage:
+        """The error for `path`, from torchvision's on reading or decoding it."""
+        reason = str(err).strip().splitlines()[0].rpartition(", ")[2]  # less decode_jpeg's source location
+        return cls(f"ImageNet image {path} cannot be read ({reason}); replace it with a good copy")
+
 
 class ImageFiles(Dataset):
     """Item (i, seed) as image i, a uint8 CHW tensor, after `transform` drawn from `seed`, or as its
-    raw file bytes and `seed` (GPU decoding: the transform runs after decoding, on the GPU)."""
+    raw file bytes, `seed` and `i` (GPU decoding: the transform runs after decoding, on the GPU)."""
 
     def __init__(self, paths: list[Path], labels: torch.Tensor, transform, decode: bool = True):
         self.paths, self.labels, self.transform, self.decode = paths, labels, transform, decode
@@ -82,38 +88,40 @@ class ImageFiles(Dataset):
         try:
             data = read_file(str(self.paths[i]))
             if not self.decode:
-                return data, self.labels[i], seed
+                return data, self.labels[i], seed, i
             image = decode_image(data, mode=ImageReadMode.RGB)
         except RuntimeError as err:  # torchvision's, for a file it cannot read or decode
-            reason = str(err).strip().splitlines()[0].rpartition(", ")[2]  # less decode_jpeg's source location
-            raise UnreadableImage(f"ImageNet image {self.paths[i]} cannot be read ({reason}); replace it with a "
-                                  "good copy") from None
+            raise UnreadableImage.of(self.paths[i], err) from None
         return seeded_transform(self.transform, image, seed), self.labels[i]
 
 
-def decode_batch(files: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """The RGB images of JPEG file bytes, decoded on `device` in one call (nvJPEG on a GPU). A file
-    it cannot decode (ImageNet's train set has a PNG and CMYK JPEGs among its .JPEG files) is
-    decoded on the CPU instead, so one odd file does not end the run."""
+def decode_batch(files: list[torch.Tensor], device: torch.device, paths: list[Path]) -> list[torch.Tensor]:
+    """The RGB images of the bytes of the JPEG files `paths`, decoded on `device` in one call (nvJPEG
+    on a GPU). A file it cannot decode (ImageNet's train set has a PNG and CMYK JPEGs among its .JPEG
+    files) is decoded on the CPU instead, so one odd file does not end the run; one the CPU cannot
+    decode either is an UnreadableImage."""
     try:
         return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
-        return [decode_one(data, device) for data in files]
+        return [decode_one(data, device, path) for data, path in zip(files, paths, strict=True)]
 
 
-def decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+def decode_one(data: torch.Tensor, device: torch.device, path: Path) -> torch.Tensor:
     try:
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
-        return decode_image(data, mode=ImageReadMode.RGB).to(device)
+        try:
+            return decode_image(data, mode=ImageReadMode.RGB).to(device)
+        except RuntimeError as err:
+            raise UnreadableImage.of(path, err) from None
 
 
 def _raw_collate(items):
     """A batch of file bytes as ONE tensor and the files' lengths: a worker sends each tensor of a
     batch through its own shared-memory file descriptor, and with one per file the queue broke
     ("Bad file descriptor") and the training process waited on it forever."""
-    files, labels, seeds = zip(*items)
-    return torch.cat(files), torch.tensor([len(data) for data in files]), torch.stack(labels), list(seeds)
+    files, labels, seeds, indices = zip(*items)
+    return torch.cat(files), torch.tensor([len(data) for data in files]), torch.stack(labels), list(seeds), indices
 
 
 class GlobalBatchSampler(Sampler):
@@ -172,8 +180,9 @@ class ImageFolderImages:
 
     def _on_device(self, *batch):
         if self.gpu_decode:  # bytes -> decoded and transformed on the GPU, one image at a time
-            files, lengths, labels, seeds = batch
-            decoded = decode_batch(list(files.split(lengths.tolist())), self.device)
+            files, lengths, labels, seeds, indices = batch
+            decoded = decode_batch(list(files.split(lengths.tolist())), self.device,
+                                   [self.files.paths[i] for i in indices])
             images = torch.stack([seeded_transform(self.transform, image, seed) for image, seed in zip(decoded, seeds)])
         else:
             images, labels = batch
