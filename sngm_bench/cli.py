@@ -35,6 +35,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from tqdm import tqdm
 
 from sngm_bench import callbacks, checkpoint, grid, invocation, run_folder, stop
 from sngm_bench.config import CONFIG_MODULE, check_values, keys_outside_schema, optimizer_settings
@@ -171,7 +172,9 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
                                 "add -m (--multirun) to run it")
             combinations = [overrides]
         folders = set()
-        for combination in combinations:
+        # Hydra composes a few runs a second: a grid of a hundred takes a while, shown on a terminal.
+        for combination in tqdm(combinations, desc="checking the sweep's runs", unit="run", leave=False,
+                                dynamic_ncols=True, disable=None if len(combinations) > 1 else True):
             try:
                 config = compose("config", overrides=combination, return_hydra_config=True)
                 if outside := keys_outside_schema(config):  # added by `+key=...`

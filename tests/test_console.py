@@ -1,10 +1,16 @@
 """What a user reads on the console: the end-of-run line, a sweep's progress and closing table,
 and when the loss is read (real CLI, tiny runs on real CIFAR-10)."""
 
+import contextlib
 import fcntl
 import json
 import logging
+import os
 import re
+import struct
+import subprocess
+import sys
+import termios
 import time
 
 from hydra.types import RunMode
@@ -12,6 +18,7 @@ from omegaconf import OmegaConf
 
 from conftest import run_cli
 from sngm_bench import callbacks
+from sngm_bench.cli import check_overrides
 from sngm_bench.progress import EARLY_READOUT, is_readout
 
 TINIEST = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1"]
@@ -56,18 +63,17 @@ def test_the_loss_is_read_early_in_each_epoch_whatever_log_every_is():
     assert [s for s in range(1, 41) if is_readout(s, 10, 40)] == [EARLY_READOUT, 10, 20, 30, 40]
 
 
+def open_terminal() -> tuple[int, int]:
+    """A pseudo-terminal's two ends (master, slave), 150 columns wide: tqdm draws no bar 0 wide."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))
+    return master, slave
+
+
 def run_in_terminal(args, cwd, env_extra, timeout=600) -> str:
     """`python -m sngm_bench ARGS` on a pseudo-terminal 150 columns wide (so tqdm draws its bars);
     returns everything it printed."""
-    import fcntl
-    import os
-    import struct
-    import subprocess
-    import sys
-    import termios
-
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))
+    master, slave = open_terminal()
     process = subprocess.Popen([sys.executable, "-m", "sngm_bench", *args], cwd=cwd, stdout=slave, stderr=slave,
                                env={**os.environ, **env_extra})
     os.close(slave)
@@ -131,3 +137,24 @@ def test_a_refused_run_counts_as_failed_in_the_sweeps_progress(tmp_path, caplog)
     with caplog.at_level(logging.INFO, logger="sngm_bench"):
         report.on_job_start(config)
     assert caplog.messages == ["sweep: run 2 of 2 (0 completed, 1 failed, 0 diverged so far)"]
+
+
+def test_checking_a_sweeps_runs_shows_a_bar_on_a_terminal_only():
+    # Every run of a sweep is composed before the first starts: a few a second, so a grid of a hundred
+    # takes a while on which the terminal would otherwise show nothing.
+    def on_terminal(overrides, multirun) -> str:
+        master, slave = open_terminal()
+        with open(slave, "w") as terminal:
+            with contextlib.redirect_stderr(terminal):
+                check_overrides(overrides, multirun)
+            terminal.write("END")  # read up to this mark while the terminal is open: then nothing is lost
+            terminal.flush()
+            written = b""
+            while not written.endswith(b"END"):
+                written += os.read(master, 65536)
+        os.close(master)
+        return written.decode(errors="replace").removesuffix("END")
+
+    shown = on_terminal(["experiment=smoke", "seed=0,1,2"], multirun=True)
+    assert "checking the sweep's runs:   0%" in shown and "| 0/3 [" in shown, shown  # drawn as it starts
+    assert on_terminal(["experiment=smoke"], multirun=False) == ""
