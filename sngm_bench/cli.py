@@ -374,13 +374,19 @@ def _fail(message: str, code: int = 2, tell_torchrun: bool = True) -> None:
 
     Not `tell_torchrun` (errors.LostPeer): the report names as the first failure the one with the
     earliest second, an error file's or, for a process that left none (killed), the second torchrun
-    noticed its end. A survivor's file could carry an earlier second than that, and be named."""
+    noticed its end. A survivor's file could carry an earlier second than that, and be named; so
+    could the survivor itself, ended in the same poll of torchrun's (`_LostPeerExit`)."""
     rank = invocation.torchrun_rank()
     if rank is not None and tell_torchrun:
         _tell_torchrun(message)
     if not rank:
         print(f"sngm-bench: error: {message}", file=sys.stderr)
-    sys.exit(code)
+    raise SystemExit(code) if tell_torchrun else _LostPeerExit(code)
+
+
+class _LostPeerExit(SystemExit):
+    """The exit of a process whose peer ended first. It keeps Python's teardown, which takes long
+    enough that torchrun notices the peer's end first (every 0.1 s) and names the peer in its report."""
 
 
 def _tell_torchrun(message: str) -> None:
@@ -408,22 +414,31 @@ def _parse_options():
 
 
 def main() -> None:
-    _command()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _end_without_teardown()
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        _command()
+        return
+    try:
+        _command()
+    except _LostPeerExit:
+        raise
+    except SystemExit as exit:
+        _end_without_teardown(exit.code)
+    _end_without_teardown(0)
 
 
-def _end_without_teardown() -> None:
-    """End a process of a multi-process run that did its work, skipping the interpreter's teardown,
-    in which gloo can abort it: a gloo worker thread that still holds the last collective's tensors
-    needs the GIL to free them, and a thread asking for the GIL once Python is finalizing is ended
-    by pthread_exit, which ends the process with SIGABRT ("terminate called without an active
-    exception"), a failure in torchrun's report (pytorch/pytorch#179291). Exit handlers (log files, child
-    processes) still run."""
+def _end_without_teardown(code: int | str | None) -> None:
+    """End a process of a multi-process run with the exit code of `sys.exit(code)`, skipping the
+    interpreter's teardown, in which gloo can abort it: a gloo worker thread that still holds the
+    last collective's tensors needs the GIL to free them, and a thread asking for the GIL once
+    Python is finalizing is ended by pthread_exit, which ends the process with SIGABRT ("terminate
+    called without an active exception"; pytorch/pytorch#179291): a finished run reported failed, a
+    stop's or a deadline's exit code lost. Exit handlers (log files, child processes) still run."""
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code if isinstance(code, int) else int(code is not None))
 
 
 def _command() -> None:

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from sngm_bench.config import compose_config
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import build_optimizer
 from sngm_bench.train import carried_totals, micro_batch_size, train_step
-from conftest import TWO_PROCESSES, run_cli
+from conftest import TWO_PROCESSES, run_cli, run_command
 
 TINY = ["experiment=smoke", "model.width=4", "model.batch_norm=false", "dataset.subset=400", "epochs=1",
         "batch_size=100"]
@@ -105,6 +106,18 @@ def test_torchrun_processes_end_without_the_teardown_in_which_gloo_aborts(tmp_pa
     assert not list(tmp_path.glob("torn_down_*"))
     (run_dir,) = (tmp_path / "outputs" / "smoke").iterdir()
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_process_of_a_multi_process_run_that_fails_keeps_its_exit_code_without_the_teardown(tmp_path):
+    # A process of rank 1 refusing a bad value, as a SLURM task does (its own log, no torchrun report).
+    script = tmp_path / "exit_marks.py"
+    script.write_text(EXIT_MARKS)
+    result = run_command([sys.executable, script, "experiment=smoke", "batch_size=0"], tmp_path,
+                         {"RANK": "1", "WORLD_SIZE": "2"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "sngm-bench: error: batch_size=0 must be a positive integer", result.stderr
+    assert [p.name for p in tmp_path.glob("exit_handler_*")] == ["exit_handler_1"]
+    assert not list(tmp_path.glob("torn_down_*"))
 
 
 def said_under_torchrun(stderr: str, message: str) -> None:
