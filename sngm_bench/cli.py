@@ -414,6 +414,7 @@ def _parse_options():
 
 
 def main() -> None:
+    """The `sngm-bench` command; a process of a multi-process run ends through `_end_without_teardown`."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         _command()
         return
@@ -421,8 +422,8 @@ def main() -> None:
         _command()
     except _LostPeerExit:
         raise
-    except SystemExit as exit:
-        _end_without_teardown(exit.code)
+    except SystemExit as ended:
+        _end_without_teardown(ended.code)
     _end_without_teardown(0)
 
 
