@@ -285,7 +285,7 @@ def run(cfg: DictConfig) -> None:
             _remove_if_stub(run_dir)
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            _fail(str(err), tell_torchrun=not isinstance(err, LostPeer))  # SystemExit passes Hydra's report
+            _fail(str(err), lost_peer=isinstance(err, LostPeer))  # SystemExit passes Hydra's report
         if run_folder.holds_run(run_dir):  # the run recorded its own failure, or the folder holds another run
             log.error("run failed: %s", err)
             callbacks.note_failure(run_dir)
@@ -364,7 +364,7 @@ def run_overrides(overrides: list[str]) -> dict:
     return result
 
 
-def _fail(message: str, code: int = 2, tell_torchrun: bool = True) -> None:
+def _fail(message: str, code: int = 2, lost_peer: bool = False) -> None:
     """End the command with `message` as one line on stderr and exit code `code`. The processes
     torchrun starts share one terminal and mostly end alike (same config, same data): rank 0 says
     it, and each leaves it in its error file, where torchrun's failure report reads it. That report
@@ -372,16 +372,16 @@ def _fail(message: str, code: int = 2, tell_torchrun: bool = True) -> None:
     with first (torchrun then stops rank 0 before it can say it). Elsewhere every process says it
     (a SLURM task writes its own log).
 
-    Not `tell_torchrun` (errors.LostPeer): the report names as the first failure the one with the
-    earliest second, an error file's or, for a process that left none (killed), the second torchrun
-    noticed its end. A survivor's file could carry an earlier second than that, and be named; so
-    could the survivor itself, ended in the same poll of torchrun's (`_LostPeerExit`)."""
+    A `lost_peer` (errors.LostPeer) leaves no error file: the report names as the first failure the
+    one with the earliest second, an error file's or, for a process that left none (killed), the
+    second torchrun noticed its end. A survivor's file could carry an earlier second than that, and
+    be named; so could the survivor itself, ended in the same poll of torchrun's (`_LostPeerExit`)."""
     rank = invocation.torchrun_rank()
-    if rank is not None and tell_torchrun:
+    if rank is not None and not lost_peer:
         _tell_torchrun(message)
     if not rank:
         print(f"sngm-bench: error: {message}", file=sys.stderr)
-    raise SystemExit(code) if tell_torchrun else _LostPeerExit(code)
+    raise _LostPeerExit(code) if lost_peer else SystemExit(code)
 
 
 class _LostPeerExit(SystemExit):

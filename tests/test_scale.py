@@ -98,9 +98,8 @@ def test_torchrun_processes_end_without_the_teardown_in_which_gloo_aborts(tmp_pa
     # process (SIGABRT): a finished run that torchrun reports failed, as in one full run of this suite.
     script = tmp_path / "exit_marks.py"
     script.write_text(EXIT_MARKS)
-    result = subprocess.run([*TWO_PROCESSES, str(script), *TINY], cwd=tmp_path,
-                            env={**os.environ, "SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"},
-                            capture_output=True, text=True, timeout=300)
+    result = run_command([*TWO_PROCESSES, script, *TINY], tmp_path,
+                         {"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.glob("exit_handler_*")) == ["exit_handler_0", "exit_handler_1"]
     assert not list(tmp_path.glob("torn_down_*"))
