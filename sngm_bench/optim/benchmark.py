@@ -37,7 +37,7 @@ from sngm_bench.timing import time_rounds
 
 PARAMETER_SETS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: torchvision.models.resnet50(),  # 25.6 M parameters in 161 tensors
-    "resnet20": lambda: CifarResNet(20),  # 0.27 M parameters in 65 tensors
+    "resnet20": lambda: CifarResNet(20),  # 0.27 M parameters in 59 tensors
 }
 OPTIMIZERS = ("msgd", "sngm", "lars", "lamb")
 # Rows of an optimizer with other group settings: SNGM without torch's fused SGD kernel, what the kernel saves.
