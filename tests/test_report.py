@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import change_one_image, cifar_copy, run_cli
-from sngm_bench import report
+from sngm_bench import figures, report
 
 # Width 4 learns enough for every test here: on this CPU the three SNGM runs at batch 100 or 200 end at
 # 18.3-18.7 % test accuracy (the CLI's 15 % target is reached), MSGD's two LRs at batch 200 at 10.8 and 6.8 %.
@@ -222,6 +222,16 @@ def test_figures_that_leave_something_out_say_so(tmp_path, cifar_root):
     warnings = report_warnings("--steps", "100000")
     assert any("(100000 steps) leaves out msgd at batch 100, msgd at batch 200" in w for w in warnings)
     assert (tmp_path / "report" / "gradient_budget.png").stat().st_size > 10_000
+
+
+def test_the_default_target_is_the_highest_whole_percent_every_cell_reached():
+    """A cell's best accuracy can be a whole percent (2,900 of 10,000 test images), and 100 * 0.29 is
+    28.999999999999996 in floating point: that must still be a 29 % target, and 2,899 images a 28 % one."""
+    for percent in range(1, 101):
+        for correct, target in ((100 * percent, percent / 100), (100 * percent - 1, (percent - 1) / 100)):
+            epochs = pd.DataFrame({"series": ["sngm", "msgd"], "batch_size": [128, 128],
+                                   "test_acc": [correct / 10000, 1.0]})
+            assert figures.default_target(epochs) == target, correct
 
 
 @pytest.mark.parametrize("args, message", [
