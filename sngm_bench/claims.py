@@ -159,12 +159,9 @@ class Cell:
     batch_size: int
     lr: float
     accs: list[float]  # final test accuracy of each seed, points
+    mean: float  # theirs, points: the accuracy table's number (report.aggregate), so both round it alike
     run_dirs: list[str]
     grid_edge: str = ""  # "smallest" or "largest" when the LR is that end of several tried, "only", else ""
-
-    @property
-    def mean(self) -> float:
-        return statistics.mean(self.accs)
 
     def __str__(self) -> str:
         edge = {"": "", "only": ", one LR"}.get(self.grid_edge, ", grid edge")
@@ -189,10 +186,11 @@ def selected_cells(runs: pd.DataFrame, cells: pd.DataFrame) -> list[Cell]:
     keys = ["series", "batch_size", "lr", "lr_factor"]  # the selected LR is optimizer.lr x lr_factor
     tried = (cells["lr"] * cells["lr_factor"]).groupby([cells["series"], cells["batch_size"]]).transform("nunique")
     edges = grid_edge_sides(cells).where(tried > 1, "only")
-    chosen = cells.assign(edge=edges).loc[cells["selected"], [*keys, "edge"]]
+    chosen = cells.assign(edge=edges).loc[cells["selected"], [*keys, "edge", "mean_final_test_acc"]]
     done = runs[runs["status"] == COMPLETED].merge(chosen, on=keys)
     return [Cell(series, first["optimizer"], first["norm"], int(batch_size), float(first["lr"] * first["lr_factor"]),
-                 [100 * acc for acc in group["final_test_acc"]], list(group["run_dir"]), first["edge"])
+                 [100 * acc for acc in group["final_test_acc"]], 100 * first["mean_final_test_acc"],
+                 list(group["run_dir"]), first["edge"])
             for (series, batch_size), group in done.groupby(["series", "batch_size"])
             for first in [group.iloc[0]]]
 

@@ -90,6 +90,17 @@ def make_run(root: Path, optimizer: str, batch_size: int, accs: list[float], nor
         (run_dir / "summary.json").write_text(json.dumps({"status": status, **(summary if status == "completed" else {})}))
 
 
+def test_a_mean_reads_the_same_in_claims_as_in_the_table(tmp_path):
+    # Seeds at 33.46 and 33.83 % average to 33.645: one number, which claims.md must round as the table does.
+    make_run(tmp_path, "sngm", 512, [33.46, 33.83], "global")
+    make_run(tmp_path, "msgd", 512, [31.81, 32.80])
+    runs = report.collect_runs([tmp_path])
+    cells = report.aggregate(runs)
+    table, text = report.to_markdown(report.accuracy_table(cells)), claims.verdict(runs, cells, "final_test_acc")
+    shown = re.search(r"\| sngm \| (\d+\.\d\d) ± ", table).group(1)
+    assert f"| 512 | sngm {shown} (n=2, one LR) |" in text, (table, text)
+
+
 def seeds(mean: float) -> list[float]:
     return [mean - 0.1, mean, mean + 0.1]
 
