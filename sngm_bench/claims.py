@@ -405,7 +405,8 @@ def protocol_line(runs: pd.DataFrame) -> str:
 def run_list(cells: list[Cell]) -> list[str]:
     dirs = [d for c in cells for d in c.run_dirs]
     root = os.path.commonpath(dirs) if len(dirs) > 1 else os.path.dirname(dirs[0])
-    lines = [f"Run folders, under `{root}`:", "", "| series | batch | lr | folders |", "|---|---|---|---|"]
+    lines = [f"Run folders, under `{root}`:", "", "| series | batch | optimizer.lr x lr_factor | folders |",
+             "|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: (c.series, c.batch_size)):
         folders = ", ".join(f"`{os.path.relpath(d, root)}`" for d in c.run_dirs)
         lines.append(f"| {c.series} | {c.batch_size} | {c.lr:g} | {folders} |")

@@ -174,6 +174,8 @@ def test_a_lead_over_an_lr_at_the_grid_edge_is_not_resolved(tmp_path):
     assert ("msgd at batch 4096: its selected LR (optimizer.lr x lr_factor) 0.05 is the smallest tried, so its "
             "best LR may lie outside the grid: extend the grid to smaller LRs.") in text
     assert "more seeds are needed" not in text.split("2. **")[0]
+    # The run list names the LR as the caution does: not the peak LR the runs trained at (scaled to the batch).
+    assert "| series | batch | optimizer.lr x lr_factor | folders |" in text and "| msgd | 4096 | 0.05 | `" in text
     # A smaller LR that does worse brackets the same best LR: the lead now stands.
     make_run(tmp_path, "msgd", 4096, seeds(75.0), lr=0.025)
     found, text = verdicts(tmp_path)
