@@ -428,9 +428,16 @@ def points(text: str) -> float:
     return value
 
 
+def _fail(message: str) -> None:
+    """End the command with `message` as one line on stderr and exit code 2."""
+    print(f"sngm-bench-report: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sngm-bench-report", description="Tables and figures from sngm-bench run folders (searched recursively).")
+    parser.error = _fail  # argparse's own would print the whole usage before its line
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run folders or folders that hold them")
     parser.add_argument("--out", type=Path, default=Path("report"), help="folder for the files (default: report)")
     parser.add_argument("--target-acc", type=fraction,
@@ -453,8 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         markdown = write_report(args.paths, args.out, args.target_acc, args.select_by, args.steps, args.within)
     except UserError as err:
-        print(f"sngm-bench-report: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(err))
     print(markdown)
     print(f"wrote tables, CSVs and figures to {args.out}")
 
