@@ -341,7 +341,8 @@ def caption(runs: pd.DataFrame, cells: pd.DataFrame, select_by: str) -> str:
     rule = f"; LR chosen per cell by the best mean {select_by} over seeds" if swept_lr_keys(runs) else ""
     edge = ("; (grid edge): the chosen LR is the smallest or largest tried, so the grid may not hold the best LR"
             if cells["grid_edge"].any() else "")
-    return (f"Final test accuracy (%), mean ± std over seeds (n completed runs), {len(runs)} runs; "
+    count = f"{len(runs)} run{'' if len(runs) == 1 else 's'}"
+    return (f"Final test accuracy (%), mean ± std over seeds (n completed runs), {count}; "
             f"runs that did not complete are counted by status{rule}{edge}.")
 
 

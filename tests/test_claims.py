@@ -101,6 +101,15 @@ def test_a_mean_reads_the_same_in_claims_as_in_the_table(tmp_path):
     assert f"| 512 | sngm {shown} (n=2, one LR) |" in text, (table, text)
 
 
+def test_the_table_caption_counts_one_run_as_one_run(tmp_path):
+    make_run(tmp_path, "sngm", 512, [33.5], "global")
+    runs = report.collect_runs([tmp_path])
+    assert ", 1 run; runs that did not complete" in report.caption(runs, report.aggregate(runs), "final_test_acc")
+    make_run(tmp_path, "msgd", 512, [32.5])
+    runs = report.collect_runs([tmp_path])
+    assert ", 2 runs; runs that did not complete" in report.caption(runs, report.aggregate(runs), "final_test_acc")
+
+
 def seeds(mean: float) -> list[float]:
     return [mean - 0.1, mean, mean + 0.1]
 
