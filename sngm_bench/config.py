@@ -7,6 +7,7 @@ composition time; `sngm_bench.cli` turns that failure into a one-line message.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any, List, Optional
@@ -16,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from sngm_bench.errors import UserError
+from sngm_bench.identity import flatten
 
 CONFIG_MODULE = "sngm_bench.configs"
 DATA_ROOT = "${oc.env:SNGM_DATA,./data}"
@@ -183,7 +185,12 @@ class Config:
 
 
 def check_values(cfg: DictConfig) -> None:
-    """Value checks the schema's types cannot express; each failure names the key and the fix."""
+    """Value checks the schema's types cannot express; each failure names the key and the fix.
+    A float that is nan or infinite passes every range check below (nan compares false with
+    anything) and would end in a traceback or a run recorded as diverged: no key means either."""
+    for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items():
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise UserError(f"{key}={value} must be a finite number")
     for key in ("batch_size", "epochs", "eval_batch_size", "log_every"):
         if cfg[key] <= 0:
             raise UserError(f"{key}={cfg[key]} must be a positive integer")

@@ -61,6 +61,13 @@ BAD_INPUTS = [
     (["schedule.power=-1"], "schedule.power=-1.0 must be non-negative"),
     (["dataset=imagenet"], "ImageNet layout not found: no train/ under "),
     (["max_minutes=0"], "max_minutes=0.0 must be positive or null"),
+    # Not a number, or infinite: no key means that (null does, where a key may be unset).
+    (["schedule.warmup_epochs=nan"], "schedule.warmup_epochs=nan must be a finite number"),
+    (["schedule.warmup_epochs=inf"], "schedule.warmup_epochs=inf must be a finite number"),
+    (["lr_factor=nan"], "lr_factor=nan must be a finite number"),
+    (["schedule.power=nan"], "schedule.power=nan must be a finite number"),
+    (["max_minutes=nan"], "max_minutes=nan must be a finite number"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf must be a finite number"),
     (["dataset.root={missing}"], "CIFAR-10 not found: no cifar-10-batches-py/ under "),
     (["dataset.root={corrupted}"], "data_batch_2 fails its md5 check"),
     (["optimizer=sngm,msgd"], "is a sweep: add -m"),
