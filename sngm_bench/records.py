@@ -86,10 +86,19 @@ def write_json(path: Path, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def load_summary(run_dir: Path) -> dict:
+    """The run's summary.json; ValueError when it is no JSON object (a file another program wrote),
+    which every reader would otherwise trip over as it looks a key up."""
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    if not isinstance(summary, dict):
+        raise ValueError(f"{SUMMARY_FILE} holds no JSON object")
+    return summary
+
+
 def read_summary(run_dir: Path) -> dict:
     """The run's summary.json, or {} where there is none yet or it cannot be read."""
     try:
-        return json.loads((run_dir / SUMMARY_FILE).read_text())
+        return load_summary(run_dir)
     except (OSError, ValueError):
         return {}
 

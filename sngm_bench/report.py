@@ -33,7 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sngm_bench.errors import UserError
 from sngm_bench.identity import ADDED_KEYS, training_config
-from sngm_bench.records import METRICS_FILE, SUMMARY_FILE
+from sngm_bench.records import METRICS_FILE, SUMMARY_FILE, load_summary
 from sngm_bench.run_folder import live_status
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,7 @@ def read_run(run_dir: Path) -> tuple[dict, str]:
     if missing:
         raise KeyError(f"{CONFIG_FILE} has no {', '.join(CONFIG_COLUMNS[c] for c in missing)}")
     # No summary.json yet: a run still setting up (loading its data), or one that died doing so.
-    summary_file = run_dir / SUMMARY_FILE
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "running"}
+    summary = load_summary(run_dir) if (run_dir / SUMMARY_FILE).exists() else {"status": "running"}
     scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) and k not in row}
     status = live_status(run_dir, summary.get("status", "unknown"))
     data = summary.get("data_fingerprint")  # its files' digests; not recorded by an earlier sngm-bench

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from conftest import TWO_PROCESSES, change_one_image, cifar_copy, run_cli, run_command
+from sngm_bench.errors import UserError
 from sngm_bench.records import read_metrics
 from sngm_bench.report import collect_runs
 
@@ -172,6 +173,17 @@ def test_a_run_whose_summary_was_deleted_is_refused_saying_so(tmp_path, cli):
     assert one_line_error(cli("hydra.run.dir=run")) == (
         f"sngm-bench: error: {tmp_path / 'run'} holds a run whose summary.json, which records its config, is missing "
         "or unreadable; add overwrite=true to train it again, or choose another folder")
+
+
+def test_a_summary_that_is_not_a_json_object_is_unreadable_to_the_rerun_and_the_report(tmp_path, cli, caplog):
+    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
+    (tmp_path / "run" / "summary.json").write_text("[]\n")  # JSON, but no summary: another program's file
+    assert one_line_error(cli("hydra.run.dir=run")) == (
+        f"sngm-bench: error: {tmp_path / 'run'} holds a run whose summary.json, which records its config, is missing "
+        "or unreadable; add overwrite=true to train it again, or choose another folder")
+    with pytest.raises(UserError, match="no readable sngm-bench run folders"):
+        collect_runs([tmp_path])
+    assert f"skipping {tmp_path / 'run'}: summary.json holds no JSON object" in caplog.text
 
 
 # The command line, with SIGTERM sent to itself when a run's training loop has returned, i.e.
