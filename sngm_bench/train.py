@@ -256,6 +256,7 @@ class Trainer:
                         return self.record(outcome)
         except (Interrupted, KeyboardInterrupt) as err:  # KeyboardInterrupt: a second signal, no checkpoint
             epoch, step = self.saved_at
+            del self.rows[epoch - 1:]  # an epoch whose checkpoint a second signal cut short is trained again
             self.record({"status": "interrupted", "interrupted_epoch": epoch, "interrupted_step": step,
                          "interrupted_by": err.cause if isinstance(err, Interrupted) else "a second signal"})
             raise

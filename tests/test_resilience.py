@@ -350,6 +350,20 @@ def test_a_second_signal_records_where_the_saved_checkpoint_continues(signum, tm
         == ("interrupted", "a second signal", 2, 0)
 
 
+def test_a_second_signal_while_a_checkpoint_is_written_records_only_the_epochs_it_saved(tmp_path, cifar_root):
+    tiny = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=2", "batch_size=100",
+            "hydra.run.dir=run"]
+    two_signals_writing_epoch_2s = cli_with_signals("save", call=2, signals=2, module="checkpoint")
+    result = run_command([sys.executable, "-c", two_signals_writing_epoch_2s, *tiny], tmp_path,
+                         {"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (state["epoch"], state["step"], len(state["rows"])) == (2, 0, 1)  # epoch 2 is trained again
+    assert (summary["status"], summary["epochs"], summary["best_epoch"], summary["interrupted_epoch"],
+            summary["interrupted_step"]) == ("interrupted", 1, 1, 2, 0)
+
+
 # A stop signal while the command loads the data: before training, and so before StopRequest handles it. SIGTERM
 # is SLURM's preemption and `timeout`'s; SIGUSR2 SLURM's time limit (sbatch --signal).
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2],
