@@ -449,6 +449,20 @@ def _command() -> None:
     stop.mark_command_start()
     invocation.mark_launch(sys.argv[1:])
     args = _parse_options()
+    try:
+        _check_and_run(args)
+    except KeyboardInterrupt:  # outside a job (`run` handles its own): checking a sweep's runs, which takes a
+        for folder in list(_created):  # while, or Hydra setting a job up, before or between a sweep's runs
+            _remove_if_stub(folder)
+        _fail("stopped at once, before a run's training began; run the same command again to continue",
+              128 + signal.SIGINT)
+    if callbacks.failed_runs:
+        _fail(f"{len(callbacks.failed_runs)} run(s) of the sweep failed; see summary.json in "
+              f"{', '.join(callbacks.failed_runs)}")
+
+
+def _check_and_run(args) -> None:
+    """Check the overrides, create the run folder (the sweep folder, locked, with -m), then run Hydra's app."""
     sweep_locks = contextlib.ExitStack()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:
@@ -474,6 +488,3 @@ def _command() -> None:
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     with sweep_locks:
         run()
-    if callbacks.failed_runs:
-        _fail(f"{len(callbacks.failed_runs)} run(s) of the sweep failed; see summary.json in "
-              f"{', '.join(callbacks.failed_runs)}")

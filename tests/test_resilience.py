@@ -312,21 +312,22 @@ def test_a_signal_leaves_status_interrupted_with_the_signal_and_the_step(tmp_pat
         == ("interrupted", signal.Signals(signum).name, state["epoch"], state["step"])
 
 
-def cli_with_signals(function: str, call: int, signals: int, signum: int = signal.SIGINT, before: str = "") -> str:
-    """The command line as a script for `python -c`, in which the `call`-th call of sngm_bench.train's
+def cli_with_signals(function: str, call: int, signals: int, signum: int = signal.SIGINT, before: str = "",
+                     module: str = "sngm_bench.train") -> str:
+    """The command line as a script for `python -c`, in which the `call`-th call of `module`'s
     `function` first sends the process `signals` signals `signum` (SIGINT: Ctrl-C); `before` runs first."""
     return f"""import os, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal; a shell's `command &` ignores SIGINT
 {before}
-import sngm_bench.train as train
-real, calls = train.{function}, []
+import {module} as patched
+real, calls = patched.{function}, []
 def wrapped(*args, **kwargs):
     calls.append(1)
     if len(calls) == {call}:
         for _ in range({signals}):
             os.kill(os.getpid(), {int(signum)})
     return real(*args, **kwargs)
-train.{function} = wrapped
+patched.{function} = wrapped
 sys.argv[0] = "sngm-bench"
 from sngm_bench.cli import main
 main()
@@ -353,7 +354,7 @@ def test_a_second_signal_records_where_the_saved_checkpoint_continues(signum, tm
 def test_a_second_signal_while_a_checkpoint_is_written_records_only_the_epochs_it_saved(tmp_path, cifar_root):
     tiny = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=2", "batch_size=100",
             "hydra.run.dir=run"]
-    two_signals_writing_epoch_2s = cli_with_signals("save", call=2, signals=2, module="checkpoint")
+    two_signals_writing_epoch_2s = cli_with_signals("save", call=2, signals=2, module="sngm_bench.checkpoint")
     result = run_command([sys.executable, "-c", two_signals_writing_epoch_2s, *tiny], tmp_path,
                          {"SNGM_DATA": str(cifar_root)})
     assert result.returncode == 128 + signal.SIGINT, result.stderr
@@ -375,6 +376,30 @@ def test_a_stop_signal_while_loading_the_data_is_one_line_and_leaves_no_run_fold
     assert result.returncode == 128 + signum, result.stderr
     assert result.stderr.strip().splitlines() == ["sngm-bench: error: stopped at once, before the run's first "
                                                   "checkpoint; run the same command again to start it"], result.stderr
+    assert not (tmp_path / "runs").exists()  # a stub would be reported as an interrupted run
+
+
+STOPPED_OUTSIDE_A_JOB = ("sngm-bench: error: stopped at once, before a run's training began; run the same command "
+                         "again to continue")
+
+
+def test_ctrl_c_while_a_sweep_is_checked_is_one_line_and_starts_nothing(tmp_path, cifar_root):
+    # Every combination is composed before the sweep starts (`cli.check_overrides`), a few a second: Ctrl-C
+    # comes then, in the fifth composition (the fourth combination's).
+    script = cli_with_signals("compose", call=5, signals=1, module="sngm_bench.cli")
+    result = run_command([sys.executable, "-c", script, "-m", *TINY, "seed=range(20)", "hydra.sweep.dir=sweep"],
+                         tmp_path, {"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert result.stderr.strip().splitlines() == [STOPPED_OUTSIDE_A_JOB]
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_ctrl_c_while_hydra_sets_the_run_up_is_one_line_and_leaves_no_run_folder(tmp_path, cifar_root):
+    script = cli_with_signals("configure_log", call=1, signals=1, module="hydra.core.utils")  # before the job
+    result = run_command([sys.executable, "-c", script, *TINY, "hydra.run.dir=runs/run"], tmp_path,
+                         {"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert result.stderr.strip().splitlines() == [STOPPED_OUTSIDE_A_JOB]
     assert not (tmp_path / "runs").exists()  # a stub would be reported as an interrupted run
 
 
