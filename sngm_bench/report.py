@@ -385,22 +385,22 @@ def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = No
     cells = aggregate(runs, select_by)
     table = accuracy_table(cells)
     markdown = f"{caption(runs, cells, select_by)}\n\n{to_markdown(table)}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot write the report to {out}: {err.strerror or err}; choose another --out") from None
-    runs.to_csv(out / "runs.csv", index=False)
-    epochs.to_csv(out / "epochs.csv", index=False)
-    cells.to_csv(out / "aggregate.csv", index=False)
-    table.to_csv(out / "table.csv")
-    (out / "table.md").write_text(markdown)
-    (out / "table.tex").write_text(to_latex(table))
-    (out / "caption.md").write_text(provenance(runs) + "\n")
-    (out / "claims.md").write_text(claims.verdict(runs, cells, select_by, within))
     keys = ["series", "batch_size", "base_lr", "lr_factor"]
     chosen = cells.loc[cells["selected"], ["series", "batch_size", *LR_KEYS]].rename(columns={"lr": "base_lr"})
     selected_epochs = epochs[epochs["status"] == COMPLETED].merge(chosen, on=keys)
-    figures.write_all(selected_epochs, out, target_acc, steps)
+    try:  # an existing --out may be read-only, or the disk full: every write, not only the folder's
+        out.mkdir(parents=True, exist_ok=True)
+        runs.to_csv(out / "runs.csv", index=False)
+        epochs.to_csv(out / "epochs.csv", index=False)
+        cells.to_csv(out / "aggregate.csv", index=False)
+        table.to_csv(out / "table.csv")
+        (out / "table.md").write_text(markdown)
+        (out / "table.tex").write_text(to_latex(table))
+        (out / "caption.md").write_text(provenance(runs) + "\n")
+        (out / "claims.md").write_text(claims.verdict(runs, cells, select_by, within))
+        figures.write_all(selected_epochs, out, target_acc, steps)
+    except OSError as err:
+        raise UserError(f"cannot write the report to {out}: {err.strerror or err}; choose another --out") from None
     return markdown
 
 

@@ -85,3 +85,20 @@ def change_one_image(batch: Path) -> None:
     image = pickle.loads(bytes(data), encoding="latin1")["data"][7].tobytes()
     data[data.index(image)] ^= 0xFF
     batch.write_bytes(data)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path) -> Path:
+    """An existing folder in which nothing can be created: made immutable (chattr +i) for root, to whom
+    permissions do not apply, else without write permission; skipped where neither holds."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip("chattr +i is not available here")
+    else:
+        folder.chmod(0o555)
+    yield folder
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)

@@ -245,3 +245,12 @@ def test_bad_report_arguments_end_in_an_error_line(sweeps, tmp_path, args, messa
     result = subprocess.run([REPORT_CLI, str(sweeps), *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"sngm-bench-report: error: {message}"], result.stderr
+
+
+def test_a_report_folder_nothing_can_be_written_in_is_one_line(sweeps, tmp_path, read_only_folder):
+    result = subprocess.run([REPORT_CLI, str(sweeps), "--out", read_only_folder.name], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"sngm-bench-report: error: cannot write the report to {read_only_folder.name}: "), result.stderr
