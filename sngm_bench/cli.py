@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import warnings
 from importlib import metadata, resources
@@ -197,14 +198,17 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
 
 def _make_output_folder(folder: Path, multirun: bool) -> None:
     """Create the run folder (the sweep folder with -m) before Hydra does, so that a path that
-    cannot hold one ends in one line, and remember what this command created (under torchrun,
+    cannot hold one, or an existing folder nothing can be written in (Hydra's log file would fail
+    with a traceback), ends in one line, and remember what this command created (under torchrun,
     rank 0 does it while the other processes wait)."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError as err:
-        raise UserError(f"cannot create the {'sweep' if multirun else 'run'} folder {folder}: "
-                        f"{err.strerror or err}; choose another (hydra.{'sweep' if multirun else 'run'}.dir=...)") from None
+        raise UserError(f"cannot {'write in' if folder.is_dir() else 'create'} the {'sweep' if multirun else 'run'} "
+                        f"folder {folder}: {err.strerror or err}; choose another "
+                        f"(hydra.{'sweep' if multirun else 'run'}.dir=...)") from None
     if existing != folder and not multirun:
         _created[folder] = existing
 

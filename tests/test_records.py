@@ -325,6 +325,13 @@ def test_a_run_folder_that_cannot_be_created_is_one_line(tmp_path, cli):
         assert f"cannot create the {what} folder " in error and f"choose another (hydra.{what}.dir=...)" in error
 
 
+def test_an_existing_run_folder_nothing_can_be_written_in_is_one_line(cli, read_only_folder):
+    for args, what in [([f"hydra.run.dir={read_only_folder}"], "run"),
+                       (["-m", f"hydra.sweep.dir={read_only_folder}"], "sweep")]:
+        error = one_line_error(cli(*args))
+        assert f"cannot write in the {what} folder " in error and f"choose another (hydra.{what}.dir=...)" in error
+
+
 def test_an_error_before_training_leaves_no_folder_but_never_removes_an_earlier_one(tmp_path, cli):
     for bad in (["optimizer.lr=-1"], ["dataset.root=nowhere"], ["batch_size=5000"]):
         one_line_error(cli(*bad))
