@@ -193,6 +193,16 @@ def test_wrong_layout_is_a_clear_error(tmp_path):
         data(f"dataset.root={tmp_path}")
 
 
+@pytest.mark.parametrize("override, message", [
+    ("dataset.image_size=4", "dataset.image_size=4 must be at least 8"),
+    ("dataset.workers=-1", "dataset.workers=-1 must be 0 or more"),
+    ("dataset.prefetch_factor=0", "dataset.prefetch_factor=0 must be at least 1"),
+])
+def test_loader_settings_out_of_range_are_clear_errors_before_training(override, message):
+    with pytest.raises(UserError, match=message):
+        data(override)
+
+
 def test_resnet50_trains_two_steps_at_low_resolution(tmp_path):
     result = run_cli(["dataset=imagenet", "model=resnet50", f"dataset.root={SAMPLE}", "dataset.image_size=64",
                       "dataset.workers=2", "batch_size=100", "epochs=1", "eval_batch_size=50"], cwd=tmp_path)

@@ -222,6 +222,8 @@ def load(cfg, device, channels_last: bool):
         raise UserError(f"dataset.image_size={cfg.image_size} must be at least 8")
     if cfg.workers < 0:
         raise UserError(f"dataset.workers={cfg.workers} must be 0 or more")
+    if cfg.prefetch_factor < 1:  # torch's DataLoader refuses it with workers, only once the first epoch starts
+        raise UserError(f"dataset.prefetch_factor={cfg.prefetch_factor} must be at least 1")
     train_paths, train_labels, classes = find_images(root, "train")
     val_paths, val_labels, _ = find_images(root, "val", classes)
     train, held_out = training_split(train_labels, cfg.subset, cfg.holdout_images)
