@@ -258,13 +258,19 @@ def _record_failure(run_dir: Path, cfg: DictConfig, err: UserError) -> None:
 
 def train_job(cfg: DictConfig) -> dict:
     """The job Hydra runs, for the command line and for `sngm_bench.run` alike: check the values,
-    then train in Hydra's run folder; returns the run's summary."""
+    then train in Hydra's run folder; returns the run's summary. Hydra rewrote the folder's
+    `.hydra/` as the job started: however the job ends, the files of the start that trained the
+    folder's run go back (`run_folder.restore_hydra_files`), those of this start if it trained."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    check_values(cfg)
-    from sngm_bench.train import train  # torch is imported only once a run starts
+    hydra_dir = run_dir / hydra_cfg.output_subdir if hydra_cfg.output_subdir is not None else None
+    try:
+        check_values(cfg)
+        from sngm_bench.train import train  # torch is imported only once a run starts
 
-    return train(cfg, run_dir, run_dir / hydra_cfg.output_subdir if hydra_cfg.output_subdir is not None else None)
+        return train(cfg, run_dir, hydra_dir)
+    finally:
+        run_folder.restore_hydra_files(hydra_dir)
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")

@@ -39,7 +39,7 @@ from sngm_bench.noise_scale import NoiseScale
 from sngm_bench.optim import build_optimizer
 from sngm_bench.progress import Progress, is_readout
 from sngm_bench.run_folder import (FolderLock, Plan, check_same_data, clear_run, keep_hydra_files, plan_run,
-                                   remove_partial_writes, restore_hydra_files)
+                                   remove_partial_writes)
 from sngm_bench.schedule import build_scheduler, peak_lr
 from sngm_bench.stop import StopRequest, deadline
 
@@ -414,37 +414,31 @@ class Trainer:
 def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict:
     """Train as `cfg` says in `run_dir`: from scratch, from its checkpoint, or not at all when
     the folder already holds a finished run (see `sngm_bench.run_folder`). `hydra_dir`: Hydra's
-    files of this start, kept when it trains and replaced by the kept ones when it does not."""
+    files of this start, kept (`keep_hydra_files`) once it is sure to train."""
     check_values(cfg)
     procs = distributed.setup(Device(cfg.device))
     try:
         with ExitStack() as stack:
-            trains = False
-            try:  # a start that does not train (finished, refused, failed) leaves .hydra/ to the one that did
+            if procs.is_main:
+                stack.enter_context(FolderLock(run_dir))
+            plan = plan_run(run_dir, cfg, cfg.overwrite)
+            procs.barrier()  # every process has read the folder before the first write
+            if plan is Plan.skip:
+                summary = records.read_summary(run_dir)
                 if procs.is_main:
-                    stack.enter_context(FolderLock(run_dir))
-                plan = plan_run(run_dir, cfg, cfg.overwrite)
-                procs.barrier()  # every process has read the folder before the first write
-                if plan is Plan.skip:
-                    summary = records.read_summary(run_dir)
-                    if procs.is_main:
-                        log.info("%s already holds a %s run; nothing to do. overwrite=true trains it again",
-                                 run_dir, summary["status"])  # its accuracy: the end-of-run line, in %
-                    return summary
-                trainer = Trainer(cfg, run_dir, procs)
-                if plan is Plan.resume:
-                    check_same_data(run_dir, trainer.summary)
-                    trainer.load_checkpoint()
-                elif procs.is_main:
-                    clear_run(run_dir)
-                if procs.is_main:
-                    remove_partial_writes(run_dir)
-                logger = open_logger(cfg.logger, run_dir, procs.is_main, trainer.global_step)
-                stack.enter_context(closing(logger))
-                trains = True
-            finally:
-                if procs.is_main and not trains:
-                    restore_hydra_files(hydra_dir)
+                    log.info("%s already holds a %s run; nothing to do. overwrite=true trains it again",
+                             run_dir, summary["status"])  # its accuracy: the end-of-run line, in %
+                return summary
+            trainer = Trainer(cfg, run_dir, procs)
+            if plan is Plan.resume:
+                check_same_data(run_dir, trainer.summary)
+                trainer.load_checkpoint()
+            elif procs.is_main:
+                clear_run(run_dir)
+            if procs.is_main:
+                remove_partial_writes(run_dir)
+            logger = open_logger(cfg.logger, run_dir, procs.is_main, trainer.global_step)
+            stack.enter_context(closing(logger))
             if procs.is_main:
                 keep_hydra_files(hydra_dir, cfg)
             with StopRequest(deadline(cfg.max_minutes)) as stop:

@@ -379,6 +379,8 @@ def test_a_start_that_does_not_train_leaves_the_record_of_the_one_that_did(tmp_p
     assert "exceeds the 400 training images" in one_line_error(cli("hydra.run.dir=run", "batch_size=800",
                                                                    "overwrite=true"))
     assert {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")} == hydra_files
+    assert "optimizer.lr=-1.0 must be positive" in one_line_error(cli("hydra.run.dir=run", "optimizer.lr=-1"))
+    assert {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")} == hydra_files
     assert collect_runs([tmp_path])["batch_size"].tolist() == [100]  # the batch size it trained with
 
 
