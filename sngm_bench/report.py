@@ -80,8 +80,12 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
 
 def read_run(run_dir: Path) -> tuple[dict, str]:
     """One run as a flat dict (the config columns, its `setting`, then every scalar of summary.json),
-    and its identity: the JSON text of what its config trains."""
-    config = OmegaConf.load(run_dir / CONFIG_FILE)
+    and its identity: the JSON text of what its config trains. The config is Hydra's, or where
+    Hydra wrote none (hydra.output_subdir=null) the one summary.json records."""
+    # No summary.json yet: a run still setting up (loading its data), or one that died doing so.
+    summary = load_summary(run_dir) if (run_dir / SUMMARY_FILE).exists() else {"status": "running"}
+    config = OmegaConf.load(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() or "config" not in summary \
+        else OmegaConf.create(summary["config"])
     trained = training_config(config)
     identity = json.dumps(trained, sort_keys=True, default=str)
     row = {column: select(config, keys, DEFAULTS.get(column)) for column, keys in CONFIG_COLUMNS.items()}
@@ -91,8 +95,6 @@ def read_run(run_dir: Path) -> tuple[dict, str]:
     missing = [c for c in REQUIRED_COLUMNS if row[c] is None]
     if missing:
         raise KeyError(f"{CONFIG_FILE} has no {', '.join(CONFIG_COLUMNS[c] for c in missing)}")
-    # No summary.json yet: a run still setting up (loading its data), or one that died doing so.
-    summary = load_summary(run_dir) if (run_dir / SUMMARY_FILE).exists() else {"status": "running"}
     scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) and k not in row}
     status = live_status(run_dir, summary.get("status", "unknown"))
     data = summary.get("data_fingerprint")  # its files' digests; not recorded by an earlier sngm-bench

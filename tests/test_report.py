@@ -157,6 +157,18 @@ def test_python_m_sngm_bench_report_is_the_command(tmp_path):
 TINIEST = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]
 
 
+def test_a_run_without_hydras_files_is_read_from_its_summary(tmp_path, cifar_root):
+    """hydra.output_subdir=null leaves no .hydra/ in the run folder; summary.json records the config."""
+    result = run_cli([*TINIEST, "hydra.output_subdir=null", "hydra.run.dir=run"], cwd=tmp_path,
+                     env_extra={"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "run" / ".hydra").exists()
+    accuracy = json.loads((tmp_path / "run" / "summary.json").read_text())["final_test_acc"]
+    runs = report.collect_runs([tmp_path])
+    assert runs[["optimizer", "batch_size", "seed", "status", "final_test_acc"]].values.tolist() == \
+        [["sngm", 100, 0, "completed", accuracy]]
+
+
 def test_folders_holding_the_same_run_count_once_and_epochs_keep_their_lr(tmp_path, cifar_root):
     """`optimizer.lr=0.1` is msgd's default: the second command trains the same run in another folder."""
     for extra in [[], ["optimizer.lr=0.1"]]:
