@@ -187,10 +187,14 @@ class Config:
 def check_values(cfg: DictConfig) -> None:
     """Value checks the schema's types cannot express; each failure names the key and the fix.
     A float that is nan or infinite passes every range check below (nan compares false with
-    anything) and would end in a traceback or a run recorded as diverged: no key means either."""
+    anything) and would end in a traceback or a run recorded as diverged: no key means either.
+    An integer beyond torch's 64 bits (a seed, a batch size) overflows in torch with a traceback."""
     for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items():
-        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
-            raise UserError(f"{key}={value} must be a finite number")
+        for number in value if isinstance(value, list) else [value]:
+            if isinstance(number, float) and not math.isfinite(number):
+                raise UserError(f"{key}={value} must be a finite number")
+            if isinstance(number, int) and not -2**63 <= number < 2**63:
+                raise UserError(f"{key}={value} is too large: torch takes integers up to 2**63 - 1")
     for key in ("batch_size", "epochs", "eval_batch_size", "log_every"):
         if cfg[key] <= 0:
             raise UserError(f"{key}={cfg[key]} must be a positive integer")

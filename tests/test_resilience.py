@@ -68,6 +68,8 @@ BAD_INPUTS = [
     (["schedule.power=nan"], "schedule.power=nan must be a finite number"),
     (["max_minutes=nan"], "max_minutes=nan must be a finite number"),
     (["optimizer.lr=inf"], "optimizer.lr=inf must be a finite number"),
+    (["seed=18446744073709551616"], "seed=18446744073709551616 is too large: torch takes integers up to 2**63 - 1"),
+    (["eval_batch_size=9223372036854775808"], "eval_batch_size=9223372036854775808 is too large: "),  # 2**63
     (["dataset.root={missing}"], "CIFAR-10 not found: no cifar-10-batches-py/ under "),
     (["dataset.root={corrupted}"], "data_batch_2 fails its md5 check"),
     (["optimizer=sngm,msgd"], "is a sweep: add -m"),
