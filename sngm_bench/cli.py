@@ -60,10 +60,16 @@ def _did_you_mean(word: str, choices) -> str:
 
 
 def _unknown_key_message(key: str, overrides: list[str]) -> str:
-    """'unknown key' plus the keys its parent accepts, read from the config composed without it,
-    and the closest valid key: a sibling, else any key of the config with a close last name."""
+    """'unknown key' plus the keys its parent accepts, read from the config composed without it
+    and without the other keys `+` adds beside it, and the closest valid key: a sibling, else any
+    key of the config with a close last name."""
     parent, _, name = key.rpartition(".")
-    others = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+
+    def added_beside(override: str) -> bool:
+        other = override.lstrip("+~").split("=", 1)[0]
+        return other == key or (override.startswith("+") and other.rpartition(".")[0] == parent)
+
+    others = [o for o in overrides if not added_beside(o)]
     try:
         config = compose("config", overrides=others)
         node = OmegaConf.select(config, parent) if parent else config

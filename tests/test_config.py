@@ -97,6 +97,9 @@ def test_data_root_defaults_to_env(monkeypatch):
     # `+` adds a key Hydra would otherwise refuse, and nothing reads it: the typed schema refuses it instead.
     (["+optimizer.lrr=0.1"], False, "unknown key 'optimizer.lrr': 'optimizer' has "),
     (["+epoch=3"], False, "unknown key 'epoch': the top level has batch_size"),
+    # Keys added beside it are no keys the config has: the list leaves them out.
+    (["+optimizer.lrr=0.1", "+optimizer.zzz=1"], False, "weight_decay_mode; did you mean 'optimizer.lr'?"),
+    (["+epoch=3", "+zzz=1"], False, "sync_batch_norm; did you mean 'epochs'?"),
     (["-m", "optimizer=msgd,lamb", "++schedule.powr=1"], True, "; did you mean 'schedule.power'?"),
     (["-m", "sweep=smoke"], True, "add it with +sweep=smoke"),  # a preset is added, not overridden
     (["hydra.searchpath=[file://no_such_folder]", "optimizer=myadam"], False,
