@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from sngm_bench import checkpoint, distributed, records
-from sngm_bench.config import Device, Precision, check_values, optimizer_settings
+from sngm_bench.config import Device, Precision, optimizer_settings
 from sngm_bench.data import build_data
 from sngm_bench.device import autocast_context
 from sngm_bench.errors import Interrupted, LostPeer, UserError
@@ -414,8 +414,8 @@ class Trainer:
 def train(cfg: DictConfig, run_dir: Path, hydra_dir: Path | None = None) -> dict:
     """Train as `cfg` says in `run_dir`: from scratch, from its checkpoint, or not at all when
     the folder already holds a finished run (see `sngm_bench.run_folder`). `hydra_dir`: Hydra's
-    files of this start, kept (`keep_hydra_files`) once it is sure to train."""
-    check_values(cfg)
+    files of this start, kept (`keep_hydra_files`) once it is sure to train. Its caller,
+    `cli.train_job`, has checked `cfg`'s values (`config.check_values`) before torch was imported."""
     procs = distributed.setup(Device(cfg.device))
     try:
         with ExitStack() as stack:
