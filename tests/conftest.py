@@ -1,5 +1,6 @@
 """Shared fixtures. Tests use the real CIFAR-10 files: SNGM_DATA, or ~/.cache/sngm-bench/data,
-built from ../shared/data on first use when that folder is there."""
+built from ../shared/data on first use when that folder is there; training tests evaluate on a
+class-balanced tenth of the real test set (`cifar_root`)."""
 
 import os
 import pickle
@@ -9,19 +10,22 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT.parent / "shared" / "data" / "build_cifar10.py"
-# Real ImageNet photos: ../shared/data/imagenet-sample here, .device/imagenet-sample on the GPU machine.
 # `python -m sngm_bench` as torchrun starts it in two processes (gloo on a CPU): prefix of its arguments.
 TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+# Test images of each class in the CIFAR-10 that the training tests use (`cifar_root`): 1,000 in all.
+TEST_IMAGES_PER_CLASS = 100
+# Real ImageNet photos: ../shared/data/imagenet-sample here, .device/imagenet-sample on the GPU machine.
 IMAGENET_SAMPLE = next((p for p in (ROOT.parent / "shared" / "data" / "imagenet-sample",
                                     ROOT / ".device" / "imagenet-sample") if p.is_dir()), None)
 
 
 @pytest.fixture(scope="session")
-def cifar_root() -> Path:
+def full_cifar_root() -> Path:
     """The real CIFAR-10: found, built from ../shared/data, or downloaded, in that order."""
     from sngm_bench.data import cifar10
     from sngm_bench.errors import UserError
@@ -34,6 +38,37 @@ def cifar_root() -> Path:
     except UserError as err:
         pytest.fail(f"the tests need the real CIFAR-10: {err}")
     return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(full_cifar_root, tmp_path_factory) -> Path:
+    """What the training tests train on: the real CIFAR-10's training files, and a real test set of
+    TEST_IMAGES_PER_CLASS images of each class (the first ones of the official test set). A test run
+    trains a few steps and then evaluates every test image, so the full 10,000 would take most of
+    its time; the checksum listing covers the smaller file, so the data are checked as a user's are."""
+    from sngm_bench.data import cifar10
+
+    source = full_cifar_root / cifar10.FOLDER
+    folder = tmp_path_factory.mktemp("cifar10_small_test") / cifar10.FOLDER
+    folder.mkdir()
+    for name in [*cifar10.TRAIN_FILES, "batches.meta"]:
+        (folder / name).symlink_to(source / name)
+    with open(source / "test_batch", "rb") as f:
+        test = pickle.load(f, encoding="latin1")
+    labels = np.asarray(test["labels"])
+    kept = np.sort(np.concatenate([np.flatnonzero(labels == label)[:TEST_IMAGES_PER_CLASS]
+                                   for label in range(cifar10.NUM_CLASSES)]))
+    for key, value in test.items():  # the images ("data"), their labels and file names; the batch's label stays
+        if isinstance(value, np.ndarray):
+            test[key] = value[kept]
+        elif isinstance(value, list):
+            test[key] = [value[i] for i in kept]
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(test, f)
+    sums = {**cifar10.expected_md5(source), "test_batch": cifar10.file_digest(folder / "test_batch", "md5")}
+    listed = [*cifar10.TRAIN_FILES, "test_batch"]
+    (folder / "md5sums.txt").write_text("".join(f"{sums[name]}  {name}\n" for name in listed))
+    return folder.parent
 
 
 def run_command(command, cwd, env_extra=None, timeout=600):

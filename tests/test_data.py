@@ -13,8 +13,8 @@ from sngm_bench.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def cifar(cifar_root):
-    return cifar10.load(cifar_root)
+def cifar(full_cifar_root):
+    return cifar10.load(full_cifar_root)
 
 
 def test_real_files_have_the_official_shapes_and_balance(cifar):
@@ -49,10 +49,10 @@ def image_bytes(images: DeviceImages) -> set[bytes]:
     return {bytes(image) for image in images.images.contiguous().flatten(1).numpy()}
 
 
-def test_held_out_images_are_a_fixed_class_balanced_split_of_the_subset_never_trained_on(cifar_root):
+def test_held_out_images_are_a_fixed_class_balanced_split_of_the_subset_never_trained_on(full_cifar_root):
     def data(*overrides, global_seed=0):
         torch.manual_seed(global_seed)  # as a run seeds torch before it builds its data
-        cfg = compose_config(["experiment=smoke", "dataset.subset=1000", f"dataset.root={cifar_root}", *overrides])
+        cfg = compose_config(["experiment=smoke", "dataset.subset=1000", f"dataset.root={full_cifar_root}", *overrides])
         return build_data(cfg.dataset, torch.device("cpu"))
 
     whole = data()
@@ -76,9 +76,9 @@ def test_held_out_images_are_a_fixed_class_balanced_split_of_the_subset_never_tr
             data(f"dataset.holdout_images={bad}")
 
 
-def test_corrupted_file_is_rejected_unless_the_check_is_off(cifar_root, tmp_path):
+def test_corrupted_file_is_rejected_unless_the_check_is_off(full_cifar_root, tmp_path):
     copy = tmp_path / cifar10.FOLDER
-    shutil.copytree(cifar_root / cifar10.FOLDER, copy)
+    shutil.copytree(full_cifar_root / cifar10.FOLDER, copy)
     with open(copy / "data_batch_3", "r+b") as f:
         f.seek(20_000_000)  # inside the pixel array: the file still unpickles
         f.write(b"\x00" * 64)
@@ -90,9 +90,9 @@ def test_corrupted_file_is_rejected_unless_the_check_is_off(cifar_root, tmp_path
         cifar10.load(tmp_path, verify=False)
 
 
-def test_a_damaged_checksum_listing_or_a_folder_in_a_files_place_is_one_clear_error(cifar_root, tmp_path):
+def test_a_damaged_checksum_listing_or_a_folder_in_a_files_place_is_one_clear_error(full_cifar_root, tmp_path):
     copy = tmp_path / cifar10.FOLDER
-    shutil.copytree(cifar_root / cifar10.FOLDER, copy)
+    shutil.copytree(full_cifar_root / cifar10.FOLDER, copy)
     listing = (copy / "md5sums.txt").read_text()
     (copy / "md5sums.txt").write_text(listing + "an edited line\n")  # was a ValueError traceback
     with pytest.raises(UserError, match=r"md5sums.txt line \d+ is not '<md5> <file name>': 'an edited line'"):
@@ -116,9 +116,9 @@ def test_missing_folder_and_offline_download_fail_clearly(tmp_path, monkeypatch)
         cifar10.load(tmp_path, download_missing=True)
 
 
-def test_official_checksums_apply_without_a_listing(cifar_root, tmp_path):
+def test_official_checksums_apply_without_a_listing(full_cifar_root, tmp_path):
     assert cifar10.expected_md5(tmp_path) == cifar10.OFFICIAL_MD5
-    assert cifar10.expected_md5(cifar_root / cifar10.FOLDER)["test_batch"] != cifar10.OFFICIAL_MD5["test_batch"]
+    assert cifar10.expected_md5(full_cifar_root / cifar10.FOLDER)["test_batch"] != cifar10.OFFICIAL_MD5["test_batch"]
 
 
 def _windows(image, pad=4):

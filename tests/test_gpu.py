@@ -104,11 +104,11 @@ def test_msgd_is_fused_sgd_on_cuda_and_steps_like_foreach_on_cpu():
         torch.testing.assert_close(q.detach().cpu(), p.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_bf16_channels_last_compile_run_learns_on_cuda(tmp_path, cifar_root):
+def test_bf16_channels_last_compile_run_learns_on_cuda(tmp_path, full_cifar_root):
     # The fast path end to end: bf16 autocast, channels_last data and model, torch.compile of the
     # training and evaluation forward passes, fp32 master weights in the checkpoint.
     result = run_cli([*TINY, "epochs=3", "batch_size=100", "precision=bf16", "channels_last=true", "compile=true"],
-                     cwd=tmp_path, env_extra={"SNGM_DATA": str(cifar_root)}, timeout=RUN_LIMIT_S)
+                     cwd=tmp_path, env_extra={"SNGM_DATA": str(full_cifar_root)}, timeout=RUN_LIMIT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir, summary, _ = one_run(tmp_path / "outputs" / "smoke")
     assert summary["status"] == "completed" and summary["device_name"] == torch.cuda.get_device_name(0)
@@ -143,10 +143,10 @@ def test_ddp_over_nccl_with_one_process_equals_plain_training(tmp_path):
         dist.destroy_process_group()
 
 
-def test_torchrun_one_process_trains_on_cuda(tmp_path, cifar_root):
+def test_torchrun_one_process_trains_on_cuda(tmp_path, full_cifar_root):
     result = run_command([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
                           "-m", "sngm_bench", *TINY, "epochs=1", "batch_size=200"], tmp_path,
-                         {"SNGM_DATA": str(cifar_root)}, timeout=RUN_LIMIT_S)
+                         {"SNGM_DATA": str(full_cifar_root)}, timeout=RUN_LIMIT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     _, summary, _ = one_run(tmp_path / "outputs" / "smoke")
     assert summary["status"] == "completed" and summary["world_size"] == 1 and summary["device"] == "cuda"
@@ -215,9 +215,9 @@ RESUMABLE = ["experiment=smoke", "model.width=4", "dataset.subset=2000", "epochs
              "device=cuda"]
 
 
-def test_checkpoint_written_on_gpu_resumes_to_the_uninterrupted_run(tmp_path, cifar_root, request):
+def test_checkpoint_written_on_gpu_resumes_to_the_uninterrupted_run(tmp_path, full_cifar_root, request):
     (tmp_path / "deterministic.py").write_text(DETERMINISTIC)
-    env = {**os.environ, "SNGM_DATA": str(cifar_root), "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    env = {**os.environ, "SNGM_DATA": str(full_cifar_root), "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     processes = []
     request.addfinalizer(lambda: [process.kill() for process in processes if process.poll() is None])
 
