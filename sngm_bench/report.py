@@ -84,8 +84,13 @@ def read_run(run_dir: Path) -> tuple[dict, str]:
     Hydra wrote none (hydra.output_subdir=null) the one summary.json records."""
     # No summary.json yet: a run still setting up (loading its data), or one that died doing so.
     summary = load_summary(run_dir) if (run_dir / SUMMARY_FILE).exists() else {"status": "running"}
-    config = OmegaConf.load(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() or "config" not in summary \
-        else OmegaConf.create(summary["config"])
+    source = CONFIG_FILE if (run_dir / CONFIG_FILE).exists() or "config" not in summary else SUMMARY_FILE
+    if source == CONFIG_FILE:
+        config = OmegaConf.load(run_dir / CONFIG_FILE)
+    elif isinstance(summary["config"], dict):
+        config = OmegaConf.create(summary["config"])
+    else:
+        raise ValueError(f"{SUMMARY_FILE} records a config that is no JSON object")
     trained = training_config(config)
     identity = json.dumps(trained, sort_keys=True, default=str)
     row = {column: select(config, keys, DEFAULTS.get(column)) for column, keys in CONFIG_COLUMNS.items()}
@@ -94,7 +99,7 @@ def read_run(run_dir: Path) -> tuple[dict, str]:
         row["optimizer"] = optimizer_choice(run_dir) or config.optimizer._target_
     missing = [c for c in REQUIRED_COLUMNS if row[c] is None]
     if missing:
-        raise KeyError(f"{CONFIG_FILE} has no {', '.join(CONFIG_COLUMNS[c] for c in missing)}")
+        raise ValueError(f"{source} has no {', '.join(CONFIG_COLUMNS[c] for c in missing)}")
     scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) and k not in row}
     status = live_status(run_dir, summary.get("status", "unknown"))
     data = summary.get("data_fingerprint")  # its files' digests; not recorded by an earlier sngm-bench

@@ -59,9 +59,10 @@ def plan_run(run_dir: Path, cfg, overwrite: bool) -> Plan:
     finished = summary.get("status") in FINISHED
     if not (finished or checkpoint.exists(run_dir)):
         return Plan.fresh
-    if "config" not in summary:
+    if not isinstance(summary.get("config"), dict):
         unrecorded = ("whose summary.json, which records its config, is missing or unreadable" if not summary
-                      else "whose config was not recorded (an earlier sngm-bench)")
+                      else "whose config was not recorded (an earlier sngm-bench)" if "config" not in summary
+                      else "whose summary.json records a config that is no JSON object")
         raise UserError(f"{run_dir} holds a run {unrecorded}; add overwrite=true to train it again, or choose "
                         "another folder")
     changed = differences(training_config(summary["config"]), training_config(cfg))

@@ -186,6 +186,25 @@ def test_a_summary_that_is_not_a_json_object_is_unreadable_to_the_rerun_and_the_
     assert f"skipping {tmp_path / 'run'}: summary.json holds no JSON object" in caplog.text
 
 
+def test_a_summary_whose_config_is_no_json_object_is_refused_by_the_rerun_and_skipped_by_the_report(
+        tmp_path, cli, caplog):
+    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
+    path = tmp_path / "run" / "summary.json"
+    recorded = summary(tmp_path / "run")
+    path.write_text(json.dumps({**recorded, "config": None}))  # by hand: it was a traceback
+    assert one_line_error(cli("hydra.run.dir=run")) == (
+        f"sngm-bench: error: {tmp_path / 'run'} holds a run whose summary.json records a config that is no JSON "
+        "object; add overwrite=true to train it again, or choose another folder")
+    (tmp_path / "run" / ".hydra" / "config.yaml").unlink()  # the report reads the summary's config instead
+    for config in (None, [1, 2], {**recorded["config"], "optimizer": {}}):
+        caplog.clear()
+        path.write_text(json.dumps({**recorded, "config": config}))
+        with pytest.raises(UserError, match="no readable sngm-bench run folders"):
+            collect_runs([tmp_path])
+        reason = "has no optimizer.name" if isinstance(config, dict) else "records a config that is no JSON object"
+        assert f"skipping {tmp_path / 'run'}: summary.json {reason}" in caplog.text  # was: '.hydra/config.yaml has no
+
+
 # The command line, with SIGTERM sent to itself when a run's training loop has returned, i.e.
 # after its last step and evaluation: a signal the loop never saw between steps.
 SIGNAL_AFTER_LAST_STEP = """import os, runpy, signal, sys
