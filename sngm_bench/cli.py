@@ -325,8 +325,9 @@ def _stopped_at_once(run_dir: Path) -> str:
 @contextlib.contextmanager
 def _stop_signals_as_ctrl_c():
     """SIGTERM and SIGUSR2 (SLURM's preemption, `timeout`, torchrun stopping the other processes)
-    stop the job as Ctrl-C does, instead of killing it: before training (loading the data) at once,
-    leaving no stub run folder, then as `stop.StopRequest` says. Only where no one else handles
+    stop the command and its jobs as Ctrl-C does, instead of killing them: before training (checking
+    a sweep, Hydra's setup, loading the data) at once, leaving no stub run folder, then as
+    `stop.StopRequest` says. Only where no one else handles
     them: hydra-submitit-launcher's handlers (SIGTERM ignored, SIGUSR2 requeues the job) stay.
     Under torchrun, SIGTERM is ignored once the job has ended: torchrun sends it to the other
     processes as soon as one ends with an error, and rank 0 must still remove the run folder it
@@ -466,12 +467,13 @@ def _command() -> None:
     invocation.mark_launch(sys.argv[1:])
     args = _parse_options()
     try:
-        _check_and_run(args)
-    except KeyboardInterrupt:  # outside a job (`run` handles its own): checking a sweep's runs, which takes a
-        for folder in list(_created):  # while, or Hydra setting a job up, before or between a sweep's runs
+        with _stop_signals_as_ctrl_c():
+            _check_and_run(args)
+    except KeyboardInterrupt as err:  # outside a job (`run` handles its own): checking a sweep's runs, which
+        for folder in list(_created):  # takes a while, or Hydra setting a job up, before or between a sweep's runs
             _remove_if_stub(folder)
         _fail("stopped at once, before a run's training began; run the same command again to continue",
-              128 + signal.SIGINT)
+              128 + (err.signum if isinstance(err, StoppedAtOnce) else signal.SIGINT))
     if callbacks.failed_runs:
         _fail(f"{len(callbacks.failed_runs)} run(s) of the sweep failed; see summary.json in "
               f"{', '.join(callbacks.failed_runs)}")

@@ -385,22 +385,27 @@ STOPPED_OUTSIDE_A_JOB = ("sngm-bench: error: stopped at once, before a run's tra
                          "again to continue")
 
 
-def test_ctrl_c_while_a_sweep_is_checked_is_one_line_and_starts_nothing(tmp_path, cifar_root):
-    # Every combination is composed before the sweep starts (`cli.check_overrides`), a few a second: Ctrl-C
-    # comes then, in the fifth composition (the fourth combination's).
-    script = cli_with_signals("compose", call=5, signals=1, module="sngm_bench.cli")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2],
+                         ids=["SIGINT", "SIGTERM", "SIGUSR2"])
+def test_a_stop_signal_while_a_sweep_is_checked_is_one_line_and_starts_nothing(signum, tmp_path, cifar_root):
+    # Every combination is composed before the sweep starts (`cli.check_overrides`), a few a second: the
+    # signal comes then, in the fifth composition (the fourth combination's). SIGTERM ended it silently.
+    script = cli_with_signals("compose", call=5, signals=1, signum=signum, module="sngm_bench.cli")
     result = run_command([sys.executable, "-c", script, "-m", *TINY, "seed=range(20)", "hydra.sweep.dir=sweep"],
                          tmp_path, {"SNGM_DATA": str(cifar_root)})
-    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert result.returncode == 128 + signum, result.stderr
     assert result.stderr.strip().splitlines() == [STOPPED_OUTSIDE_A_JOB]
     assert not (tmp_path / "sweep").exists()
 
 
-def test_ctrl_c_while_hydra_sets_the_run_up_is_one_line_and_leaves_no_run_folder(tmp_path, cifar_root):
-    script = cli_with_signals("configure_log", call=1, signals=1, module="hydra.core.utils")  # before the job
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_while_hydra_sets_the_run_up_is_one_line_and_leaves_no_run_folder(signum, tmp_path,
+                                                                                        cifar_root):
+    script = cli_with_signals("configure_log", call=1, signals=1, signum=signum,
+                              module="hydra.core.utils")  # before the job
     result = run_command([sys.executable, "-c", script, *TINY, "hydra.run.dir=runs/run"], tmp_path,
                          {"SNGM_DATA": str(cifar_root)})
-    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert result.returncode == 128 + signum, result.stderr
     assert result.stderr.strip().splitlines() == [STOPPED_OUTSIDE_A_JOB]
     assert not (tmp_path / "runs").exists()  # a stub would be reported as an interrupted run
 
