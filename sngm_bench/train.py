@@ -380,7 +380,9 @@ class Trainer:
                      row["images_per_second"])
         self.save_checkpoint()
         self.record({"status": "running"})  # what a reader (or a run killed from now on) has so far
-        if stopping and self.epoch <= cfg.epochs:
+        # A stop that came while the epoch was evaluated stops here too, at the checkpoint just written,
+        # rather than after the next epoch's first steps; every process asks, so they agree.
+        if self.epoch <= cfg.epochs and (stopping or procs.any(stop.requested)):
             raise Interrupted(stop.reason(), self.run_dir)
         return None
 

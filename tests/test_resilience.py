@@ -353,6 +353,20 @@ def test_a_second_signal_records_where_the_saved_checkpoint_continues(signum, tm
         == ("interrupted", "a second signal", 2, 0)
 
 
+def test_a_stop_while_an_epoch_is_evaluated_stops_at_that_epochs_checkpoint(tmp_path, cifar_root):
+    tiny = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=2", "batch_size=100",
+            "hydra.run.dir=run"]
+    ctrl_c_evaluating_epoch_1 = cli_with_signals("evaluate", call=1, signals=1)
+    result = run_command([sys.executable, "-c", ctrl_c_evaluating_epoch_1, *tiny], tmp_path,
+                         {"SNGM_DATA": str(cifar_root)})
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (state["epoch"], state["step"]) == (2, 0)  # was (2, 1): a step of epoch 2 trained, then stopped
+    assert (summary["status"], summary["epochs"], summary["interrupted_epoch"], summary["interrupted_step"]) == \
+        ("interrupted", 1, 2, 0)
+
+
 def test_a_second_signal_while_a_checkpoint_is_written_records_only_the_epochs_it_saved(tmp_path, cifar_root):
     tiny = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=2", "batch_size=100",
             "hydra.run.dir=run"]
