@@ -327,8 +327,8 @@ def _stop_signals_as_ctrl_c():
     """SIGTERM and SIGUSR2 (SLURM's preemption, `timeout`, torchrun stopping the other processes)
     stop the command and its jobs as Ctrl-C does, instead of killing them: before training (checking
     a sweep, Hydra's setup, loading the data) at once, leaving no stub run folder, then as
-    `stop.StopRequest` says. Only where no one else handles
-    them: hydra-submitit-launcher's handlers (SIGTERM ignored, SIGUSR2 requeues the job) stay.
+    `stop.StopRequest` says. Only where no one else handles them: hydra-submitit-launcher's
+    handlers (SIGTERM ignored, SIGUSR2 requeues the job) stay.
     Under torchrun, SIGTERM is ignored once the job has ended: torchrun sends it to the other
     processes as soon as one ends with an error, and rank 0 must still remove the run folder it
     created and say why it ended. A signal that comes while the job is already ending with its
