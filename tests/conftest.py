@@ -43,10 +43,14 @@ def full_cifar_root() -> Path:
 @pytest.fixture(scope="session")
 def cifar_root(full_cifar_root, tmp_path_factory) -> Path:
     """What the training tests train on: the real CIFAR-10's training files, and a real test set of
-    TEST_IMAGES_PER_CLASS images of each class (the first ones of the official test set). A test run
-    trains a few steps and then evaluates every test image, so the full 10,000 would take most of
-    its time; the checksum listing covers the smaller file, so the data are checked as a user's are."""
+    TEST_IMAGES_PER_CLASS images of each class (the first ones of the official test set, as
+    `dataset.subset` picks training images). A test run trains a few steps, then evaluates every
+    test image at each epoch: a tenth of the images, a tenth of that time. The checksum listing
+    covers the smaller file, so the data are checked as a user's are."""
+    import torch
+
     from sngm_bench.data import cifar10
+    from sngm_bench.data.subset import balanced_subset
 
     source = full_cifar_root / cifar10.FOLDER
     folder = tmp_path_factory.mktemp("cifar10_small_test") / cifar10.FOLDER
@@ -55,9 +59,7 @@ def cifar_root(full_cifar_root, tmp_path_factory) -> Path:
         (folder / name).symlink_to(source / name)
     with open(source / "test_batch", "rb") as f:
         test = pickle.load(f, encoding="latin1")
-    labels = np.asarray(test["labels"])
-    kept = np.sort(np.concatenate([np.flatnonzero(labels == label)[:TEST_IMAGES_PER_CLASS]
-                                   for label in range(cifar10.NUM_CLASSES)]))
+    kept = balanced_subset(torch.as_tensor(test["labels"]), TEST_IMAGES_PER_CLASS * cifar10.NUM_CLASSES).numpy()
     for key, value in test.items():  # the images ("data"), their labels and file names; the batch's label stays
         if isinstance(value, np.ndarray):
             test[key] = value[kept]
