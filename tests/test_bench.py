@@ -129,7 +129,7 @@ def test_throughput_table_has_a_row_per_measurement_with_its_device_date_and_set
                         "31,000 | – | – |")
 
 
-def test_workers_per_gpu_divides_an_imagenet_rows_images_per_second_by_one_workers(tmp_path):
+def test_workers_per_gpu_divides_an_imagenet_steps_images_per_second_without_data_work_by_one_workers(tmp_path):
     folder = tmp_path / "h100-2026-12-01"
     folder.mkdir()
     common = {"model": "resnet50", "device_name": "NVIDIA H100 80GB HBM3", "torch_version": "2.11.0",
@@ -140,14 +140,17 @@ def test_workers_per_gpu_divides_an_imagenet_rows_images_per_second_by_one_worke
          "data_fraction_in_step": 0.012, "data_fraction_upper_bound": 0.41},
         {**common, "dataset": "cifar10", "image_size": 32, "images_per_second": 180000.0,
          "data_fraction_in_step": 0.01, "data_fraction_upper_bound": 0.03},
-        {**common, "dataset": "imagenet", "image_size": 224, "images_per_second": 1700.0,
-         "data_fraction_in_step": 0.02, "data_fraction_upper_bound": 0.5},
+        {**common, "dataset": "imagenet", "image_size": 224, "images_per_second": 1200.0,
+         "data_fraction_in_step": 0.7, "data_fraction_upper_bound": 0.85},
     ]).to_csv(folder / "bench_train.csv", index=False)
     lines = bench.workers_per_gpu([folder / "bench_train.csv"]).splitlines()
     assert "850–900 images/s" in lines[0] and len(lines) == 6  # the sentence, a blank line, the table's four
+    # 2600 / (1 - 0.012) = 2632 images/s without data work: 2632 / 900 = 2.9, 2632 / 850 = 3.1
     assert lines[4] == ("| NVIDIA H100 80GB HBM3 | 2026-12-01 | ResNet-50 | 224 px | 100 | bf16 + channels_last + "
-                        "compile | 2,600 | 3–4 | 1.2 % | 41.0 % |")  # 2600 / 900 = 2.9, 2600 / 850 = 3.1
-    assert "| 1,700 | 2 | 2.0 % | 50.0 % |" in lines[5]  # 1700 / 900 = 1.9, 1700 / 850 = 2: one count
+                        "compile | 2,600 | 2,632 | 3–4 | 1.2 % | 41.0 % |")
+    # A loader that could not keep up: 1200 / (1 - 0.7) = 4000, 4000 / 900 = 4.4 and 4000 / 850 = 4.7, one
+    # count, where the measured 1200 images/s would have asked for 2
+    assert "| 1,200 | 4,000 | 5 | 70.0 % | 85.0 % |" in lines[5]
 
 
 def test_appended_rows_keep_each_value_under_its_own_column(tmp_path):
