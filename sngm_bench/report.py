@@ -360,6 +360,20 @@ def distinct(runs: pd.DataFrame, column: str) -> str:
     return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(values)) or "?"
 
 
+def code_versions(runs: pd.DataFrame) -> str:
+    """The commits the runs were trained from, sorted; one whose working tree differed from it says so,
+    with the hash of that difference its records give (runs of one commit with other changes
+    differ in it)."""
+    labels = set()
+    for _, row in runs.reindex(columns=["git_commit", "git_dirty", "git_diff_hash"]).iterrows():
+        if pd.isna(row["git_commit"]):
+            continue
+        changed = pd.notna(row["git_dirty"]) and bool(row["git_dirty"])
+        labels.add(f"{row['git_commit']} with uncommitted changes (diff hash {row['git_diff_hash']})"
+                    if changed else str(row["git_commit"]))
+    return ", ".join(sorted(labels)) or "?"
+
+
 def provenance(runs: pd.DataFrame) -> str:
     """Where the runs' numbers come from, read from their records: protocol, seeds, LR grid, hardware, code."""
     subset = ""
@@ -378,7 +392,7 @@ def provenance(runs: pd.DataFrame) -> str:
     hardware = (f"{distinct(runs, 'device_name')} x {distinct(runs, 'world_size')} process(es), "
                 f"torch {distinct(runs, 'torch_version')}")
     return (f"Protocol: {protocol}. Seeds: {distinct(runs, 'seed')}. LR grid: {grids}. "
-            f"Hardware: {hardware}. Code: {distinct(runs, 'git_commit')}.")
+            f"Hardware: {hardware}. Code: {code_versions(runs)}.")
 
 
 def write_report(paths: Iterable[Path], out: Path, target_acc: float | None = None,

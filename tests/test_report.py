@@ -112,6 +112,19 @@ def test_a_cell_is_the_mean_and_sample_std_over_seeds_and_an_lr_with_a_failed_se
     assert cells.index[cells["selected"]].tolist() == [0.2]
 
 
+def test_the_caption_names_each_commit_and_says_where_the_code_had_uncommitted_changes():
+    runs = pd.DataFrame([
+        {"git_commit": "bbb", "git_dirty": True, "git_diff_hash": "3f65"},
+        {"git_commit": "bbb", "git_dirty": True, "git_diff_hash": "3f65"},
+        {"git_commit": "aaa", "git_dirty": False, "git_diff_hash": None},
+        {"git_commit": "aaa", "git_dirty": None, "git_diff_hash": None},
+        {"git_commit": None, "git_dirty": None, "git_diff_hash": None},  # nothing recorded
+    ])
+    assert report.code_versions(runs) == "aaa, bbb with uncommitted changes (diff hash 3f65)"
+    assert report.code_versions(runs[["git_commit"]].head(3)) == "aaa, bbb"
+    assert report.code_versions(runs.tail(1)) == "?"
+
+
 def test_unreadable_folder_is_skipped_with_a_warning(sweeps, tmp_path, caplog):
     good = next(sweeps.rglob("summary.json")).parent
     shutil.copytree(good, tmp_path / "good")
