@@ -20,7 +20,8 @@ spec.loader.exec_module(gpu_report)
 
 H100 = "NVIDIA H100 80GB HBM3"
 TORCH = "2.11.0+cu130"
-OLD_RUNS = ROOT / "results" / "cifar10_short_15ep" / "runs"  # trained by 1cef4ef, before the evaluation fix
+RUNS = ROOT / "results" / "cifar10_short_15ep" / "runs"  # committed H200 runs: the templates of the tests' own
+BEFORE_EVAL_FIX = "1cef4ef6907b94c62d2ca57b4c1dc4973819586c"  # the first GPU session's code: BatchNorm in training mode
 
 
 def summary_md(title: str, device=H100, mode="gpu", date="2026-12-01 09:14") -> str:
@@ -102,45 +103,49 @@ def campaign_output(folder, runs):
 
 def test_commit_campaign_replaces_runs_evaluated_in_train_mode_and_joins_later_ones(tmp_path):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    old = sorted(p.parent for p in OLD_RUNS.glob("*/summary.json"))
+    templates = sorted(p.parent for p in RUNS.glob("*/summary.json"))
     committed = tmp_path / "results" / "cifar10_short_15ep" / "runs"
     committed.mkdir(parents=True)
-    for run in old[:3]:
-        shutil.copytree(run, committed / run.name)
-    copy_run(old[3], committed, "seed=1,earlier-campaign", git_commit=head)  # a campaign's, after the fix
+    for run in templates[:3]:  # the first session's
+        copy_run(run, committed, run.name, git_commit=BEFORE_EVAL_FIX)
+    copy_run(templates[3], committed, "seed=1,earlier-campaign", git_commit=head)  # a campaign's, after the fix
     (committed.parent / "campaign_summary.md").write_text("the first campaign's\n")
     swept = tmp_path / "swept"
     swept.mkdir()
-    copy_run(old[0], swept, old[0].name, git_commit=head)  # the same run, retrained
-    copy_run(old[4], swept, "lr_factor=0.0625", git_commit=head)
-    copy_run(old[5], swept, "lr_factor=0.125", git_commit=head, status="interrupted", final_test_acc=None)
-    shutil.copyfile(OLD_RUNS / "multirun.yaml", swept / "multirun.yaml")
+    copy_run(templates[0], swept, templates[0].name, git_commit=head)  # the same run, retrained
+    copy_run(templates[4], swept, "lr_factor=0.0625", git_commit=head)
+    copy_run(templates[5], swept, "lr_factor=0.125", git_commit=head, status="interrupted", final_test_acc=None)
+    shutil.copyfile(RUNS / "multirun.yaml", swept / "multirun.yaml")
 
     runs, added, removed, left_out = gpu_report.commit_campaign(campaign_output(tmp_path / "files", swept),
                                                                 tmp_path / "results")
     assert runs == committed
-    assert added == sorted([old[0].name, "lr_factor=0.0625"]) and removed == [old[1].name, old[2].name]
+    assert added == sorted([templates[0].name, "lr_factor=0.0625"])
+    assert removed == [templates[1].name, templates[2].name]
     assert left_out == ["lr_factor=0.125"]
     assert sorted(p.parent.name for p in runs.glob("*/summary.json")) == sorted(added + ["seed=1,earlier-campaign"])
-    assert json.loads((runs / old[0].name / "summary.json").read_text())["git_commit"] == head
-    assert (runs / old[0].name / ".hydra" / "config.yaml").exists() and (runs / "multirun.yaml").exists()
+    assert json.loads((runs / templates[0].name / "summary.json").read_text())["git_commit"] == head
+    assert (runs / templates[0].name / ".hydra" / "config.yaml").exists() and (runs / "multirun.yaml").exists()
     # An earlier campaign's run stayed, so its record stays beside this one's.
     assert (committed.parent / "campaign_summary.md").read_text() == "the first campaign's\n"
     assert (committed.parent / "campaign_summary_2.md").read_text().startswith("# GPU campaign slice")
 
 
 def test_a_campaign_that_replaces_every_run_replaces_their_record(tmp_path):
+    templates = sorted(p.parent for p in RUNS.glob("*/summary.json"))
     committed = tmp_path / "results" / "cifar10_short_15ep" / "runs"
-    shutil.copytree(OLD_RUNS, committed)
+    committed.mkdir(parents=True)
+    for run in templates:  # all of them the first session's
+        copy_run(run, committed, run.name, git_commit=BEFORE_EVAL_FIX)
     (committed.parent / "campaign_log.txt").write_text("the first campaign's\n")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     swept = tmp_path / "swept"
     swept.mkdir()
-    copy_run(next(OLD_RUNS.glob("*msgd*")), swept, "lr_factor=0.0625", git_commit=head)
+    copy_run(templates[0], swept, "lr_factor=0.0625", git_commit=head)
     runs, added, removed, _ = gpu_report.commit_campaign(campaign_output(tmp_path / "files", swept),
                                                          tmp_path / "results")
     assert [p.parent.name for p in runs.glob("*/summary.json")] == added == ["lr_factor=0.0625"]
-    assert len(removed) == 8
+    assert removed == [run.name for run in templates]
     assert (committed.parent / "campaign_log.txt").read_text().startswith("=== sweep 1")
     assert not (committed.parent / "campaign_log_2.txt").exists()
     (tmp_path / "files" / "runs.tar.gz").unlink()  # a call cut before its archives
