@@ -74,14 +74,16 @@ def tables(out: Path) -> str:
                    # older CSVs name the upper bound data_fraction, and lack data_fraction_in_step
                    *[c for c in ("data_fraction", "data_fraction_upper_bound", "data_fraction_in_step")
                      if c in rows.columns],
-                   "optimizer_fraction", "mfu", "peak_memory_gib"]
+                   "optimizer_fraction", "mfu", "peak_memory_gib",
+                   *[c for c in ("kernel_ms", "reference_kernel_ms") if c in rows.columns]]
         parts.append("**Training step** (scripts/bench_train.py --compare-reference)\n\n" + markdown(rows[columns]))
     for name, title in (("bench_optim", "**Optimizer step** (scripts/bench_optim.py)"),
                         ("bench_optim_compile", "**Optimizer step, compiled** (scripts/bench_optim.py --compile)")):
         if (out / f"{name}.csv").exists():
             rows = pd.read_csv(out / f"{name}.csv")
             columns = ["parameter_set", "optimizer", "median_ms", *[c for c in rows.columns if c.startswith("vs_")],
-                       *[c for c in ("host_ms", "warmup_ms") if c in rows.columns]]  # older CSVs lack them
+                       *[c for c in ("host_ms", "warmup_ms", "kernel_ms", "kernel_vs_sgd_fused")
+                         if c in rows.columns]]  # older CSVs lack them
             parts.append(f"{title}\n\n" + markdown(rows[columns]))
     if (out / "bench_optim_compile.csv").exists():
         parts.append("**Compiled against eager** (the same process; compile_ms: the compiled step's warm-up less the "

@@ -10,7 +10,11 @@ the other two leave (`rest_fraction_estimate`). With `compare_reference`, it tim
 same process a minimal loop on the same model, batch, micro-batches and flags whose data already
 sits on the device as a ready float batch and whose optimizer is torch's fused (CUDA) or foreach
 (CPU) SGD, and reports the product's throughput as a fraction of it. FLOPs per image come from
-`torch.utils.flop_counter`, so model FLOP utilization is reported where the peak is known.
+`torch.utils.flop_counter`, so model FLOP utilization is reported where the peak is known. On a
+GPU, `kernel_ms` (and `reference_kernel_ms`) is the step's kernels' own time (torch's profiler,
+`timing.kernel_seconds`): a step much longer than its kernels is bound by issuing them, and where
+the product's step is slower than the reference's, the two kernel times say whether it does more
+GPU work or takes longer to issue it.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from sngm_bench.errors import UserError
 from sngm_bench.models import build_model
 from sngm_bench.noise_scale import NoiseScale
 from sngm_bench.records import environment
-from sngm_bench.timing import median_seconds
+from sngm_bench.timing import kernel_seconds, median_seconds
 from sngm_bench.train import Trainer
 
 # Dense peak FLOP/s by precision (NVIDIA's data sheets, their figures "with sparsity" halved) of the
@@ -179,6 +183,8 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     (data_seconds,) = median_seconds(device, steps, data_only)
     (optimizer_seconds,) = median_seconds(device, steps, trainer.optimizer.step)
+    kernels = [kernel_seconds(device, steps, step) for step in product_steps]
+    kernel_step_seconds = run_mean(kernels) if None not in kernels else None
 
     env = environment(device)
     precision = Precision(cfg.precision).value
@@ -199,14 +205,18 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
         "peak_memory_gib": peak_memory / 2**30 if peak_memory is not None else None,
         "gflops_per_image": flops / 1e9, "achieved_tflops": achieved / 1e12,
         "mfu": achieved / peak if peak else None,
+        "kernel_ms": 1000 * kernel_step_seconds if kernel_step_seconds is not None else None,
     }
     if compare_reference:
         reference = reference_step(cfg, trainer)
         for _ in range(warmup):
             reference()
         (reference_seconds,) = median_seconds(device, steps, reference)
+        reference_kernel_seconds = kernel_seconds(device, steps, reference)
         result["reference_images_per_second"] = cfg.batch_size / reference_seconds
         result["throughput_vs_reference"] = reference_seconds / step_seconds
+        result["reference_kernel_ms"] = (1000 * reference_kernel_seconds if reference_kernel_seconds is not None
+                                         else None)
     result.update(device_name=env["device_name"], torch_version=env["torch_version"])
     procs.close()
     return result

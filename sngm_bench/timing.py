@@ -57,3 +57,24 @@ def time_rounds(device: torch.device, rounds: int, fns: Sequence[Callable[[], ob
 def median_seconds(device: torch.device, rounds: int, *fns: Callable[[], object]) -> list[float]:
     """The median seconds of each of `fns`, timed in `rounds` interleaved rounds."""
     return [times.median for times in time_rounds(device, rounds, fns)]
+
+
+def kernel_seconds(device: torch.device, rounds: int, fn: Callable[[], object]) -> float | None:
+    """The device's own time per call of `fn`: the durations of the kernels (and copies) it runs,
+    summed over `rounds` calls by torch's profiler as its tables' "Self CUDA time total", divided
+    by `rounds`; None on a CPU. Beside the call's time (`time_rounds`) it splits a step's cost
+    into the kernels' work and the host's time to issue them: a step whose kernels take much less
+    than the step is bound by their launches, so its kernels' time is what a byte floor judges."""
+    if device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        for _ in range(rounds):
+            fn()
+        synchronize(device)
+    busy_us = sum(event.self_device_time_total for event in profiler.key_averages()
+                  if event.device_type == DeviceType.CUDA and not event.is_user_annotation)
+    return busy_us / 1e6 / rounds

@@ -1,8 +1,8 @@
 """The CUDA paths on a real GPU: `pytest -m gpu` (skipped without CUDA; `scripts/gpu_check.sh` runs
 them first on the GPU machine). Optimizer steps on CUDA against the float64 references of
 test_optimizers, eager and compiled by inductor, fused SGD for MSGD, the bf16 + channels_last +
-compile training path, DDP over nccl, GPU JPEG decoding, and a checkpoint written on the GPU and
-resumed."""
+compile training path, DDP over nccl, GPU JPEG decoding, the benchmarks' kernel time, and a
+checkpoint written on the GPU and resumed."""
 
 import copy
 import json
@@ -22,12 +22,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torchvision.io import ImageReadMode, decode_image, encode_png, read_file
 
 from sngm_bench import checkpoint
+from sngm_bench.bench import bench_train
 from sngm_bench.config import compose_config
 from sngm_bench.data import build_data
 from sngm_bench.data.imagenet import decode_batch, find_images
 from sngm_bench.errors import DEADLINE_EXIT_CODE
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import build_optimizer
+from sngm_bench.optim.benchmark import bench_optimizers
+from sngm_bench.timing import kernel_seconds, time_rounds
 from sngm_bench.train import train_step
 from conftest import IMAGENET_SAMPLE, run_cli, run_command
 from test_optimizers import (
@@ -191,6 +194,25 @@ def test_resnet50_trains_with_gpu_decode(tmp_path):
     _, summary, metrics = one_run(tmp_path / "outputs" / "default")
     assert summary["status"] == "completed" and summary["steps_per_epoch"] == 2 and len(metrics) == 2
     assert metrics["train_loss"].notna().all() and metrics["test_loss"].notna().all()
+
+
+def test_kernel_time_counts_each_kernel_once_and_the_benchmarks_report_it(full_cifar_root, monkeypatch):
+    # A large matmul is bound by its kernel, so its kernels' time is about its wall time; counting an
+    # op and its kernel both would double it.
+    a = torch.randn(8192, 8192, device=CUDA)
+
+    def matmul():
+        return a @ a
+
+    matmul()  # cuBLAS's start-up, outside the timing
+    (times,) = time_rounds(CUDA, 10, [matmul])
+    assert 0.7 * times.median < kernel_seconds(CUDA, 10, matmul) < 1.2 * times.median
+    rows = bench_optimizers(["resnet20"], steps=5, warmup=2, device="cuda")
+    assert all(row["kernel_ms"] > 0 for row in rows)
+    assert [row["kernel_vs_sgd_fused"] for row in rows if row["optimizer"] == "sgd_fused"] == [1.0]
+    monkeypatch.setenv("SNGM_DATA", str(full_cifar_root))
+    result = bench_train(compose_config([*TINY, "batch_size=256"]), steps=3, warmup=2, compare_reference=True)
+    assert 0 < result["kernel_ms"] and 0 < result["reference_kernel_ms"]
 
 
 def test_checkpoint_loaded_onto_the_gpu_restores_its_rng_states(tmp_path):

@@ -541,4 +541,5 @@ def test_step_benchmark_times_every_optimizer_against_sgd():
                                               "sngm+compile", "lars+compile", "lamb+compile"]
     assert rows[0]["vs_sgd_foreach"] == 1.0 and all(r["median_ms"] > 0 and r["warmup_ms"] > 0 for r in rows)
     assert all(0 < r["host_ms"] <= r["median_ms"] for r in rows)  # returning precedes the device's end
+    assert all(r["kernel_ms"] is None and r["kernel_vs_sgd_fused"] is None for r in rows)  # a CPU runs no kernels
     assert rows[0]["parameters"] == sum(p.numel() for p in CifarResNet(20).parameters()) and rows[0]["torch"]

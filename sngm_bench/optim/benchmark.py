@@ -17,6 +17,11 @@ eager steps on CUDA are launch-bound (many multi-tensor kernels, per-tensor ones
 LAMB), so this is the measurement that decides whether runs should compile the optimizer. As in a
 run, every step has a new lr (a schedule's), and a compiled step that compiles again after the
 warm-up steps stops the benchmark (torch's `error_on_recompile`) instead of being timed.
+
+On a GPU each row also has `kernel_ms`, the step's kernels' own time (torch's profiler,
+`timing.kernel_seconds`), and `kernel_vs_sgd_fused`, its ratio to fused SGD's: what a byte floor
+judges, where a launch-bound step's `median_ms` is the host's time to issue its kernels (on an
+H200, `host_ms` was 88-98 % of `median_ms`: results/bench/h200-2026-11-28).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from torch import nn
 from sngm_bench.config import compose_config
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import build_optimizer
-from sngm_bench.timing import time_rounds
+from sngm_bench.timing import kernel_seconds, time_rounds
 
 PARAMETER_SETS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: torchvision.models.resnet50(),  # 25.6 M parameters in 161 tensors
@@ -85,12 +90,13 @@ def optimizers_to_compare(model: nn.Module, weight_decay: float,
 
 
 def step_seconds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmup: int,
-                 device: torch.device) -> dict[str, tuple[float, float, float]]:
+                 device: torch.device) -> dict[str, tuple[float, float, float, float | None]]:
     """Each optimizer's untimed `warmup` steps together (at least one: state allocation, and
-    compilation for a compiled step), its median step over the `steps` rounds after them, and the
-    median time `step()` took to return, before the device finished its work, in seconds (see
-    `timing.time_rounds`). Before each step its lr is set as a warm-up schedule would set it and
-    the caches are evicted."""
+    compilation for a compiled step), its median step over the `steps` rounds after them, the
+    median time `step()` took to return, before the device finished its work, and on a GPU its
+    kernels' time per step (`timing.kernel_seconds`, over `steps` more steps at the last lr, caches
+    not evicted), in seconds. Before each timed step its lr is set as a warm-up schedule would set
+    it and the caches are evicted."""
     evict = torch.empty(CACHE_EVICTION_BYTES, dtype=torch.uint8, device=device)
     warmup = max(warmup, 1)
     named = list(optimizers.items())
@@ -105,8 +111,9 @@ def step_seconds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmu
     warmups = time_rounds(device, warmup, step_fns, before_step)
     with torch._dynamo.config.patch(error_on_recompile=True):
         timed = time_rounds(device, steps, step_fns, lambda round_, index: before_step(warmup + round_, index))
-    return {name: (sum(warm.done), times.median, statistics.median(times.returned))
-            for (name, _), warm, times in zip(named, warmups, timed)}
+        kernels = [kernel_seconds(device, steps, step) for step in step_fns]
+    return {name: (sum(warm.done), times.median, statistics.median(times.returned), kernel)
+            for (name, _), warm, times, kernel in zip(named, warmups, timed, kernels)}
 
 
 def bench_optimizers(parameter_sets=tuple(PARAMETER_SETS), steps: int = 50, warmup: int = 5,
@@ -121,13 +128,16 @@ def bench_optimizers(parameter_sets=tuple(PARAMETER_SETS), steps: int = 50, warm
         optimizers = optimizers_to_compare(model, weight_decay, compile_backend)
         timed = step_seconds(optimizers, steps, warmup, device)
         baselines = [name for name in timed if name.startswith("sgd_")]
-        for name, (warmup_seconds, median, host) in timed.items():
+        fused_kernel = timed["sgd_fused"][3] if "sgd_fused" in timed else None
+        for name, (warmup_seconds, median, host, kernel) in timed.items():
             rows.append({
                 "device": device_name(device), "torch": torch.__version__, "steps": steps, "parameter_set": set_name,
                 "parameters": sum(p.numel() for p in model.parameters()), "tensors": len(list(model.parameters())),
                 "weight_decay": weight_decay, "optimizer": name, "median_ms": 1e3 * median,
                 **{f"vs_{base}": median / timed[base][1] for base in baselines}, "host_ms": 1e3 * host,
                 "warmup_ms": 1e3 * warmup_seconds,
+                "kernel_ms": 1e3 * kernel if kernel is not None else None,
+                "kernel_vs_sgd_fused": kernel / fused_kernel if kernel is not None and fused_kernel else None,
             })
         del model, optimizers
     return rows
@@ -135,15 +145,17 @@ def bench_optimizers(parameter_sets=tuple(PARAMETER_SETS), steps: int = 50, warm
 
 def format_table(rows: list[dict]) -> str:
     ratios = [key for key in rows[0] if key.startswith("vs_")]
+    kernels = rows[0]["kernel_ms"] is not None  # on a GPU
     lines = [f"device: {rows[0]['device']}   torch {rows[0]['torch']}   weight_decay {rows[0]['weight_decay']}   "
              f"median of {rows[0]['steps']} steps",
              f"{'parameters':<24}{'optimizer':<15}{'ms/step':>9}" + "".join(f"{key:>16}" for key in ratios)
-             + f"{'host ms':>10}{'warmup ms':>12}"]
+             + f"{'host ms':>10}{'warmup ms':>12}" + (f"{'kernel ms':>11}{'kernel vs fused':>17}" if kernels else "")]
     for row in rows:
         where = f"{row['parameter_set']} ({row['parameters'] / 1e6:.2f} M)"
         lines.append(f"{where:<24}{row['optimizer']:<15}{row['median_ms']:>9.3f}"
                      + "".join(f"{row[key]:>15.2f}x" for key in ratios) + f"{row['host_ms']:>10.3f}"
-                     + f"{row['warmup_ms']:>12.0f}")
+                     + f"{row['warmup_ms']:>12.0f}"
+                     + (f"{row['kernel_ms']:>11.3f}{row['kernel_vs_sgd_fused']:>16.2f}x" if kernels else ""))
     return "\n".join(lines)
 
 
