@@ -25,10 +25,10 @@
 # benchmark 11 s [40]; ResNet-56 in bf16 + compile at 4096 and 8192, 116 s before the benchmarks
 # profiled their steps' kernel time too [160]; ResNet-50 on the ImageNet sample 64 s [100]; the
 # compiled optimizer steps 75 s [150]; ResNet-20 in fp32 at three sizes, 45 s at its limit [60];
-# the 3-epoch training run, which the campaign's runs repeat, 59 s the first time [100]. About 1000 s in all, over the 480 s budget, so the last steps get what is
-# left, or are recorded as skipped; `ONLY='optim \+compile|resnet50|resnet20 fp32'` then runs
-# just those in a later call (`ONLY` is a regex on step names, and every `bench_train` step's
-# name holds "train").
+# the 3-epoch training run, which the campaign's runs repeat, 59 s the first time [100]. About
+# 1000 s in all, over the 480 s budget, so the last steps get what is left, or are recorded as
+# skipped; `ONLY='optim \+compile|resnet50|resnet20 fp32'` then runs just those in a later call
+# (`ONLY` is a regex on step names, and every `bench_train` step's name holds "train").
 
 TITLE="GPU check (scripts/gpu_check.sh)"
 GPU_BUDGET_S=480 DRY_BUDGET_S=1800
