@@ -23,7 +23,9 @@
 # optimizer=sngm lr_factor=1,2 seed=1,2'), swept one after another into that folder within the one
 # time box: the LRs worth more seeds differ per optimizer, which one grid cannot express. A grid
 # without batch_size= gets BATCHES (default 4096); a dry run scales a grid's own batch sizes as
-# 4096 -> 200 (its 1000 images hold no batch of 8192), so the GPU's GRIDS dry-run as they are.
+# 4096 -> 200 (its 1000 images hold no batch of 8192), so the GPU's GRIDS dry-run as they are. A grid
+# that sets one of the fixed settings (e.g. `precision=fp32 channels_last=false compile=false`)
+# overrides it.
 
 TITLE="GPU campaign slice (scripts/gpu_campaign.sh)"
 GPU_BUDGET_S=240 DRY_BUDGET_S=900
@@ -43,6 +45,13 @@ IFS=';' read -ra GRID_LIST <<<"${GRIDS:-lr_factor=$LR_FACTORS optimizer=${OPTIMI
 dry_batches() {  # a GPU grid's batch sizes at the dry run's scale (its 1000 images hold no batch of 8192): 4096 -> 200
     awk -v sizes="$1" 'BEGIN { n = split(sizes, b, ","); for (i = 1; i <= n; i++) {
         size = int(b[i] * 200 / 4096); printf "%s%d", (i > 1 ? "," : ""), (size < 1 ? 1 : size) } }'
+}
+extra_for() {  # EXTRA less the keys the grid "$1" sets: Hydra takes a key's last value, and the grid's must win
+    local kept=() setting
+    for setting in $EXTRA; do
+        [[ " $1 " == *" ${setting%%=*}="* ]] || kept+=("$setting")
+    done
+    echo "${kept[*]}"
 }
 for i in "${!GRID_LIST[@]}"; do  # a grid without its own batch_size takes BATCHES, not the experiment's 128
     if ! [[ ${GRID_LIST[$i]} =~ batch_size=([0-9,]+) ]]; then
@@ -64,7 +73,7 @@ fi
 # (or its evaluation) and checkpoints, within KILL_AFTER_S. A grid the budget no longer covers is skipped.
 for i in "${!GRID_LIST[@]}"; do
     LEFT_S=$(( START_S + BUDGET_S - $(date +%s) ))
-    SWEEP="-m experiment=paper_cifar10 name=$NAME epochs=$EPOCHS max_minutes=$(awk "BEGIN { print ($LEFT_S - 30) / 60 }") ${GRID_LIST[$i]} $EXTRA"
+    SWEEP="-m experiment=paper_cifar10 name=$NAME epochs=$EPOCHS max_minutes=$(awk "BEGIN { print ($LEFT_S - 30) / 60 }") ${GRID_LIST[$i]} $(extra_for "${GRID_LIST[$i]}")"
     note "Sweep $((i + 1)) of ${#GRID_LIST[@]} (short protocol: paper_cifar10 at $EPOCHS epochs, not the paper's 200): \`sngm-bench $SWEEP\`"
     if [ "$LEFT_S" -lt 60 ]; then
         ROWS+=("| sweep $((i + 1)) | skipped: budget spent | 0 | $LEFT_S | \`sngm-bench $SWEEP\` |")

@@ -244,6 +244,17 @@ def test_a_campaign_grids_batch_sizes_are_scaled_to_the_dry_runs_1000_images(tmp
     assert f" batch_size={200 if mode else 4096} optimizer=msgd " in sweeps[0], sweeps  # BATCHES, the default
 
 
+def test_a_campaign_grid_that_sets_a_fixed_setting_overrides_it(tmp_path):
+    # Hydra takes a key's last value, so the fixed settings after the grid would win over the grid's.
+    env = {"PY": "false", "BUDGET_S": "1",
+           "GRIDS": "optimizer=msgd ; optimizer=sngm precision=fp32 channels_last=false compile=false"}
+    run_command(["bash", ROOT / "scripts" / "gpu_campaign.sh", tmp_path / "out"], tmp_path, env, timeout=60)
+    sweeps = [" ".join(line.split()) for line in (tmp_path / "out" / "summary.md").read_text().splitlines()
+              if line.startswith("Sweep")]
+    assert sweeps[0].endswith(" optimizer=msgd device=cuda precision=bf16 channels_last=true compile=true`"), sweeps
+    assert sweeps[1].endswith(" optimizer=sngm precision=fp32 channels_last=false compile=false device=cuda`"), sweeps
+
+
 def test_a_campaigns_summary_states_the_budget_it_was_given(tmp_path):
     # PY=false: the sweep and the report fail at once. The packing steps after the time box get 60 s
     # of their own; summary.md still states the time box.
