@@ -20,16 +20,17 @@
 # limit in brackets, in the order they run: what is still owed first, then a second measurement of
 # what the 2026-11-28 session measured once. pytest -m gpu took 62 s there (the resume test it
 # failed is changed since) [200]; ResNet-56 in fp32 at 4096 and 8192, never measured: with 10 timed
-# steps (not 20) ~60 steps of ~0.4 / ~0.8 s (ResNet-20's fp32 steps, 0.14 / 0.27 s, times 2.8)
-# [100]; ResNet-20 in bf16 + compile, a compile per batch size, 70 s, whose 512 row (0.84 of the
-# reference, 1.05 the first time) is owed a second look [120]; the optimizer benchmark 11 s [40];
-# ResNet-56 in bf16 + compile at 4096 and 8192, 116 s before the benchmarks profiled their steps'
-# kernel time too [160]; ResNet-50 on the ImageNet sample 64 s [100]; the compiled optimizer steps
-# 75 s [150]; ResNet-20 in fp32 at three sizes, 45 s at its limit with 20 timed steps [60]; the
-# 3-epoch training run, which the campaign's runs repeat, 59 s the first time [100]. About 1000 s in
-# all, over the 480 s budget, so the last steps get what is left, or are recorded as skipped;
-# `ONLY='optim \+compile|resnet50|resnet20 fp32'` then runs just those in a later call (`ONLY` is a
-# regex on step names, and every `bench_train` step's name holds "train").
+# steps (not 20) ~60 steps of ~0.4 / ~0.8 s (ResNet-20's fp32 steps, 0.14 / 0.27 s, times 2.7,
+# ResNet-56's bf16 step over ResNet-20's) [100]; ResNet-20 in bf16 + compile, a compile per batch
+# size, 70 s, whose 512 row (0.84 of the reference, 1.05 the first time) is owed a second look
+# [120]; the optimizer benchmark 11 s [40]; ResNet-56 in bf16 + compile at 4096 and 8192, 116 s
+# before the benchmarks profiled their steps' kernel time too [160]; ResNet-50 on the ImageNet
+# sample 64 s [100]; the compiled optimizer steps 75 s [150]; ResNet-20 in fp32 at three sizes, 45 s
+# at its limit with 20 timed steps [60]; the 3-epoch training run, which the campaign's runs repeat,
+# 59 s the first time [100]. About 1000 s in all, over the 480 s budget, so the last steps get what
+# is left, or are recorded as skipped; `ONLY='optim \+compile|resnet50|resnet20 fp32'` then runs
+# just those in a later call (`ONLY` is a regex on step names, and every `bench_train` step's name
+# holds "train").
 
 TITLE="GPU check (scripts/gpu_check.sh)"
 GPU_BUDGET_S=480 DRY_BUDGET_S=1800

@@ -84,6 +84,12 @@ def test_device_folder_names():
         == ["h200", "h100", "h100-pcie", "h200-nvl"]
 
 
+def head_and_templates():
+    """This checkout's commit, and the committed run folders that the campaign tests copy."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return head, sorted(p.parent for p in RUNS.glob("*/summary.json"))
+
+
 def copy_run(source, runs, name, **changes):
     """A run folder as the campaign archives it: a committed H200 run's records, with `changes` in its summary."""
     shutil.copytree(source, runs / name)
@@ -102,8 +108,7 @@ def campaign_output(folder, runs):
 
 
 def test_commit_campaign_replaces_runs_evaluated_in_train_mode_and_joins_later_ones(tmp_path):
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    templates = sorted(p.parent for p in RUNS.glob("*/summary.json"))
+    head, templates = head_and_templates()
     committed = tmp_path / "results" / "cifar10_short_15ep" / "runs"
     committed.mkdir(parents=True)
     for run in templates[:3]:  # the first session's
@@ -132,13 +137,12 @@ def test_commit_campaign_replaces_runs_evaluated_in_train_mode_and_joins_later_o
 
 
 def test_a_campaign_that_replaces_every_run_replaces_their_record(tmp_path):
-    templates = sorted(p.parent for p in RUNS.glob("*/summary.json"))
+    head, templates = head_and_templates()
     committed = tmp_path / "results" / "cifar10_short_15ep" / "runs"
     committed.mkdir(parents=True)
     for run in templates:  # all of them the first session's
         copy_run(run, committed, run.name, git_commit=BEFORE_EVAL_FIX)
     (committed.parent / "campaign_log.txt").write_text("the first campaign's\n")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     swept = tmp_path / "swept"
     swept.mkdir()
     copy_run(templates[0], swept, "lr_factor=0.0625", git_commit=head)
