@@ -2,6 +2,7 @@
 built from ../shared/data on first use when that folder is there; training tests evaluate on a
 class-balanced tenth of the real test set (`cifar_root`)."""
 
+import fcntl
 import os
 import pickle
 import shutil
@@ -31,12 +32,16 @@ def full_cifar_root() -> Path:
     from sngm_bench.errors import UserError
 
     root = Path(os.environ.get("SNGM_DATA", "~/.cache/sngm-bench/data")).expanduser()
-    if not (root / cifar10.FOLDER / "test_batch").exists() and BUILD_SCRIPT.exists():
-        subprocess.run([sys.executable, str(BUILD_SCRIPT), str(root)], check=True)
-    try:
-        cifar10.load(root, download_missing=True, verify=False)
-    except UserError as err:
-        pytest.fail(f"the tests need the real CIFAR-10: {err}")
+    root.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist's workers each run this fixture: one builds or downloads, the others wait for it.
+    with open(root / ".tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / cifar10.FOLDER / "test_batch").exists() and BUILD_SCRIPT.exists():
+            subprocess.run([sys.executable, str(BUILD_SCRIPT), str(root)], check=True)
+        try:
+            cifar10.load(root, download_missing=True, verify=False)
+        except UserError as err:
+            pytest.fail(f"the tests need the real CIFAR-10: {err}")
     return root
 
 
