@@ -14,9 +14,6 @@ from conftest import run_cli
 from sngm_bench.errors import Interrupted, UserError
 from sngm_bench.records import read_summary
 
-# With pytest-xdist (--dist loadgroup), this file's tests share one worker: `api_run` trains once.
-pytestmark = pytest.mark.xdist_group("test_api")
-
 TINY = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]
 
 

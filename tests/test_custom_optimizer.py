@@ -18,9 +18,6 @@ from sngm_bench.errors import UserError
 from sngm_bench.optim import build_optimizer
 from sngm_bench.records import read_summary
 
-# With pytest-xdist (--dist loadgroup), this file's tests share one worker: `sweep` trains once.
-pytestmark = pytest.mark.xdist_group("test_custom_optimizer")
-
 TINY = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1", "batch_size=100"]
 
 

@@ -27,9 +27,6 @@ SWEEPS = {
     # An absurd learning rate: the run is recorded as diverged.
     "diverged": ["optimizer=msgd", "batch_size=50", "optimizer.lr=1e6", "log_every=1"],
 }
-# With pytest-xdist (--dist loadgroup), this file's tests share one worker: `sweeps` trains once.
-pytestmark = pytest.mark.xdist_group("test_report")
-
 FIGURES = ["accuracy_vs_batch", "learning_curves", "time_to_target", "gradient_budget"]
 REPORT_CLI = str(Path(sys.executable).with_name("sngm-bench-report"))
 
