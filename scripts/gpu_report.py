@@ -75,7 +75,7 @@ def tables(out: Path) -> str:
                    *[c for c in ("data_fraction", "data_fraction_upper_bound", "data_fraction_in_step")
                      if c in rows.columns],
                    "optimizer_fraction", "mfu", "peak_memory_gib",
-                   *[c for c in ("kernel_ms", "reference_kernel_ms") if c in rows.columns]]
+                   *[c for c in ("kernel_ms", "reference_kernel_ms", "data_kernel_ms") if c in rows.columns]]
         parts.append("**Training step** (scripts/bench_train.py --compare-reference)\n\n" + markdown(rows[columns]))
     for name, title in (("bench_optim", "**Optimizer step** (scripts/bench_optim.py)"),
                         ("bench_optim_compile", "**Optimizer step, compiled** (scripts/bench_optim.py --compile)")):

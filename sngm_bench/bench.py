@@ -14,7 +14,8 @@ sits on the device as a ready float batch and whose optimizer is torch's fused (
 GPU, `kernel_ms` (and `reference_kernel_ms`) is the step's kernels' own time (torch's profiler,
 `timing.kernel_seconds`): a step much longer than its kernels is bound by issuing them, and where
 the product's step is slower than the reference's, the two kernel times say whether it does more
-GPU work or takes longer to issue it.
+GPU work or takes longer to issue it. `data_kernel_ms`, the data work's own kernels, says the same
+of the data share: the time it adds to the step against the GPU time it needs.
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
     (optimizer_seconds,) = median_seconds(device, steps, trainer.optimizer.step)
     kernels = [kernel_seconds(device, steps, step) for step in product_steps]
     kernel_step_seconds = run_mean(kernels) if None not in kernels else None
+    data_kernel_seconds = kernel_seconds(device, steps, data_only)
 
     env = environment(device)
     precision = Precision(cfg.precision).value
@@ -206,6 +208,7 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
         "gflops_per_image": flops / 1e9, "achieved_tflops": achieved / 1e12,
         "mfu": achieved / peak if peak else None,
         "kernel_ms": 1000 * kernel_step_seconds if kernel_step_seconds is not None else None,
+        "data_kernel_ms": 1000 * data_kernel_seconds if data_kernel_seconds is not None else None,
     }
     if compare_reference:
         reference = reference_step(cfg, trainer)

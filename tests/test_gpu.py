@@ -216,6 +216,7 @@ def test_kernel_time_counts_each_kernel_once_and_the_benchmarks_report_it(full_c
     monkeypatch.setenv("SNGM_DATA", str(full_cifar_root))
     result = bench_train(compose_config([*TINY, "batch_size=256"]), steps=3, warmup=2, compare_reference=True)
     assert 0 < result["kernel_ms"] and 0 < result["reference_kernel_ms"]
+    assert 0 < result["data_kernel_ms"] < result["kernel_ms"]  # the data work is a part of the step's
 
 
 def test_checkpoint_loaded_onto_the_gpu_restores_its_rng_states(tmp_path):
