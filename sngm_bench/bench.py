@@ -38,7 +38,7 @@ from sngm_bench.errors import UserError
 from sngm_bench.models import build_model
 from sngm_bench.noise_scale import NoiseScale
 from sngm_bench.records import environment
-from sngm_bench.timing import kernel_seconds, median_seconds
+from sngm_bench.timing import kernel_seconds, median_seconds, milliseconds
 from sngm_bench.train import Trainer
 
 # Dense peak FLOP/s by precision (NVIDIA's data sheets, their figures "with sparsity" halved) of the
@@ -207,19 +207,17 @@ def bench_train(cfg: DictConfig, steps: int = 50, warmup: int = 10, compare_refe
         "peak_memory_gib": peak_memory / 2**30 if peak_memory is not None else None,
         "gflops_per_image": flops / 1e9, "achieved_tflops": achieved / 1e12,
         "mfu": achieved / peak if peak else None,
-        "kernel_ms": 1000 * kernel_step_seconds if kernel_step_seconds is not None else None,
-        "data_kernel_ms": 1000 * data_kernel_seconds if data_kernel_seconds is not None else None,
+        "kernel_ms": milliseconds(kernel_step_seconds),
+        "data_kernel_ms": milliseconds(data_kernel_seconds),
     }
     if compare_reference:
         reference = reference_step(cfg, trainer)
         for _ in range(warmup):
             reference()
         (reference_seconds,) = median_seconds(device, steps, reference)
-        reference_kernel_seconds = kernel_seconds(device, steps, reference)
         result["reference_images_per_second"] = cfg.batch_size / reference_seconds
         result["throughput_vs_reference"] = reference_seconds / step_seconds
-        result["reference_kernel_ms"] = (1000 * reference_kernel_seconds if reference_kernel_seconds is not None
-                                         else None)
+        result["reference_kernel_ms"] = milliseconds(kernel_seconds(device, steps, reference))
     result.update(device_name=env["device_name"], torch_version=env["torch_version"])
     procs.close()
     return result

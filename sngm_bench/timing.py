@@ -59,6 +59,11 @@ def median_seconds(device: torch.device, rounds: int, *fns: Callable[[], object]
     return [times.median for times in time_rounds(device, rounds, fns)]
 
 
+def milliseconds(seconds: float | None) -> float | None:
+    """`seconds` in milliseconds, or None where it was not measured (a kernel time on a CPU)."""
+    return 1000 * seconds if seconds is not None else None
+
+
 def kernel_seconds(device: torch.device, rounds: int, fn: Callable[[], object]) -> float | None:
     """The device's own time per call of `fn`: the durations of the kernels (and copies) it runs,
     summed over `rounds` calls by torch's profiler as its tables' "Self CUDA time total", divided

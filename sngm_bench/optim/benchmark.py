@@ -38,7 +38,7 @@ from torch import nn
 from sngm_bench.config import compose_config
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import build_optimizer
-from sngm_bench.timing import kernel_seconds, time_rounds
+from sngm_bench.timing import kernel_seconds, milliseconds, time_rounds
 
 PARAMETER_SETS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: torchvision.models.resnet50(),  # 25.6 M parameters in 161 tensors
@@ -136,7 +136,7 @@ def bench_optimizers(parameter_sets=tuple(PARAMETER_SETS), steps: int = 50, warm
                 "weight_decay": weight_decay, "optimizer": name, "median_ms": 1e3 * median,
                 **{f"vs_{base}": median / timed[base][1] for base in baselines}, "host_ms": 1e3 * host,
                 "warmup_ms": 1e3 * warmup_seconds,
-                "kernel_ms": 1e3 * kernel if kernel is not None else None,
+                "kernel_ms": milliseconds(kernel),
                 "kernel_vs_sgd_fused": kernel / fused_kernel if kernel is not None and fused_kernel else None,
             })
         del model, optimizers
