@@ -292,10 +292,11 @@ def run(cfg: DictConfig) -> None:
             # Every process stopped at the same step, and rank 0 is still writing the checkpoint and the
             # summary: a failed exit here would make torchrun stop rank 0 (SIGTERM) before it is done.
             return
-        _fail(str(err), err.exit_code)  # a sweep stops too: the user asked to stop, or time is up
+        _fail(str(err), err.exit_code, stopped=True)  # a sweep stops too: the user asked to stop, or time is up
     except KeyboardInterrupt as err:  # a stop signal before training began, or a second one during it
         _remove_if_stub(run_dir)
-        _fail(_stopped_at_once(run_dir), 128 + (err.signum if isinstance(err, StoppedAtOnce) else signal.SIGINT))
+        _fail(_stopped_at_once(run_dir), 128 + (err.signum if isinstance(err, StoppedAtOnce) else signal.SIGINT),
+              stopped=True)
     except UserError as err:
         if not in_sweep:
             _remove_if_stub(run_dir)
@@ -381,8 +382,9 @@ def run_overrides(overrides: list[str]) -> dict:
     return result
 
 
-def _fail(message: str, code: int = 2, lost_peer: bool = False) -> None:
-    """End the command with `message` as one line on stderr and exit code `code`. The processes
+def _fail(message: str, code: int = 2, lost_peer: bool = False, stopped: bool = False) -> None:
+    """End the command with `message` as one line on stderr and exit code `code`: an error, or where
+    the user or a deadline `stopped` the command (a message that says so), no error. The processes
     torchrun starts share one terminal and mostly end alike (same config, same data): rank 0 says
     it, and each leaves it in its error file, where torchrun's failure report reads it. That report
     is where the user sees an error only another process met, or one that another process ended
@@ -397,7 +399,7 @@ def _fail(message: str, code: int = 2, lost_peer: bool = False) -> None:
     if rank is not None and not lost_peer:
         _tell_torchrun(message)
     if not rank:
-        print(f"sngm-bench: error: {message}", file=sys.stderr)
+        print(f"sngm-bench: {message}" if stopped else f"sngm-bench: error: {message}", file=sys.stderr)
     raise _LostPeerExit(code) if lost_peer else SystemExit(code)
 
 
@@ -473,7 +475,7 @@ def _command() -> None:
         for folder in list(_created):  # takes a while, or Hydra setting a job up, before or between a sweep's runs
             _remove_if_stub(folder)
         _fail("stopped at once, before a run's training began; run the same command again to continue",
-              128 + (err.signum if isinstance(err, StoppedAtOnce) else signal.SIGINT))
+              128 + (err.signum if isinstance(err, StoppedAtOnce) else signal.SIGINT), stopped=True)
     if callbacks.failed_runs:
         _fail(f"{len(callbacks.failed_runs)} run(s) of the sweep failed; see summary.json in "
               f"{', '.join(callbacks.failed_runs)}")

@@ -318,7 +318,7 @@ def test_sigterm_to_the_whole_process_group_stops_a_run_with_workers_at_a_checkp
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert stderr.strip().splitlines() == [
-        f"sngm-bench: error: stopped by SIGTERM; checkpoint saved in {tmp_path / 'run'}, run the same command again "
+        f"sngm-bench: stopped by SIGTERM; checkpoint saved in {tmp_path / 'run'}, run the same command again "
         "to continue"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)

@@ -25,10 +25,13 @@ TINY = ["experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1", "
 FIRST_STEP = ["max_minutes=1e-6"]  # the deadline has passed when the first step ends: stop there
 
 
-def one_line_error(result, code=2) -> str:
+def one_line(result, code=2) -> str:
+    """The last line of stderr, which says why the command ended: an error (exit code 2), or a stop
+    (124 at the max_minutes deadline, 128 + N on signal N), which is no error."""
     assert result.returncode == code, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("sngm-bench: error: "), result.stderr[-3000:]
+    prefix = "sngm-bench: error: " if code == 2 else "sngm-bench: stopped "
+    assert lines and lines[-1].startswith(prefix), result.stderr[-3000:]
     assert "Traceback" not in result.stderr + result.stdout
     return lines[-1]
 
@@ -53,11 +56,11 @@ def cli(tmp_path, cifar_root):
 
 def test_a_rerun_with_another_training_config_is_refused_naming_every_difference(tmp_path, cli):
     run_dir = tmp_path / "run"
-    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
+    one_line(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
     hydra_files = {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")}
     interrupted = summary(run_dir)
 
-    error = one_line_error(cli("hydra.run.dir=run", "optimizer.lr=0.5", "seed=3"))
+    error = one_line(cli("hydra.run.dir=run", "optimizer.lr=0.5", "seed=3"))
     assert f"{run_dir} holds a run trained with optimizer.lr=0.1 (now 0.5), seed=0 (now 3); " \
            "add overwrite=true to train it again with the new config, or choose another folder" in error
     assert summary(run_dir) == interrupted  # the record still says how the run was trained
@@ -74,7 +77,7 @@ def test_a_rerun_with_another_training_config_is_refused_naming_every_difference
         shlex.join(["sngm-bench", "hydra.run.dir=run", *TINY, "log_every=2", "eval_batch_size=500"])
     assert set(finished["resumed_at"][0]) == {"epoch", "step", "command", "launch_command"}  # same hardware, code
 
-    longer = one_line_error(cli("hydra.run.dir=run", "epochs=2"))  # the schedule depends on the total
+    longer = one_line(cli("hydra.run.dir=run", "epochs=2"))  # the schedule depends on the total
     assert "holds a run trained with epochs=1 (now 2); add overwrite=true" in longer
     assert summary(run_dir) == finished
 
@@ -88,13 +91,13 @@ def test_a_run_is_not_continued_on_data_with_one_image_changed(tmp_path, cli, ci
 
     batch = cifar_copy(cifar_root, tmp_path / "data")
     args = ["hydra.run.dir=run", f"dataset.root={tmp_path / 'data'}", "dataset.verify_checksums=false"]
-    one_line_error(cli(*args, *FIRST_STEP), code=124)
+    one_line(cli(*args, *FIRST_STEP), code=124)
     run_dir = tmp_path / "run"
     interrupted = summary(run_dir)
     assert sorted(interrupted["data_fingerprint"]) == [*cifar10.TRAIN_FILES, *cifar10.TEST_FILES]
 
     change_one_image(batch)
-    error = one_line_error(cli(*args))
+    error = one_line(cli(*args))
     assert f"{run_dir} holds a run trained on other data: data_fingerprint.data_batch_1=" \
            f"'{interrupted['data_fingerprint']['data_batch_1']}' (now '" in error
     assert error.endswith("'); set dataset.root to the data it was trained on, or add overwrite=true to train it again")
@@ -115,7 +118,7 @@ def test_a_run_continued_on_another_number_of_processes_says_so_and_keeps_its_ru
     env = {"SNGM_DATA": str(cifar_root), "OMP_NUM_THREADS": "1"}
     args = [*TINY, "model.batch_norm=false"]
     assert run_cli([*args, "hydra.run.dir=straight"], cwd=tmp_path, env_extra=env).returncode == 0
-    one_line_error(run_cli([*args, "hydra.run.dir=run", *FIRST_STEP], cwd=tmp_path, env_extra=env), code=124)
+    one_line(run_cli([*args, "hydra.run.dir=run", *FIRST_STEP], cwd=tmp_path, env_extra=env), code=124)
     started = summary(tmp_path / "run")
     torchrun = [*TWO_PROCESSES, "-m", "sngm_bench", *args, "hydra.run.dir=run"]
     continued = run_command(torchrun, tmp_path, env)
@@ -131,8 +134,8 @@ def test_a_run_continued_on_another_number_of_processes_says_so_and_keeps_its_ru
 
 def test_an_unreadable_checkpoint_falls_back_to_the_previous_one_and_none_readable_is_one_line(tmp_path, cli):
     run_dir = tmp_path / "run"
-    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)  # checkpoint at step 1
-    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)  # step 2; step 1's is the previous one
+    one_line(cli("hydra.run.dir=run", *FIRST_STEP), code=124)  # checkpoint at step 1
+    one_line(cli("hydra.run.dir=run", *FIRST_STEP), code=124)  # step 2; step 1's is the previous one
     newest = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     previous = torch.load(run_dir / "checkpoint.prev.pt", weights_only=False)
     assert (newest["epoch"], newest["step"], previous["epoch"], previous["step"]) == (1, 2, 1, 1)
@@ -142,7 +145,7 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous_one_and_none_readab
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         with open(broken / name, "r+b") as f:
             f.truncate(1000)
-    error = one_line_error(cli("hydra.run.dir=broken"))
+    error = one_line(cli("hydra.run.dir=broken"))
     assert f"no readable checkpoint in {broken} (checkpoint.pt: " in error and "add overwrite=true" in error
 
     with open(run_dir / "checkpoint.pt", "r+b") as f:  # a write cut short
@@ -156,11 +159,11 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous_one_and_none_readab
 
 def test_a_checkpoint_that_does_not_fit_the_runs_model_is_one_line(tmp_path, cli):
     # A checkpoint copied in from another run (or left by a version whose model differs): it was a traceback.
-    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
-    one_line_error(cli("hydra.run.dir=wider", "model.width=8", *FIRST_STEP), code=124)
+    one_line(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
+    one_line(cli("hydra.run.dir=wider", "model.width=8", *FIRST_STEP), code=124)
     (tmp_path / "wider" / "checkpoint.pt").replace(tmp_path / "run" / "checkpoint.pt")
     interrupted = summary(tmp_path / "run")
-    error = one_line_error(cli("hydra.run.dir=run"))
+    error = one_line(cli("hydra.run.dir=run"))
     assert error.startswith(f"sngm-bench: error: the checkpoint in {tmp_path / 'run'} does not fit this run's model "
                             "(size mismatch for fc.weight: ")
     assert error.endswith("add overwrite=true to train the run again from the start")
@@ -168,17 +171,17 @@ def test_a_checkpoint_that_does_not_fit_the_runs_model_is_one_line(tmp_path, cli
 
 
 def test_a_run_whose_summary_was_deleted_is_refused_saying_so(tmp_path, cli):
-    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
+    one_line(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
     (tmp_path / "run" / "summary.json").unlink()  # by hand: it said "(an earlier sngm-bench)"
-    assert one_line_error(cli("hydra.run.dir=run")) == (
+    assert one_line(cli("hydra.run.dir=run")) == (
         f"sngm-bench: error: {tmp_path / 'run'} holds a run whose summary.json, which records its config, is missing "
         "or unreadable; add overwrite=true to train it again, or choose another folder")
 
 
 def test_a_summary_that_is_not_a_json_object_is_unreadable_to_the_rerun_and_the_report(tmp_path, cli, caplog):
-    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
+    one_line(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
     (tmp_path / "run" / "summary.json").write_text("[]\n")  # JSON, but no summary: another program's file
-    assert one_line_error(cli("hydra.run.dir=run")) == (
+    assert one_line(cli("hydra.run.dir=run")) == (
         f"sngm-bench: error: {tmp_path / 'run'} holds a run whose summary.json, which records its config, is missing "
         "or unreadable; add overwrite=true to train it again, or choose another folder")
     with pytest.raises(UserError, match="no readable sngm-bench run folders"):
@@ -188,11 +191,11 @@ def test_a_summary_that_is_not_a_json_object_is_unreadable_to_the_rerun_and_the_
 
 def test_a_summary_whose_config_is_no_json_object_is_refused_by_the_rerun_and_skipped_by_the_report(
         tmp_path, cli, caplog):
-    one_line_error(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
+    one_line(cli("hydra.run.dir=run", *FIRST_STEP), code=124)
     path = tmp_path / "run" / "summary.json"
     recorded = summary(tmp_path / "run")
     path.write_text(json.dumps({**recorded, "config": None}))  # by hand: it was a traceback
-    assert one_line_error(cli("hydra.run.dir=run")) == (
+    assert one_line(cli("hydra.run.dir=run")) == (
         f"sngm-bench: error: {tmp_path / 'run'} holds a run whose summary.json records a config that is no JSON "
         "object; add overwrite=true to train it again, or choose another folder")
     (tmp_path / "run" / ".hydra" / "config.yaml").unlink()  # the report reads the summary's config instead
@@ -223,7 +226,7 @@ runpy.run_module("sngm_bench", run_name="__main__")
 def test_a_signal_after_a_runs_last_step_completes_it_and_stops_the_sweep(tmp_path, cifar_root):
     result = run_command([sys.executable, "-c", SIGNAL_AFTER_LAST_STEP, "-m", *TINY, "seed=0,1"], tmp_path,
                          {"SNGM_DATA": str(cifar_root)})
-    assert "stopped by SIGTERM" in one_line_error(result, code=128 + signal.SIGTERM)
+    assert "stopped by SIGTERM" in one_line(result, code=128 + signal.SIGTERM)
     runs = [json.loads(p.read_text()) for p in (tmp_path / "multirun" / "smoke").glob("*/summary.json")]
     assert [(s["seed"], s["status"], s["epochs"]) for s in runs] == [(0, "completed", 1)]  # seed 1 never started
 
@@ -240,7 +243,7 @@ def test_a_deadline_mid_sweep_stops_it_and_the_rerun_trains_exactly_the_missing_
         return found
 
     before = runs()
-    error = one_line_error(cli("-m", "seed=0,1,2", *FIRST_STEP), code=124)
+    error = one_line(cli("-m", "seed=0,1,2", *FIRST_STEP), code=124)
     assert "stopped at the max_minutes deadline" in error
     stopped = runs()
     assert sorted(stopped) == [0, 1]  # the sweep stopped at the deadline: seed 2 never started
@@ -287,14 +290,14 @@ def test_out_of_memory_is_one_line_naming_the_micro_batch_and_a_sweep_goes_on(tm
                               capture_output=True, text=True, timeout=600,
                               env={**os.environ, "SNGM_DATA": str(cifar_root), "IMAGES_THAT_FIT": str(fits)})
 
-    error = one_line_error(run("hydra.run.dir=single"))
+    error = one_line(run("hydra.run.dir=single"))
     assert "out of GPU memory in a forward/backward pass of a micro-batch of 100 images" in error
     assert "set max_micro_batch_size=50 or a smaller micro_batch_size" in error
     assert summary(tmp_path / "single")["status"] == "failed"
     # A micro_batch_size that is set overrides max_micro_batch_size: the line names the setting that applies.
-    error = one_line_error(run("hydra.run.dir=set", "micro_batch_size=100"))
+    error = one_line(run("hydra.run.dir=set", "micro_batch_size=100"))
     assert error.endswith("; set micro_batch_size=50 (a divisor of each process's 100 images)")
-    error = one_line_error(run("hydra.run.dir=one", "micro_batch_size=1", fits=0))
+    error = one_line(run("hydra.run.dir=one", "micro_batch_size=1", fits=0))
     assert error.endswith("; not even one image fits: choose a smaller model, or precision=bf16")
 
     sweep = run("-m", "max_micro_batch_size=100,50")
@@ -327,7 +330,7 @@ main()
 @pytest.mark.parametrize("name", ["summary.json", "checkpoint.pt"])
 def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(tmp_path, cifar_root, name):
     run_dir = tmp_path / "run"
-    error = one_line_error(run_command([sys.executable, "-c", FULL_DISK_FOR.format(name=name), *TINY,
+    error = one_line(run_command([sys.executable, "-c", FULL_DISK_FOR.format(name=name), *TINY,
                                         "hydra.run.dir=run"], tmp_path, {"SNGM_DATA": str(cifar_root)}))
     assert f"cannot write {run_dir / name}: No space left on device" in error
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
@@ -340,23 +343,23 @@ def test_a_run_folder_that_cannot_be_created_is_one_line(tmp_path, cli):
     (tmp_path / "a_file").write_text("")
     for args, what in [(["hydra.run.dir=a_file/run"], "run"), (["-m", "hydra.sweep.dir=a_file/sweep"], "sweep"),
                        (["hydra.run.dir=/proc/sngm/run"], "run")]:
-        error = one_line_error(cli(*args))
+        error = one_line(cli(*args))
         assert f"cannot create the {what} folder " in error and f"choose another (hydra.{what}.dir=...)" in error
 
 
 def test_an_existing_run_folder_nothing_can_be_written_in_is_one_line(cli, read_only_folder):
     for args, what in [([f"hydra.run.dir={read_only_folder}"], "run"),
                        (["-m", f"hydra.sweep.dir={read_only_folder}"], "sweep")]:
-        error = one_line_error(cli(*args))
+        error = one_line(cli(*args))
         assert f"cannot write in the {what} folder " in error and f"choose another (hydra.{what}.dir=...)" in error
 
 
 def test_an_error_before_training_leaves_no_folder_but_never_removes_an_earlier_one(tmp_path, cli):
     for bad in (["optimizer.lr=-1"], ["dataset.root=nowhere"], ["batch_size=5000"]):
-        one_line_error(cli(*bad))
+        one_line(cli(*bad))
         assert not (tmp_path / "outputs").exists(), bad
     (tmp_path / "mine").mkdir()
-    one_line_error(cli("hydra.run.dir=mine", "optimizer.lr=-1"))
+    one_line(cli("hydra.run.dir=mine", "optimizer.lr=-1"))
     assert (tmp_path / "mine").is_dir()  # it was there before the command
 
 
@@ -393,12 +396,12 @@ def test_a_start_that_does_not_train_leaves_the_record_of_the_one_that_did(tmp_p
     assert cli("hydra.run.dir=run").returncode == 0
     hydra_files = {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")}
     with FolderLock(run_dir):  # as a live run holds it
-        assert "another process is training in" in one_line_error(cli("hydra.run.dir=run", "batch_size=50"))
+        assert "another process is training in" in one_line(cli("hydra.run.dir=run", "batch_size=50"))
     assert {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")} == hydra_files
-    assert "exceeds the 400 training images" in one_line_error(cli("hydra.run.dir=run", "batch_size=800",
+    assert "exceeds the 400 training images" in one_line(cli("hydra.run.dir=run", "batch_size=800",
                                                                    "overwrite=true"))
     assert {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")} == hydra_files
-    assert "optimizer.lr=-1.0 must be positive" in one_line_error(cli("hydra.run.dir=run", "optimizer.lr=-1"))
+    assert "optimizer.lr=-1.0 must be positive" in one_line(cli("hydra.run.dir=run", "optimizer.lr=-1"))
     assert {p.name: p.read_text() for p in (run_dir / ".hydra").glob("*.yaml")} == hydra_files
     assert collect_runs([tmp_path])["batch_size"].tolist() == [100]  # the batch size it trained with
 

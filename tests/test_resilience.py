@@ -306,7 +306,7 @@ def test_a_signal_leaves_status_interrupted_with_the_signal_and_the_step(tmp_pat
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 128 + signum, stderr
     (run_dir,) = runs.iterdir()
-    assert stderr.strip().splitlines()[-1] == f"sngm-bench: error: stopped by {signal.Signals(signum).name}; " \
+    assert stderr.strip().splitlines()[-1] == f"sngm-bench: stopped by {signal.Signals(signum).name}; " \
         f"checkpoint saved in {run_dir}, run the same command again to continue", stderr
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -343,7 +343,7 @@ def test_a_second_signal_records_where_the_saved_checkpoint_continues(signum, tm
     two_signals_in_step_6 = cli_with_signals("train_step", call=6, signals=2, signum=signum)
     result = run_command([sys.executable, "-c", two_signals_in_step_6, *tiny], tmp_path, {"SNGM_DATA": str(cifar_root)})
     assert result.returncode == 128 + signum, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "sngm-bench: error: stopped at once, without a new checkpoint; " \
+    assert result.stderr.strip().splitlines()[-1] == "sngm-bench: stopped at once, without a new checkpoint; " \
         f"run the same command again to continue from the last one in {tmp_path / 'run'}", result.stderr
     assert "Traceback" not in result.stderr
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
@@ -390,12 +390,12 @@ def test_a_stop_signal_while_loading_the_data_is_one_line_and_leaves_no_run_fold
     result = run_command([sys.executable, "-c", script, *TINY, "hydra.run.dir=runs/run"], tmp_path,
                          {"SNGM_DATA": str(cifar_root)})
     assert result.returncode == 128 + signum, result.stderr
-    assert result.stderr.strip().splitlines() == ["sngm-bench: error: stopped at once, before the run's first "
+    assert result.stderr.strip().splitlines() == ["sngm-bench: stopped at once, before the run's first "
                                                   "checkpoint; run the same command again to start it"], result.stderr
     assert not (tmp_path / "runs").exists()  # a stub would be reported as an interrupted run
 
 
-STOPPED_OUTSIDE_A_JOB = ("sngm-bench: error: stopped at once, before a run's training began; run the same command "
+STOPPED_OUTSIDE_A_JOB = ("sngm-bench: stopped at once, before a run's training began; run the same command "
                          "again to continue")
 
 

@@ -151,7 +151,7 @@ def test_two_processes_resumed_record_the_noise_scale_of_the_uninterrupted_run(t
             assert (result.returncode != 0) == bool(extra), result.stderr[-3000:]
             # Both processes stop at the deadline; rank 0 alone says so, and alone exits as stopped: had
             # rank 1 failed too, torchrun would have stopped rank 0 while it wrote the checkpoint.
-            assert result.stderr.count("sngm-bench: error: stopped at the max_minutes deadline") == len(extra)
+            assert result.stderr.count("sngm-bench: stopped at the max_minutes deadline") == len(extra)
             assert "rank      : 1" not in result.stderr, result.stderr[-3000:]
         (run_dir,) = (tmp_path / name / "outputs" / "smoke").iterdir()
         with open(run_dir / "metrics.csv") as f:
