@@ -295,8 +295,7 @@ def run(cfg: DictConfig) -> None:
         _fail(str(err), err.exit_code, stopped=True)  # a sweep stops too: the user asked to stop, or time is up
     except KeyboardInterrupt as err:  # a stop signal before training began, or a second one during it
         _remove_if_stub(run_dir)
-        _fail(_stopped_at_once(run_dir), 128 + (err.signum if isinstance(err, StoppedAtOnce) else signal.SIGINT),
-              stopped=True)
+        _end_stopped_at_once(_stopped_at_once(run_dir), err)
     except UserError as err:
         if not in_sweep:
             _remove_if_stub(run_dir)
@@ -403,6 +402,11 @@ def _fail(message: str, code: int = 2, lost_peer: bool = False, stopped: bool = 
     raise _LostPeerExit(code) if lost_peer else SystemExit(code)
 
 
+def _end_stopped_at_once(message: str, err: KeyboardInterrupt) -> None:
+    """End a command stopped at once with `message` and its signal's exit code (Ctrl-C: SIGINT's)."""
+    _fail(message, 128 + (err.signum if isinstance(err, StoppedAtOnce) else signal.SIGINT), stopped=True)
+
+
 class _LostPeerExit(SystemExit):
     """The exit of a process whose peer ended first. It keeps Python's teardown, which takes long
     enough that torchrun notices the peer's end first (every 0.1 s) and names the peer in its report."""
@@ -474,8 +478,8 @@ def _command() -> None:
     except KeyboardInterrupt as err:  # outside a job (`run` handles its own): checking a sweep's runs, which
         for folder in list(_created):  # takes a while, or Hydra setting a job up, before or between a sweep's runs
             _remove_if_stub(folder)
-        _fail("stopped at once, before a run's training began; run the same command again to continue",
-              128 + (err.signum if isinstance(err, StoppedAtOnce) else signal.SIGINT), stopped=True)
+        _end_stopped_at_once("stopped at once, before a run's training began; run the same command again to "
+                             "continue", err)
     if callbacks.failed_runs:
         _fail(f"{len(callbacks.failed_runs)} run(s) of the sweep failed; see summary.json in "
               f"{', '.join(callbacks.failed_runs)}")
