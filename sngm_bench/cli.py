@@ -124,17 +124,21 @@ def _composition_error(err: Exception, overrides: list[str]) -> UserError:
     return UserError(_first_line(err))
 
 
-def sweep_combinations(overrides: list[str]) -> list[list[str]]:
+def sweep_combinations(overrides: list[str], composed: dict | None = None) -> list[list[str]]:
     """The overrides of each run that `sngm-bench -m OVERRIDES` launches, expanded as Hydra's basic
     sweeper does: the grid of the config's `hydra.sweeper.params` (set by a `+sweep=NAME` preset),
-    where a command-line value of the same key wins. Call it inside `initialize_config_module`."""
+    where a command-line value of the same key wins. Call it inside `initialize_config_module`.
+    `composed` receives the config it composes, keyed by its overrides (those that sweep nothing),
+    for a caller that composes each run next: a single run's is then composed once."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     try:
-        params = compose("config", overrides=fixed, return_hydra_config=True).hydra.sweeper.params or {}
+        config = compose("config", overrides=fixed, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, UserWarning) as err:
         raise _composition_error(err, fixed) from None
-    return grid.expand(params, overrides)
+    if composed is not None:
+        composed[tuple(fixed)] = config
+    return grid.expand(config.hydra.sweeper.params or {}, overrides)
 
 
 def _parse_error(err: OverrideParseException, overrides: list[str]) -> UserError:
@@ -172,7 +176,8 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
         raise UserError(f"{sweeps[0]} is a sweep: add -m (--multirun) to run every combination")
     with warnings.catch_warnings(), initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         warnings.filterwarnings("error", SEARCHPATH_MISSING)  # Hydra only warns, then finds none of its configs
-        combinations = sweep_combinations(overrides)
+        composed = {}
+        combinations = sweep_combinations(overrides, composed)
         if not multirun:
             if len(combinations) > 1:
                 raise UserError("the config sweeps a grid (hydra.sweeper.params, e.g. of a +sweep preset): "
@@ -183,7 +188,8 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
         for combination in tqdm(combinations, desc="checking the sweep's runs", unit="run", leave=False,
                                 dynamic_ncols=True, disable=None if len(combinations) > 1 else True):
             try:
-                config = compose("config", overrides=combination, return_hydra_config=True)
+                config = composed.get(tuple(combination)) or compose("config", overrides=combination,
+                                                                     return_hydra_config=True)
                 if outside := keys_outside_schema(config):  # added by `+key=...`
                     raise UserError(_unknown_key_message(outside[0], combination))
                 optimizer_settings(config.optimizer)  # a `_target_` class and its arguments, before any run starts
