@@ -169,26 +169,33 @@ def warn_of_other_data(runs: pd.DataFrame) -> None:
 
 
 def label_settings(runs: pd.DataFrame) -> pd.DataFrame:
-    """Replaces the runs' `setting` dicts by two labels. `series`: the optimizer, plus `key=value` for
-    each key of the setting that differs between runs of that optimizer (an optimizer's own keys, like
-    its scaling rule, set apart nothing across optimizers). `protocol`: `key=value` for each key
-    outside `optimizer.*` that differs between all the runs ('' when they share one protocol)."""
+    """Replaces the runs' `setting` dicts by two labels. `protocol`: `key=value` for each key outside
+    `optimizer.*` that differs between all the runs ('' when they share one protocol). `series`: the
+    optimizer, plus `key=value` for each key of the protocol and each key of the setting that differs
+    between runs of that optimizer (an optimizer's own keys, like its scaling rule, set apart nothing
+    across optimizers), so that rows trained under different protocols never share a bare name."""
     optimizers = runs["optimizer"].map(str)
+    protocols = runs["setting"].map(lambda setting: {k: v for k, v in setting.items() if not k.startswith("optimizer.")})
+    across = varying_keys(protocols)
     series = optimizers.copy()
     for _, group in runs.groupby(optimizers):
-        series[group.index] += differing(group["setting"]).map(lambda text: f" {text}" if text else "")
-    protocols = runs["setting"].map(lambda setting: {k: v for k, v in setting.items() if not k.startswith("optimizer.")})
-    return runs.drop(columns="setting").assign(series=series, protocol=differing(protocols))
+        keys = sorted(set(varying_keys(group["setting"])) | set(across))
+        series[group.index] += group["setting"].map(lambda setting: f" {labelled(setting, keys)}" if keys else "")
+    return runs.drop(columns="setting").assign(series=series, protocol=protocols.map(lambda p: labelled(p, across)))
 
 
-def differing(settings: pd.Series) -> pd.Series:
-    """Per dict of `settings`, 'key=value key=value' of the keys whose values are not the same in all."""
+def varying_keys(settings: pd.Series) -> list[str]:
+    """The keys of the dicts `settings` whose values are not the same in all, sorted."""
     def text(value):
         return json.dumps(value, sort_keys=True, default=str)
 
     keys = sorted({key for setting in settings for key in setting})
-    varying = [key for key in keys if len({text(setting.get(key)) for setting in settings}) > 1]
-    return settings.map(lambda setting: " ".join(f"{key}={setting.get(key)}" for key in varying))
+    return [key for key in keys if len({text(setting.get(key)) for setting in settings}) > 1]
+
+
+def labelled(setting: dict, keys: list[str]) -> str:
+    """'key=value key=value' of `setting` for `keys`."""
+    return " ".join(f"{key}={setting.get(key)}" for key in keys)
 
 
 def read_metrics(run: pd.Series) -> pd.DataFrame | None:

@@ -409,6 +409,17 @@ def test_runs_that_differ_in_any_trained_setting_are_not_pooled_as_seeds(tmp_pat
     assert found[0] == "not supported" and found[3] == "supported", text
 
 
+def test_optimizers_trained_under_different_protocols_never_share_a_bare_row_name(tmp_path):
+    # Each optimizer alone has one setting, but the two differ in warmup: their rows say so, in the
+    # table as in claims.md's two protocol sections, rather than reading as a like-for-like pair.
+    for lr in (0.05, 0.1):
+        make_run(tmp_path, "sngm", 4096, seeds(80.0), "global", lr=lr, warmup_epochs=5)
+        make_run(tmp_path, "msgd", 4096, seeds(75.0), lr=lr, warmup_epochs=0)
+    runs = report.collect_runs([tmp_path])
+    assert sorted(runs["series"].unique()) == ["msgd schedule.warmup_epochs=0", "sngm schedule.warmup_epochs=5"]
+    assert sorted(runs["protocol"].unique()) == ["schedule.warmup_epochs=0", "schedule.warmup_epochs=5"]
+
+
 def test_tiny_sweep_report_holds_claims_and_steps_to_target(tmp_path, cifar_root, caplog):
     result = run_cli(["-m", "experiment=smoke", "model.width=4", "dataset.subset=400", "epochs=1",
                       "batch_size=100,200", "optimizer=sngm,msgd", "noise_scale_every=1",
