@@ -259,6 +259,19 @@ def test_the_default_target_is_the_highest_whole_percent_every_cell_reached():
             assert figures.default_target(epochs) == target, correct
 
 
+def test_time_to_target_runs_at_each_runs_median_speed_not_charged_with_a_first_epochs_start_up():
+    # Run a compiled the model in its first epoch (20 s, then 1 s per epoch of 10 steps); run b never
+    # gets there. Summed, a would take 21 s to its target at epoch 2; at its median speed, 2 s.
+    epochs = pd.DataFrame({"run_dir": ["a"] * 3 + ["b"] * 2, "series": ["sngm"] * 3 + ["msgd"] * 2,
+                           "batch_size": 128, "epoch": [3, 1, 2, 1, 2], "step": [30, 10, 20, 10, 20],
+                           "train_seconds": [22.0, 20.0, 21.0, 2.0, 4.0], "test_acc": [0.6, 0.1, 0.5, 0.1, 0.2],
+                           "noise_scale": float("nan")})
+    times = figures.time_to_target(epochs, 0.5).set_index("run_dir")
+    assert (times.loc["a", "epoch"], times.loc["a", "step"]) == (2, 20)
+    assert times.loc["a", "train_seconds"] == pytest.approx(2.0)
+    assert times.loc["b", ["epoch", "step", "train_seconds"]].isna().all()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--target-acc", "30"], "argument --target-acc: 30 is not an accuracy between 0 and 1; for 30 % write 0.3"),
     (["--steps", "0"], "argument --steps: 0 is not a positive number of optimizer steps"),
