@@ -66,18 +66,18 @@ def micro_batch_size(cfg: DictConfig, local_batch: int, world_size: int) -> int:
 
 def carried_totals(saved: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """This process's part of an interrupted epoch's sums (loss, correct, non-finite), saved one row
-    per process: its own row when as many processes continue the epoch. Otherwise rank 0 takes them
-    all, the loss sum scaled to the new number of processes (it adds one mean per process and step;
-    the counts do not scale). An older checkpoint's single sum goes to rank 0 as it is."""
+    per process: its own row when as many processes continue the epoch. Otherwise each process takes
+    an equal share of them all, the loss sum first scaled to the new number of processes (it adds
+    one mean per process and step; the counts do not scale): so their sum is right at the epoch's
+    end, and rank 0's running means, on the progress bar and in the logger, are right meanwhile. An
+    older checkpoint's single sum goes to rank 0 as it is."""
     if saved.dim() == 2 and len(saved) == world_size:
         return saved[rank]
-    if rank > 0:
-        return torch.zeros(saved.shape[-1], dtype=saved.dtype)
     if saved.dim() == 1:
-        return saved
+        return saved if rank == 0 else torch.zeros_like(saved)
     sums = saved.sum(0)
     sums[0] *= world_size / len(saved)
-    return sums
+    return sums / world_size
 
 
 def train_step(forward, optimizer, x, y, micro_batch_size: int, autocast, no_sync=nullcontext, probe=None):

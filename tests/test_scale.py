@@ -166,9 +166,12 @@ def test_an_interrupted_epochs_sums_carry_over_to_any_number_of_processes():
     saved = torch.tensor([[6.0, 70.0, 0.0], [9.0, 80.0, 1.0]], dtype=torch.float64)
     assert [carried_totals(saved, rank, 2).tolist() for rank in (0, 1)] == saved.tolist()
     # The epoch's mean loss divides by steps x processes: 4 processes must add 4 means per step.
-    assert carried_totals(saved, 0, 4).tolist() == [30.0, 150.0, 1.0]
+    assert sum(carried_totals(saved, rank, 4) for rank in range(4)).tolist() == [30.0, 150.0, 1.0]
     assert carried_totals(saved, 0, 1).tolist() == [7.5, 150.0, 1.0]
-    assert carried_totals(saved, 3, 4).tolist() == [0.0, 0.0, 0.0]
+    # Rank 0's running means over the 3 carried steps are the two processes' (loss 15 / 6, accuracy
+    # 150 of 3 steps x 100 images): it divides by its own share of the batch, a quarter of 100.
+    loss, correct, nonfinite = carried_totals(saved, 0, 4).tolist()
+    assert (loss / 3, correct / (3 * 25), nonfinite > 0) == (2.5, 0.5, True)
     older = saved.sum(0)  # a checkpoint from before the rows: the sum over as many processes as now
     assert carried_totals(older, 0, 2).tolist() == [15.0, 150.0, 1.0]
     assert carried_totals(older, 1, 2).tolist() == [0.0, 0.0, 0.0]
