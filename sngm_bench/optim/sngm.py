@@ -49,7 +49,7 @@ class SNGM(CompilableOptimizer):
       normalized direction, w_{t+1} = w_t - lr \cdot u_{t+1} - lr \cdot weight\_decay \cdot w_t.
     - `norm="layer"`: each tensor's g_t is divided by its own norm instead of the global one.
 
-    `eps` only floors the norm so that an all-zero gradient leaves u unchanged instead of
+    `eps` only floors the norm, so that an all-zero gradient adds nothing to u instead of
     producing NaN. No host synchronization: the norm stays a device tensor.
 
     With the global norm, the last two lines are momentum SGD on g_t with its gradient divided by
