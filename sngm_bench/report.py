@@ -382,13 +382,18 @@ def code_versions(runs: pd.DataFrame) -> str:
 
 
 def provenance(runs: pd.DataFrame) -> str:
-    """Where the runs' numbers come from, read from their records: protocol, seeds, LR grid, hardware, code."""
+    """Where the runs' numbers come from, read from their records: protocol (and data that is not the
+    official release, which compares with, but does not equal, published numbers), seeds, LR grid,
+    hardware, code."""
     subset = ""
     if runs["subset"].notna().any():  # runs without one trained on the full set: said, not dropped with the NaN
         subset = (f" (the full training set and {distinct(runs, 'subset')}-image training subsets)"
                   if runs["subset"].isna().any() else f" ({distinct(runs, 'subset')}-image training subset)")
     if runs["holdout_images"].any():
         subset += f" ({distinct(runs, 'holdout_images')} training images held out)"
+    if copies := int(runs.get("data_official", pd.Series(dtype=object)).eq(False).sum()):
+        runs_on = "" if copies == len(runs) else f" for {copies} of the {len(runs)} runs"
+        subset += f" (not the official release's files{runs_on}: data_official in summary.json)"
     protocol = (f"{distinct(runs, 'dataset')}{subset}, {distinct(runs, 'model')} width {distinct(runs, 'width')}, "
                 f"{distinct(runs, 'epochs_planned')} epochs, {distinct(runs, 'schedule')} decay after "
                 f"{distinct(runs, 'warmup_epochs')} warmup epochs, {distinct(runs, 'precision')}")

@@ -193,6 +193,7 @@ class Trainer:
             "train_images": len(self.data.train),
             "test_images": len(self.data.test),
             "data_fingerprint": self.data.fingerprint,
+            "data_official": self.data.official,
             "holdout_images": len(self.data.holdout) if self.data.holdout is not None else 0,
             "parameters": sum(p.numel() for p in model.parameters()),
             "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True, enum_to_str=True),

@@ -392,6 +392,17 @@ def test_a_caption_of_runs_with_and_without_a_subset_names_both(tmp_path):
     assert "cifar10 (7680-image training subset), resnet20" in report.provenance(report.collect_runs([tmp_path]))
 
 
+def test_a_caption_says_when_runs_trained_on_files_that_are_not_the_official_release(tmp_path):
+    make_run(tmp_path, "sngm", 4096, seeds(85.0), "global")
+    make_run(tmp_path, "msgd", 4096, seeds(84.0))
+    assert "official" not in report.provenance(report.collect_runs([tmp_path]))  # not recorded: nothing said
+    for number, summary_file in enumerate(sorted(tmp_path.glob("*/summary.json"))):
+        summary = json.loads(summary_file.read_text())
+        summary_file.write_text(json.dumps({**summary, "data_official": number >= 2}))
+    note = "(not the official release's files for 2 of the 6 runs: data_official in summary.json)"
+    assert f"cifar10 {note}, resnet20" in report.provenance(report.collect_runs([tmp_path]))
+
+
 def test_runs_that_differ_in_any_trained_setting_are_not_pooled_as_seeds(tmp_path):
     # The same grid at two warmups: two protocols, each judged alone, and four table rows, not two with 6 seeds.
     for warmup, (sngm_means, msgd_mean) in {0: ({0.1: 80.0, 0.2: 70.0}, 85.0), 5: ({0.1: 80.0, 0.2: 88.0}, 85.0)}.items():

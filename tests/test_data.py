@@ -116,6 +116,18 @@ def test_missing_folder_and_offline_download_fail_clearly(tmp_path, monkeypatch)
         cifar10.load(tmp_path, download_missing=True)
 
 
+def test_files_are_official_only_when_the_checksums_they_passed_are_the_official_ones(tmp_path):
+    folder = tmp_path / cifar10.FOLDER
+    folder.mkdir()
+    assert cifar10.is_official(tmp_path, verified=True) is True  # no listing: checked against the official list
+    listing = "".join(f"{digest}  {name}\n" for name, digest in cifar10.OFFICIAL_MD5.items())
+    (folder / "md5sums.txt").write_text(listing)
+    assert cifar10.is_official(tmp_path, verified=True) is True
+    (folder / "md5sums.txt").write_text(listing.replace(cifar10.OFFICIAL_MD5["data_batch_2"], "0" * 32))
+    assert cifar10.is_official(tmp_path, verified=True) is False  # a rebuilt copy's own list
+    assert cifar10.is_official(tmp_path, verified=False) is None
+
+
 def test_official_checksums_apply_without_a_listing(full_cifar_root, tmp_path):
     assert cifar10.expected_md5(tmp_path) == cifar10.OFFICIAL_MD5
     assert cifar10.expected_md5(full_cifar_root / cifar10.FOLDER)["test_batch"] != cifar10.OFFICIAL_MD5["test_batch"]

@@ -40,6 +40,7 @@ def test_tiny_run_learns_and_records_everything(tmp_path, cifar_root):
     assert summary["best_test_acc"] == metrics["test_acc"].max()
     assert summary["final_test_acc"] > 0.22  # chance is 0.10 on the class-balanced test images (conftest)
     assert summary["train_images"] == 4000 and summary["holdout_images"] == 0
+    assert summary["data_official"] is False  # conftest's test file is cut, with a checksum list of its own
     assert summary["test_images"] == 10 * TEST_IMAGES_PER_CLASS
     # The run's rate is its images over its training seconds, not the mean of its epochs' rates.
     images_per_epoch = summary["steps_per_epoch"] * 100

@@ -52,6 +52,16 @@ def expected_md5(folder: Path) -> dict[str, str]:
     return sums
 
 
+def is_official(root: str | Path, verified: bool) -> bool | None:
+    """Whether the files under `root` that `load` read are the official release: true when the
+    checksums they passed are the official ones, false when they are another list's (an
+    `md5sums.txt` beside a rebuilt or altered copy), None when they were not checked."""
+    if not verified:
+        return None
+    sums = expected_md5(Path(root).expanduser().absolute() / FOLDER)
+    return all(sums.get(name) == OFFICIAL_MD5[name] for name in (*TRAIN_FILES, *TEST_FILES))
+
+
 def file_digest(path: Path, algorithm: str) -> str:
     """The hex digest of a file's bytes by hashlib's `algorithm`, read in 4 MiB chunks (Python 3.10
     lacks hashlib.file_digest): its md5 checked here, its fingerprint (`sngm_bench.data.fingerprint`)."""
