@@ -30,6 +30,6 @@ if args.threads:
     torch.set_num_threads(args.threads)
 
 rows = bench_optimizers(args.sets, args.steps, args.warmup, args.weight_decay, args.device, args.compile)
-print(format_table(rows))
-if args.csv:
+if args.csv:  # first: the measurements are kept whatever printing them meets
     write_csv(rows, args.csv)
+print(format_table(rows))

@@ -543,3 +543,16 @@ def test_step_benchmark_times_every_optimizer_against_sgd():
     assert all(0 < r["host_ms"] <= r["median_ms"] for r in rows)  # returning precedes the device's end
     assert all(r["kernel_ms"] is None and r["kernel_vs_sgd_fused"] is None for r in rows)  # a CPU runs no kernels
     assert rows[0]["parameters"] == sum(p.numel() for p in CifarResNet(20).parameters()) and rows[0]["torch"]
+
+
+def test_a_kernel_time_the_profiler_missed_prints_as_n_a():
+    # On a GPU whose profiler records no kernels, fused SGD's kernel time is 0 and every ratio to it None.
+    from sngm_bench.optim.benchmark import format_table
+
+    row = {"device": "GPU", "torch": "2", "steps": 3, "parameter_set": "resnet20", "parameters": 272474,
+           "tensors": 59, "weight_decay": 0.0, "optimizer": "sngm", "median_ms": 0.36, "vs_sgd_fused": 2.24,
+           "host_ms": 0.35, "warmup_ms": 20.0, "kernel_ms": 0.0, "kernel_vs_sgd_fused": None}
+    measured = format_table([{**row, "kernel_vs_sgd_fused": 1.25}]).splitlines()[-1]
+    missed = format_table([row]).splitlines()[-1]
+    assert measured.split()[-2:] == ["0.000", "1.25x"] and missed.split()[-2:] == ["0.000", "n/a"]
+    assert len(missed) == len(measured)

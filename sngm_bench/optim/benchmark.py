@@ -144,6 +144,11 @@ def bench_optimizers(parameter_sets=tuple(PARAMETER_SETS), steps: int = 50, warm
 
 
 def format_table(rows: list[dict]) -> str:
+    """The rows as a text table; a kernel time the profiler did not record (no CUDA activity seen,
+    e.g. without CUPTI) shows as n/a."""
+    def number(value, width: int, digits: int, unit: str = "") -> str:
+        return f"{'n/a':>{width}}" if value is None else f"{value:>{width - len(unit)}.{digits}f}{unit}"
+
     ratios = [key for key in rows[0] if key.startswith("vs_")]
     kernels = rows[0]["kernel_ms"] is not None  # on a GPU
     lines = [f"device: {rows[0]['device']}   torch {rows[0]['torch']}   weight_decay {rows[0]['weight_decay']}   "
@@ -155,7 +160,8 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{where:<24}{row['optimizer']:<15}{row['median_ms']:>9.3f}"
                      + "".join(f"{row[key]:>15.2f}x" for key in ratios) + f"{row['host_ms']:>10.3f}"
                      + f"{row['warmup_ms']:>12.0f}"
-                     + (f"{row['kernel_ms']:>11.3f}{row['kernel_vs_sgd_fused']:>16.2f}x" if kernels else ""))
+                     + (number(row["kernel_ms"], 11, 3) + number(row["kernel_vs_sgd_fused"], 17, 2, "x")
+                        if kernels else ""))
     return "\n".join(lines)
 
 
