@@ -41,7 +41,7 @@ from tqdm import tqdm
 from sngm_bench import callbacks, checkpoint, grid, invocation, run_folder, stop
 from sngm_bench.config import CONFIG_MODULE, check_values, keys_outside_schema, optimizer_settings
 from sngm_bench.errors import Interrupted, LostPeer, StoppedAtOnce, UserError
-from sngm_bench.identity import flatten
+from sngm_bench.identity import flatten, training_config
 
 log = logging.getLogger("sngm_bench")
 _created: dict[Path, Path] = {}  # run folder this command creates -> the deepest folder that existed before
@@ -164,9 +164,11 @@ def _parse_error(err: OverrideParseException, overrides: list[str]) -> UserError
     return UserError(f"cannot parse the override {bad}: {_first_line(err)}")
 
 
-def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
-    """Compose every combination the overrides describe; raise UserError on the first that fails.
-    Returns the run folder (the sweep folders with -m) they will write to."""
+def check_overrides(overrides: list[str], multirun: bool, printing: bool = False) -> Path:
+    """Compose every combination the overrides describe, and resolve it as its run will; raise
+    UserError on the first that fails, on runs that would share a folder and on a folder name no
+    file system takes. Returns the run folder (the sweep folder with -m) they will write to.
+    `printing` (--cfg): one config is printed, a sweep preset's grid is not run."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as err:
@@ -179,11 +181,13 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
         composed = {}
         combinations = sweep_combinations(overrides, composed)
         if not multirun:
-            if len(combinations) > 1:
+            if len(combinations) > 1 and not printing:
                 raise UserError("the config sweeps a grid (hydra.sweeper.params, e.g. of a +sweep preset): "
                                 "add -m (--multirun) to run it")
             combinations = [overrides]
-        folders = set()
+        if not combinations:
+            raise UserError(f"the sweep {' '.join(overrides)} has no runs: a range or a glob(...) that gives no value")
+        folders, runs = set(), {}  # sweep (or run) folders; run folder -> (what it trains, its overrides)
         # Hydra composes a few runs a second: a grid of a hundred takes a while, shown on a terminal.
         for combination in tqdm(combinations, desc="checking the sweep's runs", unit="run", leave=False,
                                 dynamic_ncols=True, disable=None if len(combinations) > 1 else True):
@@ -199,13 +203,37 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[Path]:
                                     "PATH: run the sweep on a SLURM login node (hydra/launcher=submitit_local "
                                     "runs it here)")
                 HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the folder names
-                folders.add(os.path.abspath(config.hydra.sweep.dir if multirun else config.hydra.run.dir))
+                # Resolved as the run resolves it: an unset ${oc.env:...} fails here, not in the run.
+                trained = json.dumps(training_config(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])),
+                                     sort_keys=True, default=str)
+                sweep = config.hydra.sweep
+                run_dir = Path(os.path.abspath(Path(sweep.dir, sweep.subdir) if multirun else config.hydra.run.dir))
+                _check_folder_name(run_dir)
+                folder = Path(os.path.abspath(sweep.dir)) if multirun else run_dir
             except (HydraException, OmegaConfBaseException, UserWarning, UserError) as err:
                 error = err if isinstance(err, UserError) else _composition_error(err, combination)
                 if len(combinations) > 1:
                     error = UserError(f"{error} (in the sweep combination {' '.join(combination)})")
                 raise error from None
-    return [Path(folder) for folder in sorted(folders)]
+            if run_dir in runs and runs[run_dir][0] != trained:
+                raise UserError(f"the sweep combinations {' '.join(runs[run_dir][1])} and {' '.join(combination)} "
+                                f"train differently but share the run folder {run_dir} (experiment, sweep, name "
+                                "and untrained keys stay out of folder names): sweep them in separate commands")
+            runs[run_dir] = (trained, combination)
+            folders.add(folder)
+    if len(folders) > 1:  # the sweep's lists of started and failed runs are kept in one sweep folder
+        raise UserError(f"the sweep's runs would go to {len(folders)} sweep folders "
+                        f"({', '.join(map(str, sorted(folders)))}), one per experiment or name: run one sweep for each")
+    return folders.pop()
+
+
+def _check_folder_name(folder: Path) -> None:
+    """A UserError for a folder with a name longer than file systems allow (255 bytes): many
+    overrides make a long one, and creating it would fail with a traceback."""
+    if long := next((part for part in folder.parts if len(os.fsencode(part)) > 255), None):
+        raise UserError(f"the run folder name {long[:60]}... is {len(os.fsencode(long))} bytes, more than a file "
+                        "system allows (255): name the folder yourself with hydra.run.dir=... (with -m, "
+                        "hydra.sweep.subdir=...)")
 
 
 def _make_output_folder(folder: Path, multirun: bool) -> None:
@@ -369,7 +397,7 @@ def run_overrides(overrides: list[str]) -> dict:
     if flag := next((override for override in overrides if override.startswith("-")), None):
         raise UserError(f"{flag} is a flag of the sngm-bench command, not an override: a sweep runs on the command "
                         f"line (sngm-bench -m ...), sngm_bench.run trains one run")
-    (folder,) = check_overrides(overrides, multirun=False)
+    folder = check_overrides(overrides, multirun=False)
     _make_output_folder(folder, multirun=False)
 
     def job(cfg: DictConfig):  # a UserError comes back as the job's value: Hydra would print its own line
@@ -501,16 +529,15 @@ def _check_and_run(args) -> None:
             if args.multirun and int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 raise UserError("torchrun starts one run; a sweep (-m) launches its runs itself "
                                 "(hydra/launcher=slurm for multi-GPU jobs)")
-            folders = check_overrides(args.overrides, args.multirun)
+            folder = check_overrides(args.overrides, args.multirun, printing=bool(args.cfg))
             if not args.cfg and int(os.environ.get("RANK", "0")) == 0:
-                for folder in folders:
-                    _make_output_folder(folder, args.multirun)
-                    if args.multirun:  # a second sweep there would share its lists of started and failed runs
-                        sweep_locks.enter_context(run_folder.FolderLock(
-                            folder, "another sweep is running in {folder}; wait for it, or give this one its own "
-                            "hydra.sweep.dir"))
+                _make_output_folder(folder, args.multirun)
+                if args.multirun:  # a second sweep there would share its lists of started and failed runs
+                    sweep_locks.enter_context(run_folder.FolderLock(
+                        folder, "another sweep is running in {folder}; wait for it, or give this one its own "
+                        "hydra.sweep.dir"))
             elif not args.cfg and invocation.torchrun_rank():
-                _wait_for_rank_0(folders[0])
+                _wait_for_rank_0(folder)
         except UserError as err:
             _fail(str(err))
     if int(os.environ.get("RANK", "0")) > 0:

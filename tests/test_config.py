@@ -104,6 +104,18 @@ def test_data_root_defaults_to_env(monkeypatch):
     (["-m", "sweep=smoke"], True, "add it with +sweep=smoke"),  # a preset is added, not overridden
     (["hydra.searchpath=[file://no_such_folder]", "optimizer=myadam"], False,
      "hydra.searchpath: no config folder no_such_folder (a relative path is read from the working directory, "),
+    # Resolved before any run starts, as the run resolves it: else a traceback in the run.
+    (["dataset.root=${oc.env:SNGM_NO_SUCH_VARIABLE}"], False,
+     "bad value for 'dataset.root': KeyError raised while resolving interpolation: \"Environment variable "
+     "'SNGM_NO_SUCH_VARIABLE' not found\""),
+    # Every experiment (and name) has its sweep folder, where the sweep keeps its lists of started and failed runs.
+    (["-m", "optimizer=glob(zzz*)"], True, "the sweep optimizer=glob(zzz*) has no runs: a range or a glob(...) "),
+    (["-m", "experiment=smoke,paper_cifar10"], True, "the sweep's runs would go to 2 sweep folders ("),
+    # In one folder, experiments that share their other overrides would share run folders.
+    (["-m", "hydra.sweep.dir=gathered", "experiment=smoke,paper_cifar10"], True,
+     "train differently but share the run folder "),
+    (["schedule.decay=step", f"schedule.milestones=[{','.join(f'{i / 1000:.3f}' for i in range(1, 60))}]"], False,
+     "bytes, more than a file system allows (255): name the folder yourself with hydra.run.dir=..."),
 ])
 def test_bad_overrides_name_key_and_allowed_values(overrides, multirun, expected):
     overrides = [o for o in overrides if o != "-m"]
@@ -118,6 +130,7 @@ def test_bad_overrides_name_key_and_allowed_values(overrides, multirun, expected
 def test_good_sweep_passes():
     check_overrides(["optimizer=sngm,msgd", "batch_size=128,1024", "seed=range(2)"], multirun=True)
     check_overrides(["+sweep=smoke"], multirun=True)
+    check_overrides(["+sweep=smoke"], multirun=False, printing=True)  # --cfg job: a preset's config, printed
     check_overrides(["optimizer=adamw", "+optimizer.amsgrad=true"], multirun=False)  # a `_target_` class's argument
 
 
