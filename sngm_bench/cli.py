@@ -34,7 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from tqdm import tqdm
 
@@ -189,8 +189,9 @@ def check_overrides(overrides: list[str], multirun: bool, printing: bool = False
             raise UserError(f"the sweep {' '.join(overrides)} has no runs: a range or a glob(...) that gives no value")
         folders, runs = set(), {}  # sweep (or run) folders; run folder -> (what it trains, its overrides)
         # Hydra composes a few runs a second: a grid of a hundred takes a while, shown on a terminal.
-        for combination in tqdm(combinations, desc="checking the sweep's runs", unit="run", leave=False,
-                                dynamic_ncols=True, disable=None if len(combinations) > 1 else True):
+        for number, combination in enumerate(tqdm(combinations, desc="checking the sweep's runs", unit="run",
+                                                  leave=False, dynamic_ncols=True,
+                                                  disable=None if len(combinations) > 1 else True)):
             try:
                 config = composed.get(tuple(combination)) or compose("config", overrides=combination,
                                                                      return_hydra_config=True)
@@ -202,6 +203,8 @@ def check_overrides(overrides: list[str], multirun: bool, printing: bool = False
                     raise UserError("hydra/launcher=slurm submits jobs with sbatch, which is not on this machine's "
                                     "PATH: run the sweep on a SLURM login node (hydra/launcher=submitit_local "
                                     "runs it here)")
+                with open_dict(config):  # as the basic launcher numbers its jobs, for ${hydra.job.num} in names
+                    config.hydra.job.num = config.hydra.job.id = number
                 HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the folder names
                 # Resolved as the run resolves it: an unset ${oc.env:...} fails here, not in the run.
                 trained = json.dumps(training_config(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])),
@@ -215,7 +218,10 @@ def check_overrides(overrides: list[str], multirun: bool, printing: bool = False
                 if len(combinations) > 1:
                     error = UserError(f"{error} (in the sweep combination {' '.join(combination)})")
                 raise error from None
-            if run_dir in runs and runs[run_dir][0] != trained:
+            # Named by the overrides (the default hydra.sweep.subdir), runs that differ in keys left out of
+            # folder names share one; a subdir of the user's own (${now:...}, ${hydra.job.num}) is left to the user.
+            named_by_overrides = "override_dirname" in str(OmegaConf.to_container(config.hydra.sweep)["subdir"])
+            if named_by_overrides and run_dir in runs and runs[run_dir][0] != trained:
                 raise UserError(f"the sweep combinations {' '.join(runs[run_dir][1])} and {' '.join(combination)} "
                                 f"train differently but share the run folder {run_dir} (experiment, sweep, name "
                                 "and untrained keys stay out of folder names): sweep them in separate commands")

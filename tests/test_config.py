@@ -131,6 +131,8 @@ def test_good_sweep_passes():
     check_overrides(["optimizer=sngm,msgd", "batch_size=128,1024", "seed=range(2)"], multirun=True)
     check_overrides(["+sweep=smoke"], multirun=True)
     check_overrides(["+sweep=smoke"], multirun=False, printing=True)  # --cfg job: a preset's config, printed
+    for subdir in ("${hydra.job.num}", "${hydra.job.id}", "at_${now:%H%M%S}"):  # folders named by the user's own scheme
+        check_overrides([f"hydra.sweep.subdir={subdir}", "seed=0,1"], multirun=True)
     check_overrides(["optimizer=adamw", "+optimizer.amsgrad=true"], multirun=False)  # a `_target_` class's argument
 
 
