@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from sngm_bench.report import COMPLETED, grid_edge_sides
+from sngm_bench.report import COMPLETED, grid_edge_sides, status_counts
 
 CONFIDENCE = 0.95
 # The report columns that describe a protocol in its section's title, followed by the report's
@@ -162,10 +162,12 @@ class Cell:
     mean: float  # theirs, points: the accuracy table's number (report.aggregate), so both round it alike
     run_dirs: list[str]
     grid_edge: str = ""  # "smallest" or "largest" when the LR is that end of several tried, "only", else ""
+    not_completed: str = ""  # the seeds at this LR that did not complete, by status ("diverged 1")
 
     def __str__(self) -> str:
         edge = {"": "", "only": ", one LR"}.get(self.grid_edge, ", grid edge")
-        return f"{self.series} {self.mean:.2f} (n={len(self.accs)}{edge})"
+        lost = f", {self.not_completed}" if self.not_completed else ""
+        return f"{self.series} {self.mean:.2f} (n={len(self.accs)}{lost}{edge})"
 
 
 # Which optimizer a Cell (or a run row, which has the same attributes) is.
@@ -182,15 +184,18 @@ def is_msgd(cell) -> bool:
 
 
 def selected_cells(runs: pd.DataFrame, cells: pd.DataFrame) -> list[Cell]:
-    """A Cell per (series, batch size) with completed runs at its selected LR."""
+    """A Cell per (series, batch size) with completed runs at its selected LR; the seeds there that
+    did not complete (diverged, failed) are counted with it, since its mean leaves them out."""
     keys = ["series", "batch_size", "lr", "lr_factor"]  # the selected LR is optimizer.lr x lr_factor
     tried = (cells["lr"] * cells["lr_factor"]).groupby([cells["series"], cells["batch_size"]]).transform("nunique")
     edges = grid_edge_sides(cells).where(tried > 1, "only")
     chosen = cells.assign(edge=edges).loc[cells["selected"], [*keys, "edge", "mean_final_test_acc"]]
-    done = runs[runs["status"] == COMPLETED].merge(chosen, on=keys)
+    at_lr = runs.merge(chosen, on=keys)
+    lost = at_lr.groupby(["series", "batch_size"])["status"].agg(status_counts)
+    done = at_lr[at_lr["status"] == COMPLETED]
     return [Cell(series, first["optimizer"], first["norm"], int(batch_size), float(first["lr"] * first["lr_factor"]),
                  [100 * acc for acc in group["final_test_acc"]], 100 * first["mean_final_test_acc"],
-                 list(group["run_dir"]), first["edge"])
+                 list(group["run_dir"]), first["edge"], lost[series, batch_size])
             for (series, batch_size), group in done.groupby(["series", "batch_size"])
             for first in [group.iloc[0]]]
 

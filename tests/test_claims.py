@@ -101,6 +101,17 @@ def test_a_mean_reads_the_same_in_claims_as_in_the_table(tmp_path):
     assert f"| 512 | sngm {shown} (n=2, one LR) |" in text, (table, text)
 
 
+def test_a_cell_says_how_many_seeds_at_its_lr_did_not_complete(tmp_path):
+    # Its mean is over the seeds that completed: the seed that diverged must show beside it.
+    make_run(tmp_path, "sngm", 512, [33.46, 33.83, 50.0], "global")
+    make_run(tmp_path, "msgd", 512, [31.81, 32.80])
+    (tmp_path / "sngm-global-512-lr0.1-warmup5-2" / "summary.json").write_text(json.dumps({"status": "diverged"}))
+    runs = report.collect_runs([tmp_path])
+    text = claims.verdict(runs, report.aggregate(runs), "final_test_acc")
+    assert "| 512 | sngm 33.65 (n=2, diverged 1, one LR) |" in text, text
+    assert "msgd 32.30 (n=2, one LR)" in text, text
+
+
 def test_the_table_caption_counts_one_run_as_one_run(tmp_path):
     make_run(tmp_path, "sngm", 512, [33.5], "global")
     runs = report.collect_runs([tmp_path])
