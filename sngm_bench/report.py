@@ -367,6 +367,15 @@ def distinct(runs: pd.DataFrame, column: str) -> str:
     return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(values)) or "?"
 
 
+def factors_by_batch(runs: pd.DataFrame) -> str:
+    """The `lr_factor`s the runs tried: one list where every batch size tried the same, else one per
+    batch size ('0.5, 1 at batch 4096 and 0.5 at batch 8192')."""
+    grids = {batch_size: distinct(group, "lr_factor") for batch_size, group in runs.groupby("batch_size")}
+    if len(set(grids.values())) == 1:
+        return next(iter(grids.values()))
+    return " and ".join(f"{grid} at batch {batch_size}" for batch_size, grid in grids.items())
+
+
 def code_versions(runs: pd.DataFrame) -> str:
     """The commits the runs were trained from, sorted; one whose working tree differed from it says so,
     with the hash of that difference its records give (runs of one commit with other changes
@@ -399,7 +408,7 @@ def provenance(runs: pd.DataFrame) -> str:
                 f"{distinct(runs, 'warmup_epochs')} warmup epochs, {distinct(runs, 'precision')}")
     grids = "; ".join(
         f"{optimizer} lr {distinct(group, 'lr')} at batch {distinct(group, 'base_batch_size')}, scaled "
-        f"{distinct(group, 'scaling')}, x lr_factor {distinct(group, 'lr_factor')}"
+        f"{distinct(group, 'scaling')}, x lr_factor {factors_by_batch(group)}"
         for optimizer, group in runs.groupby("series"))
     hardware = (f"{distinct(runs, 'device_name')} x {distinct(runs, 'world_size')} process(es), "
                 f"torch {distinct(runs, 'torch_version')}")

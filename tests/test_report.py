@@ -259,6 +259,12 @@ def test_the_default_target_is_the_highest_whole_percent_every_cell_reached():
             assert figures.default_target(epochs) == target, correct
 
 
+def test_the_caption_gives_each_batch_sizes_lr_grid_where_they_differ():
+    runs = pd.DataFrame({"batch_size": [4096] * 3 + [8192] * 2, "lr_factor": [0.5, 1.0, 2.0, 0.5, 1.0]})
+    assert report.factors_by_batch(runs) == "0.5, 1, 2 at batch 4096 and 0.5, 1 at batch 8192"
+    assert report.factors_by_batch(runs.assign(lr_factor=1.0)) == "1"
+
+
 def test_time_to_target_runs_at_each_runs_median_speed_not_charged_with_a_first_epochs_start_up():
     # Run a compiled the model in its first epoch (20 s, then 1 s per epoch of 10 steps); run b never
     # gets there. Summed, a would take 21 s to its target at epoch 2; at its median speed, 2 s.
