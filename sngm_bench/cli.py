@@ -203,25 +203,16 @@ def check_overrides(overrides: list[str], multirun: bool, printing: bool = False
                     raise UserError("hydra/launcher=slurm submits jobs with sbatch, which is not on this machine's "
                                     "PATH: run the sweep on a SLURM login node (hydra/launcher=submitit_local "
                                     "runs it here)")
-                with open_dict(config):  # as the basic launcher numbers its jobs, for ${hydra.job.num} in names
-                    config.hydra.job.num = config.hydra.job.id = number
-                HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the folder names
+                run_dir, folder = _folders(config, multirun, number)
                 # Resolved as the run resolves it: an unset ${oc.env:...} fails here, not in the run.
                 trained = json.dumps(training_config(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])),
                                      sort_keys=True, default=str)
-                sweep = config.hydra.sweep
-                run_dir = Path(os.path.abspath(Path(sweep.dir, sweep.subdir) if multirun else config.hydra.run.dir))
-                _check_folder_name(run_dir)
-                folder = Path(os.path.abspath(sweep.dir)) if multirun else run_dir
             except (HydraException, OmegaConfBaseException, UserWarning, UserError) as err:
                 error = err if isinstance(err, UserError) else _composition_error(err, combination)
                 if len(combinations) > 1:
                     error = UserError(f"{error} (in the sweep combination {' '.join(combination)})")
                 raise error from None
-            # Named by the overrides (the default hydra.sweep.subdir), runs that differ in keys left out of
-            # folder names share one; a subdir of the user's own (${now:...}, ${hydra.job.num}) is left to the user.
-            named_by_overrides = "override_dirname" in str(OmegaConf.to_container(config.hydra.sweep)["subdir"])
-            if named_by_overrides and run_dir in runs and runs[run_dir][0] != trained:
+            if run_dir in runs and runs[run_dir][0] != trained and _named_by_overrides(config):
                 raise UserError(f"the sweep combinations {' '.join(runs[run_dir][1])} and {' '.join(combination)} "
                                 f"train differently but share the run folder {run_dir} (experiment, sweep, name "
                                 "and untrained keys stay out of folder names): sweep them in separate commands")
@@ -233,13 +224,27 @@ def check_overrides(overrides: list[str], multirun: bool, printing: bool = False
     return folders.pop()
 
 
-def _check_folder_name(folder: Path) -> None:
-    """A UserError for a folder with a name longer than file systems allow (255 bytes): many
-    overrides make a long one, and creating it would fail with a traceback."""
-    if long := next((part for part in folder.parts if len(os.fsencode(part)) > 255), None):
+def _folders(config: DictConfig, multirun: bool, number: int) -> tuple[Path, Path]:
+    """The run folder of the composed `config`, job `number` of its sweep, and the folder the command
+    creates for it (the sweep folder with -m); a UserError for a name longer than file systems allow
+    (255 bytes): many overrides make a long one, and creating it would fail with a traceback."""
+    with open_dict(config):  # as the basic launcher numbers its jobs, for ${hydra.job.num} in names
+        config.hydra.job.num = config.hydra.job.id = number
+    HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the folder names
+    sweep = config.hydra.sweep
+    run_dir = Path(os.path.abspath(Path(sweep.dir, sweep.subdir) if multirun else config.hydra.run.dir))
+    if long := next((part for part in run_dir.parts if len(os.fsencode(part)) > 255), None):
         raise UserError(f"the run folder name {long[:60]}... is {len(os.fsencode(long))} bytes, more than a file "
                         "system allows (255): name the folder yourself with hydra.run.dir=... (with -m, "
                         "hydra.sweep.subdir=...)")
+    return run_dir, Path(os.path.abspath(sweep.dir)) if multirun else run_dir
+
+
+def _named_by_overrides(config: DictConfig) -> bool:
+    """Whether run folders are named by the overrides (the default hydra.sweep.subdir), where runs that
+    differ only in keys left out of names share one; a subdir of the user's own (${now:...},
+    ${hydra.job.num}) is left to the user."""
+    return "override_dirname" in str(OmegaConf.to_container(config.hydra.sweep)["subdir"])
 
 
 def _make_output_folder(folder: Path, multirun: bool) -> None:

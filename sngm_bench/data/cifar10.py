@@ -52,13 +52,18 @@ def expected_md5(folder: Path) -> dict[str, str]:
     return sums
 
 
+def batches_folder(root: str | Path) -> Path:
+    """The `cifar-10-batches-py` folder under `dataset.root` (`~` expanded, made absolute)."""
+    return Path(root).expanduser().absolute() / FOLDER
+
+
 def is_official(root: str | Path, verified: bool) -> bool | None:
     """Whether the files under `root` that `load` read are the official release: true when the
     checksums they passed are the official ones, false when they are another list's (an
     `md5sums.txt` beside a rebuilt or altered copy), None when they were not checked."""
     if not verified:
         return None
-    sums = expected_md5(Path(root).expanduser().absolute() / FOLDER)
+    sums = expected_md5(batches_folder(root))
     return all(sums.get(name) == OFFICIAL_MD5[name] for name in (*TRAIN_FILES, *TEST_FILES))
 
 
@@ -118,8 +123,7 @@ def _read_batches(folder: Path, names: list[str], sums: dict[str, str], verify: 
 
 def load(root: str | Path, download_missing: bool = False, verify: bool = True):
     """Return (train_images, train_labels, test_images, test_labels): uint8 NCHW and int64 tensors."""
-    root = Path(root).expanduser().absolute()
-    folder = root / FOLDER
+    root, folder = Path(root).expanduser().absolute(), batches_folder(root)
     if not folder.is_dir():
         if not download_missing:
             raise UserError(

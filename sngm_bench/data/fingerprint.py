@@ -19,7 +19,7 @@ from sngm_bench.data import cifar10
 
 def cifar10_fingerprint(root: str) -> dict[str, str]:
     """{batch file name: hex digest} of CIFAR-10 under `dataset.root`, whose files have been found."""
-    folder = Path(root).expanduser().absolute() / cifar10.FOLDER
+    folder = cifar10.batches_folder(root)
     return {name: cifar10.file_digest(folder / name, "sha256")[:16]
             for name in (*cifar10.TRAIN_FILES, *cifar10.TEST_FILES)}
 
