@@ -8,10 +8,12 @@
 # $WORK/multirun/$NAME; its order puts batch sizes outermost and the LRs before the optimizers, so
 # a cut-off sweep still pairs SNGM and MSGD at every LR it reached, the middle of the grid first.
 #
-# Each sweep stops itself 30 s before BUDGET_S (default 240 s; max_minutes, a shared deadline): the
-# run in progress checkpoints and the rest wait; SIGTERM at BUDGET_S is the fallback. Into OUT_DIR (at most 7 files): summary.md, log.txt, table.md, .csv and .tex
-# (sngm-bench-report), runs.tar.gz (every run folder without its checkpoint, for results/) and,
-# when a run was cut off, checkpoints.tar.gz (its checkpoint). CONTINUE_FROM=DIR (a folder holding
+# Each sweep stops itself 40 s before BUDGET_S (default 240 s; max_minutes, a shared deadline): the
+# run in progress checkpoints and the rest wait; SIGTERM 20 s before BUDGET_S is the fallback, and
+# SIGKILL at BUDGET_S ends a sweep whatever it does. The packing then ends by BUDGET_S + 40 s. Into
+# OUT_DIR (at most 7 files): summary.md, log.txt, runs.tar.gz (every run folder without its
+# checkpoint, for results/), when a run was cut off checkpoints.tar.gz (its checkpoint), and
+# table.md, .csv and .tex (sngm-bench-report). CONTINUE_FROM=DIR (a folder holding
 # those two archives from an earlier call) unpacks them first, so the same command trains only
 # what is missing, on this machine or a fresh one.
 #
@@ -68,29 +70,33 @@ if [ -n "${CONTINUE_FROM:-}" ]; then
     done
 fi
 
-# The time box: each sweep's max_minutes deadline is 30 s before the budget's end, and SIGTERM at the
-# limit stops it the way a preemption does (TIMEOUT below): the run in progress then finishes its step
-# (or its evaluation) and checkpoints, within KILL_AFTER_S. A grid the budget no longer covers is skipped.
+# The time box: each sweep's max_minutes deadline is 40 s before the budget's end. The fallback is
+# SIGTERM 20 s before the end, which stops a sweep the way a preemption does (TIMEOUT below): the
+# run in progress finishes its step (or its evaluation) and checkpoints. SIGKILL comes at the end.
+# So every sweep is over by the budget's end, and the packing after it ends 40 s later, runs.tar.gz
+# first: a device call limited to bootstrap + BUDGET_S + 60 s brings it back however the sweeps
+# ended. A grid the budget no longer covers is skipped.
+STEPS_END_S=$(( START_S + BUDGET_S - 20 ))
 for i in "${!GRID_LIST[@]}"; do
     LEFT_S=$(( START_S + BUDGET_S - $(date +%s) ))
-    SWEEP="-m experiment=paper_cifar10 name=$NAME epochs=$EPOCHS max_minutes=$(awk "BEGIN { print ($LEFT_S - 30) / 60 }") ${GRID_LIST[$i]} $(extra_for "${GRID_LIST[$i]}")"
+    SWEEP="-m experiment=paper_cifar10 name=$NAME epochs=$EPOCHS max_minutes=$(awk "BEGIN { print ($LEFT_S - 40) / 60 }") ${GRID_LIST[$i]} $(extra_for "${GRID_LIST[$i]}")"
     note "Sweep $((i + 1)) of ${#GRID_LIST[@]} (short protocol: paper_cifar10 at $EPOCHS epochs, not the paper's 200): \`sngm-bench $SWEEP\`"
     if [ "$LEFT_S" -lt 60 ]; then
         ROWS+=("| sweep $((i + 1)) | skipped: budget spent | 0 | $LEFT_S | \`sngm-bench $SWEEP\` |")
         FAILED=1
         continue
     fi
-    KILL_AFTER_S=60 step "sweep $((i + 1)) (time-boxed)" "$LEFT_S" bash -c "cd '$WORK' && '$PY' -m sngm_bench $SWEEP"
+    KILL_AFTER_S=20 step "sweep $((i + 1)) (time-boxed)" "$LEFT_S" bash -c "cd '$WORK' && '$PY' -m sngm_bench $SWEEP"
 done
-STEPS_END_S=$(( $(date +%s) + 60 ))  # the packing steps run after the time box, in 60 s of their own
-REPORT="from sngm_bench.report import main; main()"
-step "report" 40 bash -c "cd '$WORK' && '$PY' -c '$REPORT' multirun/$NAME --out report && cp report/table.* '$OUT/'"
+STEPS_END_S=$(( START_S + BUDGET_S + 40 ))  # the packing, after the time box; each step also has its own limit
 # Not for results/: checkpoints, locks, logs, and what a run killed mid-write left (.NAME.tmp, records.temporary_path).
 step "archive runs" 20 tar -czf "$OUT/runs.tar.gz" -C "$WORK" --exclude=checkpoint.pt --exclude=checkpoint.prev.pt --exclude=.lock --exclude=train.log --exclude=.started_runs.txt --exclude='.*.tmp' "multirun/$NAME"
-UNFINISHED=$(cd "$WORK" && "$PY" "$ROOT/scripts/gpu_report.py" unfinished "multirun/$NAME")
+UNFINISHED=$(cd "$WORK" && timeout 20 "$PY" "$ROOT/scripts/gpu_report.py" unfinished "multirun/$NAME")
 if [ -n "$UNFINISHED" ]; then
     step "archive checkpoints of unfinished runs" 20 tar -czf "$OUT/checkpoints.tar.gz" -C "$WORK" $UNFINISHED
 fi
+REPORT="from sngm_bench.report import main; main()"
+step "report" 40 bash -c "cd '$WORK' && '$PY' -c '$REPORT' multirun/$NAME --out report && cp report/table.* '$OUT/'"
 [ -f "$OUT/table.md" ] && note "$(cat "$OUT/table.md")"
 echo "GPU campaign done in $(( $(date +%s) - START_S )) s; see $OUT/summary.md"
 cat "$OUT/summary.md"

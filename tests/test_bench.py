@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 import types
 from pathlib import Path
 
@@ -257,8 +258,8 @@ def test_a_campaign_grid_that_sets_a_fixed_setting_overrides_it(tmp_path):
 
 
 def test_a_campaigns_summary_states_the_budget_it_was_given(tmp_path):
-    # PY=false: the sweep and the report fail at once. The packing steps after the time box get 60 s
-    # of their own; summary.md still states the time box.
+    # PY=false: the sweep and the report fail at once. The packing steps after the time box run until
+    # 40 s after it; summary.md still states the time box.
     env = {"PY": "false", "BUDGET_S": "100", "GRIDS": "optimizer=msgd lr_factor=0.5"}
     run_command(["bash", ROOT / "scripts" / "gpu_campaign.sh", tmp_path / "out", "--dry-run"], tmp_path, env, timeout=60)
     assert "; mode: dry-run; budget 100 s, used " in (tmp_path / "out" / "summary.md").read_text()
@@ -280,6 +281,30 @@ def test_a_campaigns_runs_archive_leaves_out_what_a_run_killed_mid_write_left(tm
     with tarfile.open(tmp_path / "out" / "runs.tar.gz") as archive:
         names = {Path(name).name for name in archive.getnames()}
     assert names == {"cifar10_short_2ep", "0", "summary.json", "metrics.csv"}
+
+
+def test_a_campaign_sweep_that_ignores_sigterm_still_leaves_its_runs_within_the_budget(tmp_path):
+    # The device call's limit is bootstrap + BUDGET_S + 60 s: the campaign must end by BUDGET_S + 40 s
+    # with runs.tar.gz even when a sweep misses its deadline and ignores SIGTERM (a stand-in for Python
+    # that writes a run folder, then waits until it is killed). 65 s: the least budget a sweep starts with.
+    (tmp_path / "python").write_text("""#!/bin/bash
+case $1 in
+    -) exit 0 ;;
+    -m) mkdir -p multirun/cifar10_short_2ep/0 && echo '{}' > multirun/cifar10_short_2ep/0/summary.json
+        trap '' TERM; while :; do sleep 1; done ;;
+    *) exit 1 ;;
+esac
+""")
+    (tmp_path / "python").chmod(0o755)
+    env = {**os.environ, "PY": str(tmp_path / "python"), "BUDGET_S": "65"}
+    begin = time.monotonic()
+    done = subprocess.run(["bash", ROOT / "scripts" / "gpu_campaign.sh", tmp_path / "out", "--dry-run"], cwd=ROOT,
+                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert time.monotonic() - begin < 65 + 40, done.stdout[-3000:]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| sweep 1 (time-boxed) | TIMEOUT |" in summary and "| archive runs | ok |" in summary, summary
+    with tarfile.open(tmp_path / "out" / "runs.tar.gz") as archive:
+        assert "multirun/cifar10_short_2ep/0/summary.json" in archive.getnames()
 
 
 # A stand-in for Python: the probes before the steps end at once (environment() succeeds, `-c "import xdist"`
