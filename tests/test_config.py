@@ -34,26 +34,38 @@ def compose_all(combinations):
             yield overrides, cfg
 
 
-def test_every_group_combination_composes_and_resolves():
+def every_pair(groups: list[str]) -> list[list[str]]:
+    """Overrides choosing one option of each group such that every two options of two groups meet in
+    some combination (a covering array, built greedily): a clash between two groups' options, an
+    interpolation one makes into a key the other lacks, shows up in a few dozen composes where the
+    full product takes hundreds (Hydra composes a few a second)."""
+    choices = [[f"{group}={option}" for option in options(group)] for group in groups]
+    pairs = lambda combination: set(itertools.combinations(combination, 2))  # noqa: E731
+    product = [list(combination) for combination in itertools.product(*choices)]
+    uncovered = set().union(*map(pairs, product))
+    chosen = []
+    while uncovered:
+        best = max(product, key=lambda combination: len(pairs(combination) & uncovered))
+        chosen.append(best)
+        uncovered -= pairs(best)
+    return chosen
+
+
+def test_every_two_group_options_compose_and_resolve_together():
     groups = ["dataset", "model", "optimizer", "schedule"]
-    combinations = [[f"{g}={c}" for g, c in zip(groups, choice)]
-                     for choice in itertools.product(*(options(g) for g in groups))]
-    count = 0
+    combinations = every_pair(groups)
+    assert len(combinations) < 2 * len(options("model")) * len(options("optimizer"))  # far fewer than the product
     variants = {"sngm_layer": "sngm"}  # option -> the optimizer it configures
     for overrides, cfg in compose_all(combinations):
         dataset, optimizer, schedule = (o.split("=")[1] for o in (overrides[0], overrides[2], overrides[3]))
         assert [cfg.dataset.name, cfg.optimizer.name, cfg.schedule.decay.value] == [
             dataset, variants.get(optimizer, optimizer), schedule]
         assert cfg.optimizer.lr > 0 and cfg.batch_size > 0 and cfg.epochs > 0
-        count += 1
-    assert count == 2 * 6 * len(options("optimizer")) * 4
 
 
-def test_every_experiment_composes_with_every_optimizer_and_schedule():
+def test_every_experiment_composes_with_every_optimizer_and_every_schedule():
     # An experiment pins its model; the other groups stay free.
-    combinations = [[f"experiment={e}", f"optimizer={o}", f"schedule={s}"]
-                    for e in options("experiment") for o in options("optimizer") for s in options("schedule")]
-    names = {cfg.name for _, cfg in compose_all(combinations)}
+    names = {cfg.name for _, cfg in compose_all(every_pair(["experiment", "optimizer", "schedule"]))}
     assert names == set(options("experiment"))
 
 
