@@ -11,7 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# pytest-xdist runs one test process per core (at most 4). Each of them, and every training process a
+# test starts, gets its share of the cores as threads: torch's default, a thread per core in every
+# process, puts several threads on each core, and OpenMP's threads spin while they wait for each
+# other. Two tiny runs side by side on 2 cores took 10.2-12.4 s with one thread each, 12.8-17.4 s
+# and once 50.4 s with two.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+import numpy as np  # noqa: E402 (after the thread count, which numpy reads as it is imported)
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
