@@ -8,7 +8,7 @@
 # $WORK/multirun/$NAME; its order puts batch sizes outermost and the LRs before the optimizers, so
 # a cut-off sweep still pairs SNGM and MSGD at every LR it reached, the middle of the grid first.
 #
-# Each sweep stops itself 40 s before BUDGET_S (default 240 s; max_minutes, a shared deadline): the
+# Each sweep stops itself 50 s before BUDGET_S (default 240 s; max_minutes, a shared deadline): the
 # run in progress checkpoints and the rest wait; SIGTERM 20 s before BUDGET_S is the fallback, and
 # SIGKILL at BUDGET_S ends a sweep whatever it does. The packing then ends by BUDGET_S + 40 s. Into
 # OUT_DIR (at most 7 files): summary.md, log.txt, runs.tar.gz (every run folder without its
@@ -70,16 +70,16 @@ if [ -n "${CONTINUE_FROM:-}" ]; then
     done
 fi
 
-# The time box: each sweep's max_minutes deadline is 40 s before the budget's end. The fallback is
-# SIGTERM 20 s before the end, which stops a sweep the way a preemption does (TIMEOUT below): the
-# run in progress finishes its step (or its evaluation) and checkpoints. SIGKILL comes at the end.
-# So every sweep is over by the budget's end, and the packing after it ends 40 s later, runs.tar.gz
-# first: a device call limited to bootstrap + BUDGET_S + 60 s brings it back however the sweeps
-# ended. A grid the budget no longer covers is skipped.
+# The time box: each sweep's max_minutes deadline is 50 s before the budget's end, and the sweep ends
+# there: the run in progress finishes its step (or its evaluation) and checkpoints. The fallback is
+# SIGTERM 30 s later, which stops a sweep the way a preemption does (TIMEOUT below), then SIGKILL at
+# the end. So every sweep is over by the budget's end, and the packing after it ends 40 s later,
+# runs.tar.gz first: a device call limited to bootstrap + BUDGET_S + 60 s brings it back however the
+# sweeps ended. A grid the budget no longer covers is skipped.
 STEPS_END_S=$(( START_S + BUDGET_S - 20 ))
 for i in "${!GRID_LIST[@]}"; do
     LEFT_S=$(( START_S + BUDGET_S - $(date +%s) ))
-    SWEEP="-m experiment=paper_cifar10 name=$NAME epochs=$EPOCHS max_minutes=$(awk "BEGIN { print ($LEFT_S - 40) / 60 }") ${GRID_LIST[$i]} $(extra_for "${GRID_LIST[$i]}")"
+    SWEEP="-m experiment=paper_cifar10 name=$NAME epochs=$EPOCHS max_minutes=$(awk "BEGIN { print ($LEFT_S - 50) / 60 }") ${GRID_LIST[$i]} $(extra_for "${GRID_LIST[$i]}")"
     note "Sweep $((i + 1)) of ${#GRID_LIST[@]} (short protocol: paper_cifar10 at $EPOCHS epochs, not the paper's 200): \`sngm-bench $SWEEP\`"
     if [ "$LEFT_S" -lt 60 ]; then
         ROWS+=("| sweep $((i + 1)) | skipped: budget spent | 0 | $LEFT_S | \`sngm-bench $SWEEP\` |")
