@@ -39,8 +39,10 @@ def every_pair(groups: list[str]) -> list[list[str]]:
     some combination (a covering array, built greedily): a clash between two groups' options, an
     interpolation one makes into a key the other lacks, shows up in a few dozen composes where the
     full product takes hundreds (Hydra composes a few a second)."""
+    def pairs(combination):
+        return set(itertools.combinations(combination, 2))
+
     choices = [[f"{group}={option}" for option in options(group)] for group in groups]
-    pairs = lambda combination: set(itertools.combinations(combination, 2))  # noqa: E731
     product = [list(combination) for combination in itertools.product(*choices)]
     uncovered = set().union(*map(pairs, product))
     chosen = []
