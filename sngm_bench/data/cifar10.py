@@ -123,7 +123,8 @@ def _read_batches(folder: Path, names: list[str], sums: dict[str, str], verify: 
 
 def load(root: str | Path, download_missing: bool = False, verify: bool = True):
     """Return (train_images, train_labels, test_images, test_labels): uint8 NCHW and int64 tensors."""
-    root, folder = Path(root).expanduser().absolute(), batches_folder(root)
+    folder = batches_folder(root)
+    root = folder.parent
     if not folder.is_dir():
         if not download_missing:
             raise UserError(
