@@ -431,9 +431,9 @@ def protocol_section(runs: pd.DataFrame, cells: pd.DataFrame, select_by: str, wi
                 "trained with `dataset.holdout_images`; `--select-by final_train_loss` without held-out data)."
                 if select_by in SELECTED_ON_TEST else "")
     lines += [f"{len(runs)} runs, {excluded} of them not completed (left out). Final test accuracy (%) at the last "
-              f"epoch; per optimizer and batch size the LR with the best mean {select_by} over seeds, chosen on "
-              f"{SELECTION_BASIS[select_by]}; margins are differences of means in points with a two-sided "
-              f"{100 * CONFIDENCE:g} % Welch t interval over seeds." + optimism,
+              f"epoch; per optimizer and batch size the LR with the best mean {select_by} over seeds (two LRs "
+              f"compared on the seeds both ran), chosen on {SELECTION_BASIS[select_by]}; margins are differences "
+              f"of means in points with a two-sided {100 * CONFIDENCE:g} % Welch t interval over seeds." + optimism,
               "", "### Best optimizer per batch size", "", *per_batch(chosen), ""]
     claims = [
         ("At the same large batch, SNGM reaches a better test accuracy than MSGD and the large-batch methods LARS "

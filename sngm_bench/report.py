@@ -12,7 +12,9 @@ accuracy over seeds as `mean ± std (n)`. Where several learning rates were swep
 one is chosen by `--select-by` (default: the best mean final test accuracy over seeds;
 `final_holdout_acc`: that of the held-out training images, for runs trained with
 `dataset.holdout_images`); an LR with a seed that did not complete (diverged, failed, ...)
-ranks below every LR whose seeds all completed.
+ranks below every LR whose seeds all completed. Two LRs are compared on the seeds both ran, so that
+more seeds at some LRs (a grid at seed 0, then seeds 1 and 2 at its best LRs) do not decide the
+choice by their draw: the chosen LR beats the most others (`pairwise_wins`).
 """
 
 from __future__ import annotations
@@ -247,9 +249,32 @@ def aggregate(runs: pd.DataFrame, select_by: str = "final_test_acc") -> pd.DataF
         score=(select_by, "mean"), peak_lr=("peak_lr", "first"), mean_wall_seconds=("wall_seconds", "mean"),
         mean_images_per_second=("images_per_second", "mean"))
     cells = runs.groupby(keys).agg(runs=("status", "size"), not_completed=("status", status_counts)).join(stats)
-    cells = cells.reset_index().fillna({"n": 0}).astype({"n": int})
+    cells = cells.join(pairwise_wins(runs, select_by)).reset_index().fillna({"n": 0}).astype({"n": int})
     cells = cells.assign(selected=cells.index.isin(selected_lrs(cells, select_by)))
     return cells.assign(grid_edge=grid_edges(cells))
+
+
+def pairwise_wins(runs: pd.DataFrame, select_by: str) -> pd.Series:
+    """Per (series, batch size, LR) whose seeds all completed: how many of the other such LRs there it
+    beats on `select_by` averaged over the seeds both ran (a tie counts a half). Over the same seeds
+    this ranks LRs as their means do. Over different seeds (a grid at seed 0, then seeds 1 and 2 at
+    some LRs) no LR wins or loses by the draw of seeds the other lacks: one with a single seed meets
+    one with three on that seed, two with three seeds meet on all three."""
+    keys = ["series", "batch_size", *LR_KEYS]
+    complete = runs.groupby(keys)["status"].transform(lambda statuses: (statuses == COMPLETED).all())
+    wins = {}
+    for _, cell in runs[complete].groupby(["series", "batch_size"]):
+        values = {lr: dict(zip(lr_runs["seed"], lr_runs[select_by])) for lr, lr_runs in cell.groupby(keys)}
+        for lr, mine in values.items():
+            wins[lr] = 0.0
+            for other, theirs in values.items():
+                shared = mine.keys() & theirs.keys()
+                if other == lr or not shared:
+                    continue
+                difference = sum(mine[seed] - theirs[seed] for seed in shared)
+                wins[lr] += 0.5 if difference == 0 else float((difference > 0) == SELECTION_RULES[select_by])
+    index = pd.MultiIndex.from_tuples(wins, names=keys) if wins else pd.MultiIndex.from_tuples([], names=keys)
+    return pd.Series(list(wins.values()), index=index, name="pairwise_wins", dtype=float)
 
 
 def check_selectable(runs: pd.DataFrame, select_by: str) -> None:
@@ -264,9 +289,11 @@ def check_selectable(runs: pd.DataFrame, select_by: str) -> None:
 
 
 def selected_lrs(cells: pd.DataFrame, select_by: str) -> pd.Index:
-    """Index of the chosen LR per (series, batch size): complete LRs first, then by the rule's score."""
+    """Index of the chosen LR per (series, batch size): complete LRs first, then the most pairwise wins,
+    then the best mean of the rule's value over all its seeds."""
     ranked = cells.assign(incomplete=cells["not_completed"] != "").sort_values(
-        ["incomplete", "score"], ascending=[True, not SELECTION_RULES[select_by]], na_position="last")
+        ["incomplete", "pairwise_wins", "score"], ascending=[True, False, not SELECTION_RULES[select_by]],
+        na_position="last")
     return ranked.groupby(["series", "batch_size"]).head(1).index
 
 
@@ -351,7 +378,8 @@ def to_latex(table: pd.DataFrame) -> str:
 
 
 def caption(runs: pd.DataFrame, cells: pd.DataFrame, select_by: str) -> str:
-    rule = f"; LR chosen per cell by the best mean {select_by} over seeds" if swept_lr_keys(runs) else ""
+    rule = (f"; LR chosen per cell by the best mean {select_by} over seeds, two LRs compared on the seeds both ran"
+            if swept_lr_keys(runs) else "")
     edge = ("; (grid edge): the chosen LR is the smallest or largest tried, so the grid may not hold the best LR"
             if cells["grid_edge"].any() else "")
     count = f"{len(runs)} run{'' if len(runs) == 1 else 's'}"
@@ -486,7 +514,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="test accuracy (0-1) for the time-to-target figure (default: the highest accuracy, in "
                         "whole percent, that every optimizer reached at every batch size)")
     parser.add_argument("--select-by", choices=list(SELECTION_RULES), default="final_test_acc",
-                        help="per optimizer and batch size, keep the LR with the best mean of this over seeds")
+                        help="per optimizer and batch size, keep the LR with the best mean of this over seeds "
+                        "(two LRs compared on the seeds both ran)")
     parser.add_argument("--steps", type=positive_int, help="optimizer steps of the equal-steps view (default: the step "
                         "count at which the most optimizer/batch-size pairs have an evaluation)")
     parser.add_argument("--within", type=points, default=1.0, help="claims.md: points of test accuracy; a batch size "

@@ -359,8 +359,8 @@ def test_an_lr_chosen_on_held_out_images_is_said_so_and_the_table_keeps_the_test
         assert cells.loc[cells["selected"] & (cells["series"] == "sngm"), "lr"].tolist() == [lr]
     assert report.accuracy_table(cells).loc["sngm", "batch 4096"] == "85.00 ± 0.10 (3); lr 0.1"
     text = claims.verdict(runs, cells, "final_holdout_acc")
-    assert ("the LR with the best mean final_holdout_acc over seeds, chosen on training images held out of "
-            "training (dataset.holdout_images), without the test set;") in text
+    assert ("the LR with the best mean final_holdout_acc over seeds (two LRs compared on the seeds both ran), "
+            "chosen on training images held out of training (dataset.holdout_images), without the test set;") in text
     assert "leans optimistic" not in text and "SNGM − msgd (83.00, n=3): +2.00 [" in text
     assert "(5000 training images held out)" in report.provenance(runs)
 

@@ -112,6 +112,27 @@ def test_a_cell_is_the_mean_and_sample_std_over_seeds_and_an_lr_with_a_failed_se
     assert cells.index[cells["selected"]].tolist() == [0.2]
 
 
+def test_two_lrs_are_compared_on_the_seeds_both_ran():
+    def cells(accs):
+        runs = pd.DataFrame([{"series": "sngm", "batch_size": 1024, "lr": lr, "lr_factor": 1.0, "seed": seed,
+                              "status": "completed", "final_test_acc": acc}
+                             for lr, seed_accs in accs.items() for seed, acc in seed_accs.items()])
+        return report.aggregate(runs).set_index("lr")
+
+    # A grid at seed 0, then seeds 1 and 2 at its best LR, 0.2, which drew lower. Over all its seeds 0.2's
+    # mean (0.80) is below LR 0.4's one seed (0.83); on seed 0, the seed both ran, 0.2 is ahead.
+    grid = cells({0.1: {0: 0.78}, 0.2: {0: 0.86, 1: 0.77, 2: 0.77}, 0.4: {0: 0.83}})
+    assert grid.index[grid["selected"]].tolist() == [0.2]
+    assert grid.loc[0.2, "mean_final_test_acc"] == pytest.approx(0.80)  # the table shows all three seeds
+    assert grid["pairwise_wins"].tolist() == [0, 2, 1]
+    # Seeds 1 and 2 at the best two: those two meet on all three seeds, where 0.4's mean is ahead, though
+    # 0.2 is ahead on seed 0; the grid extended at its edge (0.8) with one seed meets both on seed 0.
+    both = cells({0.1: {0: 0.78}, 0.2: {0: 0.86, 1: 0.77, 2: 0.77}, 0.4: {0: 0.83, 1: 0.82, 2: 0.84},
+                  0.8: {0: 0.82}})
+    assert both["pairwise_wins"].tolist() == [0, 2, 3, 1]
+    assert both.index[both["selected"]].tolist() == [0.4]
+
+
 def test_the_caption_names_each_commit_and_says_where_the_code_had_uncommitted_changes():
     runs = pd.DataFrame([
         {"git_commit": "bbb", "git_dirty": True, "git_diff_hash": "3f65"},
