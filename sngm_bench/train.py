@@ -64,6 +64,22 @@ def micro_batch_size(cfg: DictConfig, local_batch: int, world_size: int) -> int:
     return cfg.micro_batch_size
 
 
+def small_micro_batch_warning(cfg: DictConfig, local_batch: int, micro_batch: int, world_size: int) -> str | None:
+    """A warning when `max_micro_batch_size` left micro-batches under half of it: the process's share
+    of the batch has no divisor near it (a prime share gives micro-batches of 1), so a step takes
+    many more forward passes and BatchNorm normalizes over far fewer images than asked for. It
+    names the nearest batch size whose share has a divisor in [max/2, max]."""
+    limit = cfg.max_micro_batch_size
+    if cfg.micro_batch_size is not None or limit is None or local_batch <= limit or 2 * micro_batch >= limit:
+        return None
+    divisors = range((limit + 1) // 2, limit + 1)
+    nearest = min((max(1, round(local_batch / d)) * d for d in divisors), key=lambda n: (abs(n - local_batch), n))
+    return (f"micro-batches of {micro_batch} images: each process's {local_batch} images of batch_size="
+            f"{cfg.batch_size} have no divisor from {(limit + 1) // 2} to max_micro_batch_size={limit}, so a step "
+            f"runs {local_batch // micro_batch} forward passes and BatchNorm normalizes over {micro_batch} images; "
+            f"batch_size={nearest * world_size} would split into micro-batches of at least {(limit + 1) // 2}")
+
+
 def carried_totals(saved: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """This process's part of an interrupted epoch's sums (loss, correct, non-finite), saved one row
     per process: its own row when as many processes continue the epoch. Otherwise each process takes
@@ -245,6 +261,8 @@ class Trainer:
             if procs.is_main:
                 records.write_metrics(self.run_dir, self.rows)  # readers find the file from the start
                 log.info("run folder %s", self.run_dir)
+                if warning := small_micro_batch_warning(cfg, self.local_batch, self.micro_batch, procs.world_size):
+                    log.warning(warning)
                 compiled = " (compiled step)" if self.summary["optimizer_step_compiled"] else ""
                 log.info("%s%s on %s x%d (%s): %d steps/epoch of %d images (micro-batches of %d), peak lr %.4g",
                          optimizer_settings(cfg.optimizer).name, compiled, self.summary["device_name"],

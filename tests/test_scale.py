@@ -13,7 +13,7 @@ import torch
 from sngm_bench.config import compose_config
 from sngm_bench.models.cifar_resnet import CifarResNet
 from sngm_bench.optim import build_optimizer
-from sngm_bench.train import carried_totals, micro_batch_size, train_step
+from sngm_bench.train import carried_totals, micro_batch_size, small_micro_batch_warning, train_step
 from conftest import TWO_PROCESSES, run_cli, run_command
 
 TINY = ["experiment=smoke", "model.width=4", "model.batch_norm=false", "dataset.subset=400", "epochs=1",
@@ -45,6 +45,22 @@ def test_micro_batch_size_rules():
     assert micro_batch_size(cfg, 48, 2) == 48
     assert micro_batch_size(compose_config(["max_micro_batch_size=20"]), 48, 2) == 16
     assert micro_batch_size(compose_config(["micro_batch_size=12"]), 48, 2) == 12
+
+
+def test_a_micro_batch_far_below_its_maximum_is_warned_of_with_a_batch_size_that_avoids_it():
+    # Each of 2 processes has 101 images, a prime: micro-batches of 1 image, 101 forward passes a step.
+    cfg = compose_config(["batch_size=202", "max_micro_batch_size=100"])
+    assert micro_batch_size(cfg, 101, 2) == 1
+    warning = small_micro_batch_warning(cfg, 101, 1, 2)
+    assert warning.startswith("micro-batches of 1 images: each process's 101 images of batch_size=202 have no "
+                              "divisor from 50 to max_micro_batch_size=100, so a step runs 101 forward passes")
+    assert warning.endswith("batch_size=200 would split into micro-batches of at least 50")
+    assert micro_batch_size(compose_config(["max_micro_batch_size=100"]), 100, 2) == 100
+    # 102 images in two micro-batches of 51: at least half the maximum, no warning.
+    assert micro_batch_size(cfg, 102, 2) == 51 and small_micro_batch_warning(cfg, 102, 51, 2) is None
+    assert small_micro_batch_warning(cfg, 96, 96, 2) is None  # one forward pass
+    chosen = compose_config(["batch_size=202", "max_micro_batch_size=100", "micro_batch_size=1"])
+    assert small_micro_batch_warning(chosen, 101, 1, 2) is None  # asked for
 
 
 def _read(run_dir):
