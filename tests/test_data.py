@@ -8,7 +8,7 @@ import torch
 from sngm_bench.config import compose_config
 from sngm_bench.data import build_data, cifar10
 from sngm_bench.data.subset import balanced_subset
-from sngm_bench.data.device_loader import DeviceImages, seeded_generator, shuffled_batches
+from sngm_bench.data.device_loader import DeviceImages, key_seed, seeded_generator, shuffled_batches
 from sngm_bench.errors import UserError
 
 
@@ -185,6 +185,14 @@ def test_epoch_batches_are_full_disjoint_and_reproducible():
     assert all(torch.equal(a, b) for a, b in zip(batches, again))
     other = shuffled_batches(1000, 128, seeded_generator("cpu", 3, 8))
     assert not torch.equal(batches[0], other[0])
+
+
+def test_keys_that_a_positional_sum_would_merge_get_different_seeds():
+    # (seed, epoch, image): ImageNet's image 1,000,003 in epoch 1 and image 0 in epoch 2 once shared draws.
+    assert key_seed(0, 1, 1_000_003) != key_seed(0, 2, 0)
+    assert key_seed(1, 0) != key_seed(0, 1) and key_seed(1, 2) != key_seed(1, 2, 0)
+    seeds = {key_seed(seed, epoch, image) for seed in range(3) for epoch in range(3) for image in range(1000)}
+    assert len(seeds) == 9000 and max(seeds) < 2**63 and key_seed(2**63 - 1, 5) == key_seed(2**63 - 1, 5)
 
 
 def test_train_batches_resume_at_any_step_and_shard_one_global_batch(cifar):

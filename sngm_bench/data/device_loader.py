@@ -6,9 +6,9 @@ step: no per-image Python, no DataLoader workers, no host-to-device copies in th
 
 from __future__ import annotations
 
-import torch
+import hashlib
 
-_SEED_STRIDE = 1_000_003
+import torch
 
 
 class DeviceImages:
@@ -95,11 +95,11 @@ def normalize(images_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, me
 
 
 def key_seed(*key: int) -> int:
-    """One 63-bit seed that is a function of `key` alone (e.g. seed, epoch, step)."""
-    seed = 0
-    for part in key:
-        seed = (seed * _SEED_STRIDE + part) % 2**63
-    return seed
+    """One 63-bit seed that is a function of `key` alone (non-negative parts: seed, epoch, step or
+    image): a hash of the parts, so that two keys share a seed only by chance (2**-63 a pair). A
+    positional sum such as (seed * p + epoch) * p + image repeats once an index reaches p."""
+    data = b"".join(part.to_bytes(8, "little") for part in key)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
 
 
 def seeded_generator(device, *key: int) -> torch.Generator:
