@@ -84,7 +84,9 @@ def _unknown_key_message(key: str, overrides: list[str]) -> str:
     if not hint:
         hint = _did_you_mean(name, {k.rpartition(".")[2]: k for k in flatten(OmegaConf.to_container(config))})
     if not hint and parent == "optimizer" and "_target_" in node:  # a class argument the file does not set
-        hint = f"; to pass it to {node._target_}, add it with +{key}=..."
+        from sngm_bench.optim.target import argument_hint  # imports torch: only on this error's path
+
+        hint = argument_hint(str(node._target_), name)
     return f"unknown key '{key}': {where} has {', '.join(siblings)}{hint}"
 
 

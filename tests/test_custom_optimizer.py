@@ -59,6 +59,9 @@ def test_a_class_argument_the_file_lacks_is_pointed_to_its_plus_form(tmp_path):
     with pytest.raises(UserError, match=r"to pass it to torch\.optim\.Adam, add it with \+optimizer\.betas=\.\.\.$"):
         check_overrides([*search, "optimizer=myadam", "optimizer.betas=[0.8,0.9]"], multirun=False)
     check_overrides([*search, "optimizer=myadam", "+optimizer.betas=[0.8,0.9]"], multirun=False)
+    # An argument the class does not take is not pointed to its plus form, which would only fail next.
+    with pytest.raises(UserError, match=r"'optimizer' has .*; Adam takes no argument 'momentum'; it takes lr, betas"):
+        check_overrides([*search, "optimizer=myadam", "optimizer.momentum=0.9"], multirun=False)
 
 
 def test_shipped_baselines():

@@ -57,14 +57,33 @@ def _import_class(path: str) -> type:
     return cls
 
 
+def _refusal(cls: type, key: str) -> str | None:
+    """Why `cls` refuses the keyword argument `key` ("Adam takes no argument 'momentum'; it takes lr,
+    betas, ..."), or None if it takes it."""
+    parameters = inspect.signature(cls).parameters
+    if key != "params" and (key in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                                     for p in parameters.values())):
+        return None
+    accepted = [name for name in parameters if name != "params"]
+    return f"{cls.__name__} takes no argument '{key}'; it takes {', '.join(accepted)}"
+
+
+def argument_hint(path: str, key: str) -> str:
+    """For `optimizer.<key>`, which the `_target_` file at `path` does not set: how to pass it to
+    the class (`+optimizer.<key>=...`), or that the class takes no such argument."""
+    try:
+        refusal = _refusal(_import_class(path), key)
+    except UserError:  # the class cannot be imported: the run says so in its own line
+        return ""
+    return f"; {refusal}" if refusal else f"; to pass it to {path}, add it with +optimizer.{key}=..."
+
+
 def _check_kwargs(cls: type, kwargs: dict, weight_decay: float) -> None:
     parameters = inspect.signature(cls).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    accepted = [name for name in parameters if name != "params"]
     for key in kwargs:
-        if key == "params" or not (takes_any or key in parameters):
-            raise UserError(f"optimizer.{key}: {cls.__name__} takes no argument '{key}'; "
-                            f"it takes {', '.join(accepted)}")
+        if refusal := _refusal(cls, key):
+            raise UserError(f"optimizer.{key}: {refusal}")
     if "lr" not in parameters and not takes_any:
         raise UserError(f"optimizer._target_: {cls.__name__} takes no 'lr', which the LR schedule sets")
     if weight_decay and "weight_decay" not in parameters and not takes_any:
