@@ -273,8 +273,8 @@ def pairwise_wins(runs: pd.DataFrame, select_by: str) -> pd.Series:
                     continue
                 difference = sum(mine[seed] - theirs[seed] for seed in shared)
                 wins[lr] += 0.5 if difference == 0 else float((difference > 0) == SELECTION_RULES[select_by])
-    index = pd.MultiIndex.from_tuples(wins, names=keys) if wins else pd.MultiIndex.from_tuples([], names=keys)
-    return pd.Series(list(wins.values()), index=index, name="pairwise_wins", dtype=float)
+    return pd.Series(list(wins.values()), index=pd.MultiIndex.from_tuples(list(wins), names=keys),
+                     name="pairwise_wins", dtype=float)
 
 
 def check_selectable(runs: pd.DataFrame, select_by: str) -> None:
