@@ -261,7 +261,7 @@ def pairwise_wins(runs: pd.DataFrame, select_by: str) -> pd.Series:
     some LRs) no LR wins or loses by the draw of seeds the other lacks: one with a single seed meets
     one with three on that seed, two with three seeds meet on all three."""
     keys = ["series", "batch_size", *LR_KEYS]
-    complete = runs.groupby(keys)["status"].transform(lambda statuses: (statuses == COMPLETED).all())
+    complete = (runs["status"] == COMPLETED).groupby([runs[key] for key in keys]).transform("all")
     wins = {}
     for _, cell in runs[complete].groupby(["series", "batch_size"]):
         values = {lr: dict(zip(lr_runs["seed"], lr_runs[select_by])) for lr, lr_runs in cell.groupby(keys)}

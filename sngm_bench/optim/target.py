@@ -57,14 +57,19 @@ def _import_class(path: str) -> type:
     return cls
 
 
+def _takes(cls: type, key: str) -> bool:
+    """Whether the constructor of `cls` takes the keyword argument `key` (by name or **kwargs)."""
+    parameters = inspect.signature(cls).parameters
+    return key != "params" and (key in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                                         for p in parameters.values()))
+
+
 def _refusal(cls: type, key: str) -> str | None:
     """Why `cls` refuses the keyword argument `key` ("Adam takes no argument 'momentum'; it takes lr,
     betas, ..."), or None if it takes it."""
-    parameters = inspect.signature(cls).parameters
-    if key != "params" and (key in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD
-                                                     for p in parameters.values())):
+    if _takes(cls, key):
         return None
-    accepted = [name for name in parameters if name != "params"]
+    accepted = [name for name in inspect.signature(cls).parameters if name != "params"]
     return f"{cls.__name__} takes no argument '{key}'; it takes {', '.join(accepted)}"
 
 
@@ -79,14 +84,12 @@ def argument_hint(path: str, key: str) -> str:
 
 
 def _check_kwargs(cls: type, kwargs: dict, weight_decay: float) -> None:
-    parameters = inspect.signature(cls).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     for key in kwargs:
         if refusal := _refusal(cls, key):
             raise UserError(f"optimizer.{key}: {refusal}")
-    if "lr" not in parameters and not takes_any:
+    if not _takes(cls, "lr"):
         raise UserError(f"optimizer._target_: {cls.__name__} takes no 'lr', which the LR schedule sets")
-    if weight_decay and "weight_decay" not in parameters and not takes_any:
+    if weight_decay and not _takes(cls, "weight_decay"):
         raise UserError(f"optimizer.weight_decay={weight_decay}: {cls.__name__} takes no weight_decay; "
                         "set optimizer.weight_decay=0")
 
